@@ -1,0 +1,5 @@
+"""The mtagent wire protocol v1 (PROTOCOL.md), sans-I/O.
+
+Everything here but `protocol.client` is pure: bytes in, events out, and
+events in, bytes out. No sockets, no asyncio, no files.
+"""
