@@ -1,0 +1,519 @@
+"""The small private CA of one agent: its CA, its server certificate, its clients' certificates.
+
+Mutual TLS (PROTOCOL.md section 1) needs the agent to present a server certificate and to accept
+only client certificates chaining to its client CA. `init_pki` writes both halves in one
+directory; `issue_client` signs one certificate per process server with that CA.
+
+Keys are ECDSA P-256 (cheap handshakes), PKCS8 PEM, unencrypted (the daemon starts unattended),
+created mode 0600 from the first byte; certificates are 0644. Every file is written atomically
+(temporary file in the same directory, fsync, rename, fsync of the directory), so a crash leaves
+the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from agent.failure import CommandFailed
+
+CA_DAYS = 3650
+LEAF_DAYS = 825
+# The process server's clock and the agent's disagree a little: a certificate made a moment ago
+# must not be "not yet valid" on the other side.
+BACKDATE = timedelta(minutes=5)
+
+CA_CERT_FILE = "ca.crt"
+CA_KEY_FILE = "ca.key"
+SERVER_CERT_FILE = "server.crt"
+SERVER_KEY_FILE = "server.key"
+# A client named like these would overwrite the CA's or the server's files.
+RESERVED_CLIENT_NAMES = frozenset({"ca", "server"})
+
+KEY_MODE = 0o600
+CERT_MODE = 0o644
+
+# X.509 upper bound for a common name (RFC 5280 ub-common-name).
+MAX_COMMON_NAME = 64
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+class PkiError(CommandFailed):
+    """A certificate or key could not be made, read or written; `path` is the file at fault."""
+
+    def __init__(self, path: Path | None, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+@dataclass(frozen=True, slots=True)
+class PkiPaths:
+    """The four files `init_pki` writes."""
+
+    directory: Path
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+
+    @classmethod
+    def in_directory(cls, directory: Path | str) -> PkiPaths:
+        """The standard file names inside `directory`."""
+        directory = Path(directory)
+        return cls(
+            directory=directory,
+            ca_cert=directory / CA_CERT_FILE,
+            ca_key=directory / CA_KEY_FILE,
+            server_cert=directory / SERVER_CERT_FILE,
+            server_key=directory / SERVER_KEY_FILE,
+        )
+
+
+def parse_hostname(text: str) -> x509.GeneralName:
+    """The SAN entry for one --hostname: an IPAddress for an IP literal, else a DNSName.
+
+    IPv6 may be written with or without brackets. A DNS name must be ASCII letters, digits and
+    hyphens in dot-separated labels (a leading "*." wildcard is allowed), 253 characters at most.
+    Raises ValueError saying what is wrong.
+    """
+    literal = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return x509.IPAddress(ipaddress.ip_address(literal))
+    except ValueError:
+        pass
+    if not _is_dns_name(text, allow_wildcard=True):
+        raise ValueError(
+            f"expected a host name (ASCII letters, digits, '-' in dot-separated labels; "
+            f"international names in their xn-- form) or an IP address, got {text!r}"
+        )
+    return x509.DNSName(text)
+
+
+def check_client_name(name: str) -> str:
+    """`name` if it can name a client certificate, its files and its SAN; else ValueError.
+
+    A client name is a DNS-style name of at most 64 characters (the CN limit), and not one of
+    the names the CA and server files use.
+    """
+    if len(name) > MAX_COMMON_NAME or not _is_dns_name(name, allow_wildcard=False):
+        raise ValueError(
+            f"expected a client name of 1 to {MAX_COMMON_NAME} ASCII letters, digits, '-' "
+            f"and '.' (like ps1 or ps1.example.com), got {name!r}"
+        )
+    if name.lower() in RESERVED_CLIENT_NAMES:
+        raise ValueError(f"the name {name!r} is reserved for the CA and server files")
+    return name
+
+
+def make_ca(
+    directory: Path | str,
+    common_name: str,
+    *,
+    days: int = CA_DAYS,
+    force: bool = False,
+) -> tuple[Path, Path]:
+    """Write a new self-signed CA, `ca.crt` and `ca.key`, in `directory`; return their paths.
+
+    The CA may sign end-entity certificates only (path length 0). Tests use this to make a
+    second, foreign CA whose clients the agent must refuse.
+    Raises PkiError if a file exists (unless `force`) or cannot be written.
+    """
+    paths = PkiPaths.in_directory(directory)
+    _refuse_existing((paths.ca_cert, paths.ca_key), force)
+    key, cert = _new_ca(common_name, days)
+    _write_key(paths.ca_key, key)
+    _write_cert(paths.ca_cert, cert)
+    return paths.ca_cert, paths.ca_key
+
+
+def init_pki(
+    directory: Path | str,
+    hostnames: Iterable[str],
+    days: int = LEAF_DAYS,
+    *,
+    force: bool = False,
+    ca_common_name: str | None = None,
+    not_valid_after: datetime | None = None,
+) -> PkiPaths:
+    """Write a new CA and a server certificate for `hostnames` in `directory` (made if needed).
+
+    The server certificate's SAN holds every hostname and nothing else: IP literals as
+    IPAddress entries, names as DNSName entries. It is valid for `days`, or until
+    `not_valid_after` if given (in the past makes an expired certificate, for tests).
+    Nothing is written if any of the four files exists, unless `force`.
+    Raises PkiError for no or invalid hostnames, an existing file, or a failed write.
+    """
+    paths = PkiPaths.in_directory(directory)
+    names = _subject_alt_names(hostnames)
+    _refuse_existing((paths.ca_cert, paths.ca_key, paths.server_cert, paths.server_key), force)
+    first_name = _general_name_text(names[0])
+    ca_key, ca_cert = _new_ca(ca_common_name or f"mtagent CA {first_name}", CA_DAYS)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = _sign_leaf(
+        ca_cert,
+        ca_key,
+        server_key,
+        common_name=first_name,
+        names=names,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        validity=_validity(days, not_valid_after, ca_cert, paths.server_cert),
+    )
+    _write_key(paths.ca_key, ca_key)
+    _write_cert(paths.ca_cert, ca_cert)
+    _write_key(paths.server_key, server_key)
+    _write_cert(paths.server_cert, server_cert)
+    return paths
+
+
+def issue_server(
+    directory: Path | str,
+    hostnames: Iterable[str],
+    days: int = LEAF_DAYS,
+    *,
+    force: bool = False,
+    not_valid_after: datetime | None = None,
+) -> tuple[Path, Path]:
+    """Write a new `server.crt` and `server.key` in `directory`, signed by its existing CA.
+
+    For renewing the server certificate (or changing its names) without a new CA, which would
+    force every client to be reissued. Same SAN rules and raises as `init_pki`.
+    """
+    paths = PkiPaths.in_directory(directory)
+    names = _subject_alt_names(hostnames)
+    _refuse_existing((paths.server_cert, paths.server_key), force)
+    ca_cert, ca_key = _load_ca(paths)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = _sign_leaf(
+        ca_cert,
+        ca_key,
+        server_key,
+        common_name=_general_name_text(names[0]),
+        names=names,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        validity=_validity(days, not_valid_after, ca_cert, paths.server_cert),
+    )
+    _write_key(paths.server_key, server_key)
+    _write_cert(paths.server_cert, server_cert)
+    return paths.server_cert, paths.server_key
+
+
+def issue_client(
+    directory: Path | str,
+    name: str,
+    days: int = LEAF_DAYS,
+    *,
+    force: bool = False,
+    not_valid_after: datetime | None = None,
+) -> tuple[Path, Path]:
+    """Write `<name>.crt` and `<name>.key` in `directory`: a client certificate signed by its CA.
+
+    The certificate has CN=name, a DNSName SAN name, and clientAuth as its only extended key
+    usage. Valid for `days`, or until `not_valid_after` if given (in the past makes an expired
+    certificate, for tests). Returns (certificate path, key path).
+    Raises PkiError for an invalid name, a missing or unusable CA, an existing file (unless
+    `force`), or a failed write.
+    """
+    try:
+        check_client_name(name)
+    except ValueError as exc:
+        raise PkiError(None, str(exc)) from exc
+    paths = PkiPaths.in_directory(directory)
+    cert_path, key_path = paths.directory / f"{name}.crt", paths.directory / f"{name}.key"
+    _refuse_existing((cert_path, key_path), force)
+    ca_cert, ca_key = _load_ca(paths)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client_cert = _sign_leaf(
+        ca_cert,
+        ca_key,
+        client_key,
+        common_name=name,
+        names=[x509.DNSName(name)],
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        validity=_validity(days, not_valid_after, ca_cert, cert_path),
+    )
+    _write_key(key_path, client_key)
+    _write_cert(cert_path, client_cert)
+    return cert_path, key_path
+
+
+# -- building certificates --------------------------------------------------------------------
+
+
+def _new_ca(common_name: str, days: int) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    if days <= 0:
+        raise PkiError(None, f"expected a positive number of days, got {days}")
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _common_name(common_name))])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _sign_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: CertificateIssuerPrivateKeyTypes,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    common_name: str,
+    names: list[x509.GeneralName],
+    usage: x509.ObjectIdentifier,
+    validity: tuple[datetime, datetime],
+) -> x509.Certificate:
+    not_before, not_after = validity
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _common_name(common_name))])
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                # ECDSA keys sign the (EC)DHE handshake; they never encrypt or agree keys.
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca_key, _signature_hash(ca_key))
+    )
+
+
+def _validity(
+    days: int, not_valid_after: datetime | None, ca_cert: x509.Certificate, path: Path
+) -> tuple[datetime, datetime]:
+    now = datetime.now(UTC)
+    if not_valid_after is not None:
+        if not_valid_after.tzinfo is None:
+            raise PkiError(path, "not_valid_after must carry a time zone")
+        # An already expired certificate still needs a validity period that makes sense.
+        return min(now - BACKDATE, not_valid_after - timedelta(days=1)), not_valid_after
+    if days <= 0:
+        raise PkiError(path, f"expected a positive number of days, got {days}")
+    not_after = now + timedelta(days=days)
+    ca_expiry = ca_cert.not_valid_after_utc
+    if not_after > ca_expiry:
+        # Past the CA's expiry the chain no longer verifies: the extra days would be a lie.
+        raise PkiError(
+            path,
+            f"a certificate valid for {days} days would outlive its CA "
+            f"(which expires {ca_expiry:%Y-%m-%d}); choose fewer days or a new CA",
+        )
+    return now - BACKDATE, not_after
+
+
+def _subject_alt_names(hostnames: Iterable[str]) -> list[x509.GeneralName]:
+    # One bare string is one hostname, not a sequence of one-letter names.
+    if isinstance(hostnames, str):
+        hostnames = [hostnames]
+    names: list[x509.GeneralName] = []
+    for hostname in hostnames:
+        try:
+            name = parse_hostname(hostname)
+        except ValueError as exc:
+            raise PkiError(None, str(exc)) from exc
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise PkiError(None, "expected at least one hostname for the server certificate")
+    return names
+
+
+def _general_name_text(name: x509.GeneralName) -> str:
+    return str(name.value)
+
+
+def _common_name(text: str) -> str:
+    # The SAN carries the names that TLS checks; the CN is only a label for people.
+    return text[:MAX_COMMON_NAME]
+
+
+def _is_dns_name(text: str, *, allow_wildcard: bool) -> bool:
+    if not text or len(text) > 253 or not text.isascii():
+        return False
+    labels = text.split(".")
+    if allow_wildcard and labels[0] == "*" and len(labels) > 1:
+        labels = labels[1:]
+    return all(_DNS_LABEL.fullmatch(label) for label in labels)
+
+
+def _signature_hash(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | None:
+    # Ed25519 and Ed448 hash internally and refuse an external hash; an operator's own CA may
+    # use them, or RSA, as well as our P-256.
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
+        return None
+    return hashes.SHA256()
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+def _load_ca(paths: PkiPaths) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
+    hint = f"run `mtagent certs init --dir {paths.directory}` first"
+    try:
+        cert_pem = paths.ca_cert.read_bytes()
+    except FileNotFoundError as exc:
+        raise PkiError(paths.ca_cert, f"no CA certificate here; {hint}") from exc
+    except OSError as exc:
+        raise PkiError(paths.ca_cert, f"cannot read: {exc.strerror}") from exc
+    try:
+        key_pem = paths.ca_key.read_bytes()
+    except FileNotFoundError as exc:
+        raise PkiError(paths.ca_key, f"no CA key here; {hint}") from exc
+    except OSError as exc:
+        raise PkiError(paths.ca_key, f"cannot read: {exc.strerror}") from exc
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise PkiError(paths.ca_cert, "not a PEM certificate") from exc
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise PkiError(paths.ca_key, "not an unencrypted PEM private key") from exc
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca:
+        raise PkiError(paths.ca_cert, "not a CA certificate (no BasicConstraints with ca=True)")
+    try:
+        # Leaves name their issuer's key by it (AuthorityKeyIdentifier); verifiers require that.
+        cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    except x509.ExtensionNotFound as exc:
+        raise PkiError(
+            paths.ca_cert, "a CA without a SubjectKeyIdentifier cannot sign here"
+        ) from exc
+    if not isinstance(
+        key,
+        ec.EllipticCurvePrivateKey
+        | ed25519.Ed25519PrivateKey
+        | ed448.Ed448PrivateKey
+        | rsa.RSAPrivateKey,
+    ):
+        raise PkiError(paths.ca_key, f"a {type(key).__name__} cannot sign certificates here")
+    if _public_der(key.public_key()) != _public_der(cert.public_key()):
+        raise PkiError(paths.ca_key, f"does not belong to the certificate {paths.ca_cert}")
+    return cert, key
+
+
+def _public_der(public_key: object) -> bytes:
+    return public_key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _refuse_existing(paths: Iterable[Path], force: bool) -> None:
+    # Checked for every file before any is written, so a refusal leaves the directory as it was.
+    if force:
+        return
+    for path in paths:
+        if path.exists() or path.is_symlink():
+            raise PkiError(path, "already exists; use --force to replace it")
+
+
+def _write_key(path: Path, key: CertificateIssuerPrivateKeyTypes) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_atomically(path, pem, KEY_MODE)
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    _write_atomically(path, cert.public_bytes(serialization.Encoding.PEM), CERT_MODE)
+
+
+def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Replace `path` with `data`, mode `mode` from creation on; old or new survives a crash."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        # O_EXCL: never write through a file or symlink planted under the temporary name.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        raise PkiError(path, f"cannot write: {exc.strerror}") from exc
+    try:
+        try:
+            # The umask may have taken bits from a certificate's 0644; a key's 0600 is exact.
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise PkiError(path, f"cannot write: {exc.strerror}") from exc
+    try:
+        _fsync_directory(path.parent)
+    except OSError as exc:
+        message = f"written, but its directory could not be synced: {exc.strerror}"
+        raise PkiError(path, message) from exc
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is durable only once the directory entry is.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,199 @@
+"""`mtagent push`: the sender. Sends a source image to a target disk of an agent.
+
+`--mode full` is the initial replication (every byte, flagged resync); `--mode delta`
+sends what changed since `--base`. See `protocol.client.push_image` for the guarantees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import re
+import ssl
+import sys
+from pathlib import Path
+
+from agent.disk_report import human_bytes
+from agent.failure import CommandFailed
+from agent.progress import ProgressBar
+from protocol.client import (
+    MODES,
+    AgentClient,
+    PushFailed,
+    PushResult,
+    client_ssl_context,
+    push_image,
+)
+from protocol.events import Tag
+from protocol.wire import TAG_KINDS
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20}
+_UNITS |= {"g": 1 << 30, "gib": 1 << 30}
+_TAG_OPTIONS = ("tag", "tag_kind", "tag_group", "tag_id")
+
+
+def parse_size(text: str) -> int:
+    """`4096`, `512KiB`, `1MiB`, `1M`, `2GiB` -> bytes (binary units). For argparse."""
+    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (a number of bytes, or with KiB, MiB, GiB)"
+        )
+    size = int(match.group(1)) * _UNITS[unit]
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the size must be positive")
+    return size
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "push",
+        help="send a source image to a target disk (full copy or delta)",
+        description="Send a source image to a target disk of an agent over mutual TLS: all "
+        "of it (--mode full, the initial replication) or the 64 KiB blocks that differ from "
+        "--base (--mode delta). Batches are numbered after the disk's last acknowledged "
+        "one; failures are retried with backoff and the push resumes where the agent is.",
+    )
+    parser.add_argument("--server", required=True, metavar="URL", help="https://host:port")
+    parser.add_argument("--cert", required=True, type=Path, help="client certificate (PEM)")
+    parser.add_argument("--key", required=True, type=Path, help="client private key (PEM)")
+    parser.add_argument("--ca", required=True, type=Path, help="CA of the agent's certificate")
+    parser.add_argument("--disk", required=True, metavar="ID", help="target disk id")
+    parser.add_argument("--source", required=True, type=Path, metavar="IMG", help="source image")
+    parser.add_argument("--mode", choices=MODES, default="full", help="default: full")
+    parser.add_argument(
+        "--base", type=Path, metavar="OLD_IMG", help="delta: the image the target already holds"
+    )
+    parser.add_argument(
+        "--frame-bytes",
+        type=parse_size,
+        default=1 << 20,
+        metavar="SIZE",
+        help="largest DATA frame (default 1MiB)",
+    )
+    parser.add_argument(
+        "--batch-bytes",
+        type=parse_size,
+        default=64 << 20,
+        metavar="SIZE",
+        help="disk bytes per batch (default 64MiB)",
+    )
+    parser.add_argument(
+        "--no-compress", action="store_true", help="never LZ4-compress frames (fast links)"
+    )
+    parser.add_argument(
+        "--retries",
+        type=_count,
+        default=8,
+        metavar="N",
+        help="failures in a row before giving up (default 8)",
+    )
+    tag = parser.add_argument_group(
+        "recovery point", "mark the end of the push as a consistent point (all four, or none)"
+    )
+    tag.add_argument("--tag", metavar="NAME", help="the point's name")
+    tag.add_argument("--tag-kind", choices=sorted(TAG_KINDS), help="app or crash consistent")
+    tag.add_argument("--tag-group", metavar="G", help="consistency group")
+    tag.add_argument("--tag-id", metavar="ID", help="the point's id, shared by the group's disks")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(run=functools.partial(run, parser))
+
+
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the combination of options, or None."""
+    if not args.server.startswith("https://"):
+        return f"--server must be an https:// URL, got {args.server!r}"
+    if args.mode == "delta" and args.base is None:
+        return "--mode delta needs --base OLD_IMG"
+    if args.mode != "delta" and args.base is not None:
+        return "--base is only for --mode delta"
+    given = [name for name in _TAG_OPTIONS if getattr(args, name) is not None]
+    if given and len(given) != len(_TAG_OPTIONS):
+        missing = [f"--{name.replace('_', '-')}" for name in _TAG_OPTIONS if name not in given]
+        return f"a tag needs all of --tag, --tag-kind, --tag-group, --tag-id (missing {missing})"
+    return None
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    problem = usage_problem(args)
+    if problem:
+        parser.error(problem)  # exits 2
+    try:
+        source_time_ns = os.stat(args.source).st_mtime_ns
+    except OSError as exc:
+        raise CommandFailed(f"cannot read source {args.source}: {exc.strerror}") from exc
+    tag = None
+    if args.tag is not None:
+        tag = Tag(args.tag_id, args.tag, args.tag_kind, args.tag_group, source_time_ns)
+    try:
+        context = client_ssl_context(args.cert, args.key, args.ca)
+    except OSError as exc:  # ssl.SSLError included
+        raise CommandFailed(f"cannot load the TLS certificate, key or CA: {exc}") from exc
+    progress = ProgressBar(sys.stderr, label=args.disk) if sys.stderr.isatty() else None
+    try:
+        result = asyncio.run(_push(args, context, tag, progress))
+    except PushFailed as exc:
+        raise CommandFailed(str(exc)) from exc
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(summary_line(result))
+    return 0
+
+
+async def _push(
+    args: argparse.Namespace,
+    context: ssl.SSLContext,
+    tag: Tag | None,
+    progress: ProgressBar | None,
+) -> PushResult:
+    async with AgentClient(args.server, context) as client:
+        return await push_image(
+            client,
+            args.disk,
+            args.source,
+            mode=args.mode,
+            base=args.base,
+            frame_bytes=args.frame_bytes,
+            batch_bytes=args.batch_bytes,
+            compress=not args.no_compress,
+            tag=tag,
+            retries=args.retries,
+            progress=progress,
+        )
+
+
+def summary_line(result: PushResult) -> str:
+    """One line for a person: what was covered, what went on the wire, how fast."""
+    if result.batches == 0:
+        return f"{result.disk}: nothing to send ({result.mode}); last seq {result.last_seq}"
+    seqs = (
+        f"seq {result.first_seq}"
+        if result.batches == 1
+        else f"seq {result.first_seq}-{result.last_seq}"
+    )
+    rate = result.disk_bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
+    retries = f", {result.retries} retries" if result.retries else ""
+    return (
+        f"{result.disk}: {result.mode} push of {human_bytes(result.disk_bytes)} in "
+        f"{result.batches} batch{'es' if result.batches != 1 else ''} ({seqs}), "
+        f"{human_bytes(result.wire_bytes)} on the wire, {result.seconds:.1f} s, "
+        f"{rate:.1f} MB/s{retries}"
+    )

@@ -1,0 +1,44 @@
+"""`mtagent status --config F [--json]`: replication progress and lag (RPO) of every disk."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from agent.commands.table import add_config_argument, print_table
+from agent.config import load_config
+from agent.disk_report import disk_reports, human_age, human_bytes
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "status",
+        help="replication progress per disk: last batch, lag (RPO), undo kept",
+        description="Show per disk the last acknowledged batch, the lag behind the source "
+        "(RPO) and the undo data kept on the retention drive.",
+    )
+    add_config_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    reports = disk_reports(load_config(args.config))
+    if args.json:
+        print(json.dumps({"disks": [r.to_json() for r in reports]}, indent=2))
+        return 0
+    print_table(
+        ["DISK", "GROUP", "STATE", "LAST SEQ", "RPO", "UNDO"],
+        [
+            [
+                r.id,
+                r.group,
+                r.state,
+                str(r.last_seq),
+                human_age(r.rpo_seconds),
+                human_bytes(r.undo_bytes),
+            ]
+            for r in reports
+        ],
+    )
+    return 0

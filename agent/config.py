@@ -1,0 +1,517 @@
+"""The agent's configuration: one TOML file, read once, checked whole (DESIGN.md "Configuration").
+
+Every mistake is a `ConfigError` whose one-line message names the file, the key and what was
+expected, so an operator can fix the file without reading this code. Unknown sections and keys
+are errors too: a typo (`windw = "1h"`) must not silently leave a default in place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from agent.failure import CommandFailed
+from protocol.wire import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_FRAME_BYTES
+
+DEFAULT_CONFIG_PATH = Path("/etc/mtagent/agent.toml")
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+# The frame header's length field is 32 bits, and a frame is held whole in memory while it is
+# verified: 64 MiB keeps one frame of each connection affordable.
+MAX_FRAME_BYTES_LIMIT = 64 * MiB
+
+DEFAULT_LISTEN = ("0.0.0.0", 9443)
+DEFAULT_METRICS_LISTEN = ("127.0.0.1", 9444)
+DEFAULT_STATE_DIR = Path("/var/lib/mtagent")
+DEFAULT_STALL_TIMEOUT_SECONDS = 60.0
+DEFAULT_RETENTION_WINDOW_SECONDS = 24 * 3600.0
+DEFAULT_RETENTION_MAX_BYTES = 500 * GiB
+
+OnFull = Literal["shrink", "pause"]
+ON_FULL_POLICIES: tuple[OnFull, ...] = ("shrink", "pause")
+
+# Disk ids and groups become file names and URL path segments: no slashes, no leading dot.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+SIZE_EXAMPLE = 'a size like "500GiB", "64MiB" or 4096'
+DURATION_EXAMPLE = 'a duration like "24h" or "90m"'
+
+
+class InvalidValue(ValueError):
+    """A value that parse_size or parse_duration refuses: what was expected, what was given."""
+
+    def __init__(self, expected: str, got: str) -> None:
+        self.expected = expected
+        self.got = got
+        super().__init__(f"expected {expected}, got {got}")
+
+
+class ConfigError(CommandFailed):
+    """The configuration file is missing, is not TOML, or holds a value the agent cannot use.
+
+    `file` is the configuration file, `key` the dotted key at fault (`retention.window`,
+    `disks[2].id`; None when the file as a whole is at fault), `expected` what would have been
+    accepted, `got` what was found (already formatted), `line` the TOML line when known.
+    """
+
+    def __init__(
+        self,
+        file: Path,
+        key: str | None,
+        expected: str,
+        got: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.file = file
+        self.key = key
+        self.expected = expected
+        self.got = got
+        self.line = line
+        where = f"{file}: {key}: " if key else f"{file}: "
+        message = f"{where}expected {expected}"
+        if got is not None:
+            message += f", got {got}"
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Listeners, the state directory and the per-connection limits of the daemon."""
+
+    listen_host: str
+    listen_port: int
+    metrics_host: str
+    metrics_port: int
+    state_dir: Path
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    stall_timeout_seconds: float = DEFAULT_STALL_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """The server's certificate and key, and the CA that client certificates must chain to."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """Where undo data lives and how much of it is kept."""
+
+    path: Path
+    window_seconds: float = DEFAULT_RETENTION_WINDOW_SECONDS
+    max_bytes: int = DEFAULT_RETENTION_MAX_BYTES
+    on_full: OnFull = "shrink"
+
+
+@dataclass(frozen=True, slots=True)
+class DiskConfig:
+    """One replication target: exactly one of `path` and `scsi_uuid` is set.
+
+    `scsi_uuid` is kept as written; blockio canonicalizes it when it matches devices.
+    """
+
+    id: str
+    group: str
+    path: Path | None
+    scsi_uuid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """The whole configuration, as loaded from `file` (an absolute path)."""
+
+    file: Path
+    server: ServerConfig
+    tls: TlsConfig
+    retention: RetentionConfig
+    disks: tuple[DiskConfig, ...]
+
+    def disk(self, disk_id: str) -> DiskConfig | None:
+        """The disk with this id, or None if no disk has it."""
+        for disk in self.disks:
+            if disk.id == disk_id:
+                return disk
+        return None
+
+
+_SIZE_UNITS: dict[str, int] = {
+    "": 1,
+    "b": 1,
+    "kib": KiB,
+    "mib": MiB,
+    "gib": GiB,
+    "tib": 1024 * GiB,
+    "pib": 1024 * 1024 * GiB,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "pb": 1000**5,
+}
+_SIZE_PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
+
+
+def parse_size(text: str | int) -> int:
+    """A byte count from an int or a string like "500GiB", "64MiB", "4096", "1.5TiB", "10GB".
+
+    Units: B, KiB, MiB, GiB, TiB, PiB (powers of 1024) and KB, MB, GB, TB, PB (powers of
+    1000), case-insensitive; no unit means bytes. A fraction rounds down to a whole byte.
+    Raises InvalidValue (a ValueError with `expected` and `got`) for anything else,
+    including negative numbers and booleans.
+    """
+    if isinstance(text, bool) or not isinstance(text, int | str):
+        raise InvalidValue(SIZE_EXAMPLE, describe_value(text))
+    if isinstance(text, int):
+        if text < 0:
+            raise InvalidValue(f"{SIZE_EXAMPLE} (not negative)", str(text))
+        return text
+    match = _SIZE_PATTERN.fullmatch(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise InvalidValue(SIZE_EXAMPLE, describe_value(text))
+    return int(Decimal(match.group(1)) * _SIZE_UNITS[unit])
+
+
+_DURATION_UNITS: dict[str, float] = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
+_DURATION_PATTERN = re.compile(rf"(?:{_DURATION_PART.pattern})+")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from a string like "24h", "90m", "30s", "1h30m", "500ms", "2d", "1.5h".
+
+    Parts are a number and a unit (d, h, m, s, ms), largest unit first, each unit at most
+    once. A bare number is refused: "60" could mean seconds or minutes.
+    Raises InvalidValue (a ValueError with `expected` and `got`) for anything else.
+    """
+    if not isinstance(text, str) or _DURATION_PATTERN.fullmatch(text) is None:
+        raise InvalidValue(DURATION_EXAMPLE, describe_value(text))
+    seconds = Decimal(0)
+    previous_unit_seconds: float | None = None
+    for number, unit in _DURATION_PART.findall(text):
+        unit_seconds = _DURATION_UNITS[unit]
+        # "30m1h" or "1h1h" is more likely a typo than an intent.
+        if previous_unit_seconds is not None and unit_seconds >= previous_unit_seconds:
+            raise InvalidValue(
+                f"{DURATION_EXAMPLE} (largest unit first, each unit once)", describe_value(text)
+            )
+        previous_unit_seconds = unit_seconds
+        seconds += Decimal(number) * Decimal(str(unit_seconds))
+    return float(seconds)
+
+
+def describe_value(value: object) -> str:
+    """A TOML value as an error message shows it: strings quoted, tables and arrays named."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def load_config(path: Path | str) -> AgentConfig:
+    """Read and check the configuration file at `path`.
+
+    Relative paths inside the file resolve against the file's directory (as named, symlinks
+    not followed), so a configuration and its certificates can move together.
+    Raises ConfigError when the file cannot be read, is not valid TOML (the line is in the
+    message and in `.line`), or holds an unknown, missing or unusable key.
+    """
+    named = Path(path)
+    try:
+        raw = named.read_bytes()
+    except OSError as exc:
+        raise ConfigError(named, None, "a readable configuration file", exc.strerror) from exc
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(named, None, "UTF-8 text", f"a byte that is not ({exc.reason})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        line_match = re.search(r"at line (\d+)", str(exc))
+        line = int(line_match.group(1)) if line_match else None
+        raise ConfigError(named, None, "valid TOML", str(exc), line=line) from exc
+    return _ConfigReader(named).read(document)
+
+
+class _ConfigReader:
+    """Walks one parsed document; knows the file name for error messages."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.base_dir = file.absolute().parent
+
+    def error(self, key: str | None, expected: str, got: str | None = None) -> ConfigError:
+        return ConfigError(self.file, key, expected, got)
+
+    def read(self, document: dict[str, Any]) -> AgentConfig:
+        self.check_keys(None, document, ("server", "tls", "retention", "disks"))
+        return AgentConfig(
+            file=self.file.absolute(),
+            server=self.read_server(self.table(document, "server", required=False)),
+            tls=self.read_tls(self.table(document, "tls", required=True)),
+            retention=self.read_retention(self.table(document, "retention", required=True)),
+            disks=self.read_disks(document.get("disks", [])),
+        )
+
+    def read_server(self, table: dict[str, Any]) -> ServerConfig:
+        self.check_keys(
+            "server",
+            table,
+            (
+                "listen",
+                "metrics_listen",
+                "state_dir",
+                "max_frame_bytes",
+                "max_batch_bytes",
+                "stall_timeout",
+            ),
+        )
+        listen_host, listen_port = self.address(table, "server", "listen", DEFAULT_LISTEN)
+        metrics_host, metrics_port = self.address(
+            table, "server", "metrics_listen", DEFAULT_METRICS_LISTEN
+        )
+        max_frame_bytes = self.size(table, "server", "max_frame_bytes", DEFAULT_MAX_FRAME_BYTES)
+        if not 0 < max_frame_bytes <= MAX_FRAME_BYTES_LIMIT:
+            raise self.error(
+                "server.max_frame_bytes",
+                "a size above 0 and at most 64MiB",
+                describe_value(table["max_frame_bytes"]),
+            )
+        max_batch_bytes = self.size(table, "server", "max_batch_bytes", DEFAULT_MAX_BATCH_BYTES)
+        if max_batch_bytes < max_frame_bytes:
+            # A batch must be able to carry at least one full frame.
+            raise self.error(
+                "server.max_batch_bytes",
+                f"a size of at least server.max_frame_bytes ({max_frame_bytes} bytes)",
+                describe_value(table.get("max_batch_bytes", max_batch_bytes)),
+            )
+        return ServerConfig(
+            listen_host=listen_host,
+            listen_port=listen_port,
+            metrics_host=metrics_host,
+            metrics_port=metrics_port,
+            state_dir=self.path(table, "server", "state_dir", default=DEFAULT_STATE_DIR),
+            max_frame_bytes=max_frame_bytes,
+            max_batch_bytes=max_batch_bytes,
+            stall_timeout_seconds=self.duration(
+                table, "server", "stall_timeout", DEFAULT_STALL_TIMEOUT_SECONDS
+            ),
+        )
+
+    def read_tls(self, table: dict[str, Any]) -> TlsConfig:
+        self.check_keys("tls", table, ("cert", "key", "client_ca"))
+        return TlsConfig(
+            cert=self.path(table, "tls", "cert"),
+            key=self.path(table, "tls", "key"),
+            client_ca=self.path(table, "tls", "client_ca"),
+        )
+
+    def read_retention(self, table: dict[str, Any]) -> RetentionConfig:
+        self.check_keys("retention", table, ("path", "window", "max_bytes", "on_full"))
+        max_bytes = self.size(table, "retention", "max_bytes", DEFAULT_RETENTION_MAX_BYTES)
+        if max_bytes <= 0:
+            raise self.error(
+                "retention.max_bytes",
+                f"{SIZE_EXAMPLE}, above 0",
+                describe_value(table["max_bytes"]),
+            )
+        on_full = table.get("on_full", "shrink")
+        if on_full not in ON_FULL_POLICIES:
+            raise self.error("retention.on_full", '"shrink" or "pause"', describe_value(on_full))
+        return RetentionConfig(
+            path=self.path(table, "retention", "path"),
+            window_seconds=self.duration(
+                table, "retention", "window", DEFAULT_RETENTION_WINDOW_SECONDS
+            ),
+            max_bytes=max_bytes,
+            on_full=cast(OnFull, on_full),
+        )
+
+    def read_disks(self, entries: object) -> tuple[DiskConfig, ...]:
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise self.error("disks", "an array of tables ([[disks]])", describe_value(entries))
+        disks: list[DiskConfig] = []
+        first_index_of: dict[str, int] = {}
+        first_index_of_target: dict[tuple[str, str], int] = {}
+        for index, table in enumerate(entries):
+            section = f"disks[{index}]"
+            self.check_keys(section, table, ("id", "group", "path", "scsi_uuid"))
+            disk_id = self.identifier(table, section, "id", default=None)
+            if disk_id in first_index_of:
+                raise self.error(
+                    f"{section}.id",
+                    f"an id no other disk has (disks[{first_index_of[disk_id]}] has it)",
+                    describe_value(disk_id),
+                )
+            first_index_of[disk_id] = index
+            group = self.identifier(table, section, "group", default=disk_id)
+            has_path, has_uuid = "path" in table, "scsi_uuid" in table
+            if has_path == has_uuid:
+                raise self.error(
+                    section,
+                    'exactly one of "path" and "scsi_uuid"',
+                    "both" if has_path else "neither",
+                )
+            disk = DiskConfig(
+                id=disk_id,
+                group=group,
+                path=self.path(table, section, "path") if has_path else None,
+                scsi_uuid=self.string(table, section, "scsi_uuid") if has_uuid else None,
+            )
+            # Two streams writing one device would corrupt it whatever the journal does.
+            # (blockio compares canonical SCSI identities too; this catches the plain copy-paste.)
+            target_key, target = (
+                ("path", str(disk.path)) if has_path else ("scsi_uuid", str(disk.scsi_uuid).lower())
+            )
+            if (target_key, target) in first_index_of_target:
+                raise self.error(
+                    f"{section}.{target_key}",
+                    f"a target no other disk has "
+                    f"(disks[{first_index_of_target[target_key, target]}] has it)",
+                    describe_value(table[target_key]),
+                )
+            first_index_of_target[target_key, target] = index
+            disks.append(disk)
+        return tuple(disks)
+
+    # -- one value each ---------------------------------------------------------------------
+
+    def check_keys(
+        self, section: str | None, table: Mapping[str, Any], known: tuple[str, ...]
+    ) -> None:
+        for key in table:
+            if key in known:
+                continue
+            dotted = f"{section}.{key}" if section else key
+            expected = "one of " + ", ".join(known)
+            close = difflib.get_close_matches(key, known, n=1)
+            if close:
+                expected += f' (did you mean "{close[0]}"?)'
+            what = "key" if section else "section"
+            raise self.error(dotted, expected, f"an unknown {what} {describe_value(key)}")
+
+    def table(self, document: dict[str, Any], name: str, *, required: bool) -> dict[str, Any]:
+        if name not in document:
+            if required:
+                raise self.error(name, f"a [{name}] section", "nothing (it is required)")
+            return {}
+        value = document[name]
+        if not isinstance(value, dict):
+            raise self.error(name, f"a [{name}] section", describe_value(value))
+        return value
+
+    def string(self, table: Mapping[str, Any], section: str, key: str) -> str:
+        value = table.get(key)
+        if value is None:
+            raise self.error(f"{section}.{key}", "a string", "nothing (it is required)")
+        if not isinstance(value, str) or not value:
+            raise self.error(f"{section}.{key}", "a non-empty string", describe_value(value))
+        return value
+
+    def path(
+        self, table: Mapping[str, Any], section: str, key: str, default: Path | None = None
+    ) -> Path:
+        if key not in table and default is not None:
+            return default
+        value = table.get(key)
+        expected = "a path (absolute, or relative to the configuration file)"
+        if value is None:
+            raise self.error(f"{section}.{key}", expected, "nothing (it is required)")
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise self.error(f"{section}.{key}", expected, describe_value(value))
+        return self.base_dir / value
+
+    def identifier(
+        self, table: Mapping[str, Any], section: str, key: str, default: str | None
+    ) -> str:
+        if key not in table and default is not None:
+            return default
+        value = table.get(key)
+        expected = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        if value is None:
+            raise self.error(f"{section}.{key}", expected, "nothing (it is required)")
+        if not isinstance(value, str) or ID_PATTERN.fullmatch(value) is None:
+            raise self.error(f"{section}.{key}", expected, describe_value(value))
+        return value
+
+    def address(
+        self, table: Mapping[str, Any], section: str, key: str, default: tuple[str, int]
+    ) -> tuple[str, int]:
+        if key not in table:
+            return default
+        value = table[key]
+        parsed = parse_address(value) if isinstance(value, str) else None
+        if parsed is None:
+            raise self.error(
+                f"{section}.{key}",
+                'an address like "0.0.0.0:9443" or "[::1]:9443" (port 0 to 65535)',
+                describe_value(value),
+            )
+        return parsed
+
+    def size(self, table: Mapping[str, Any], section: str, key: str, default: int) -> int:
+        if key not in table:
+            return default
+        try:
+            return parse_size(table[key])
+        except InvalidValue as exc:
+            raise self.error(f"{section}.{key}", exc.expected, exc.got) from exc
+
+    def duration(self, table: Mapping[str, Any], section: str, key: str, default: float) -> float:
+        if key not in table:
+            return default
+        value = table[key]
+        try:
+            seconds = parse_duration(value)
+        except InvalidValue as exc:
+            raise self.error(f"{section}.{key}", exc.expected, exc.got) from exc
+        if seconds <= 0:
+            raise self.error(
+                f"{section}.{key}", f"{DURATION_EXAMPLE}, above zero", describe_value(value)
+            )
+        return seconds
+
+
+def parse_address(text: str) -> tuple[str, int] | None:
+    """(host, port) from "host:port" or "[v6]:port"; None when the text is not one.
+
+    Port 0 is accepted: the system picks a free port (tests use it).
+    """
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not host:
+        return None
+    port = int(port_text)
+    if port > 65535:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+        return host, port
+    # An IPv6 address without brackets would be ambiguous about where the port starts.
+    if ":" in host or any(c.isspace() for c in host) or "[" in host or "]" in host:
+        return None
+    return host, port

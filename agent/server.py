@@ -1,0 +1,162 @@
+"""The HTTP API of PROTOCOL.md section 2, and the plain-HTTP metrics listener."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from agent import keys
+from agent.apply import ApplyLimits, apply_batch
+from agent.config import AgentConfig
+from agent.metrics import AgentMetrics
+from agent.replica import Replica
+from agent.state import StateStore
+from protocol.errors import BadRequest, ProtocolError, UnknownDisk
+from protocol.wire import PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
+
+AGENT_VERSION = "0.1.0"
+
+
+def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Application:
+    """The data-port application; its state and disks are opened by its cleanup context."""
+    app = web.Application(middlewares=[error_middleware])
+    app[keys.CONFIG] = config
+    app[keys.REGISTRY] = registry
+    app[keys.METRICS] = AgentMetrics(registry)
+    app[keys.LIMITS] = ApplyLimits(
+        max_frame_bytes=config.server.max_frame_bytes,
+        max_batch_bytes=config.server.max_batch_bytes,
+        stall_timeout_seconds=config.server.stall_timeout_seconds,
+    )
+    app.cleanup_ctx.append(open_replicas)
+    app.router.add_get("/v1/info", get_info)
+    app.router.add_get("/v1/disks", get_disks)
+    app.router.add_get("/v1/disks/{disk}", get_disk)
+    app.router.add_put("/v1/disks/{disk}/batches/{seq}", put_batch)
+    return app
+
+
+async def open_replicas(app: web.Application) -> AsyncIterator[None]:
+    """Open the state store and every disk, rolling back batches cut off by a crash."""
+    config = app[keys.CONFIG]
+    store = await asyncio.to_thread(StateStore.open, config.server.state_dir)
+    replicas: dict[str, Replica] = {}
+    for disk in config.disks:
+        progress = await asyncio.to_thread(store.progress, disk.id)
+        replica = Replica(disk, config.retention.path / disk.id, progress)
+        try:
+            await replica.run(replica.open_blocking)
+        except OSError as exc:
+            replica.unavailable_reason = str(exc)
+            log.error("disk %s: target unavailable: %s", disk.id, exc)
+        except Exception as exc:
+            replica.unavailable_reason = str(exc)
+            log.error("disk %s: %s", disk.id, exc)
+        replicas[disk.id] = replica
+    app[keys.STORE] = store
+    app[keys.REPLICAS] = replicas
+    app[keys.METRICS].watch_disks(lambda: [r.snapshot() for r in replicas.values()])
+    yield
+    for replica in replicas.values():
+        async with replica.lock:
+            await replica.run(replica.close_blocking)
+        replica.executor.shutdown(wait=True)
+    await asyncio.to_thread(store.close)
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], object]
+) -> web.StreamResponse:
+    """Every error as PROTOCOL.md's JSON body, with its status."""
+    try:
+        return await handler(request)  # type: ignore[misc]
+    except ProtocolError as exc:
+        return web.json_response(exc.to_json(), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.upper().replace(" ", "_")
+        body = {
+            "error": {"code": code, "message": f"{request.method} {request.path}: {exc.reason}"}
+        }
+        return web.json_response(body, status=exc.status, headers=_allow_header(exc))
+
+
+def _allow_header(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+def _replica(request: web.Request) -> Replica:
+    disk = request.match_info["disk"]
+    replica = request.app[keys.REPLICAS].get(disk)
+    if replica is None:
+        raise UnknownDisk(f"no disk {disk!r} is configured on this agent", disk=disk)
+    return replica
+
+
+async def get_info(request: web.Request) -> web.Response:
+    limits = request.app[keys.LIMITS]
+    return web.json_response(
+        {
+            "agent": "mtagent",
+            "version": AGENT_VERSION,
+            "protocol": PROTOCOL_VERSION,
+            "max_frame_bytes": limits.max_frame_bytes,
+            "max_batch_bytes": limits.max_batch_bytes,
+        }
+    )
+
+
+async def get_disks(request: web.Request) -> web.Response:
+    replicas = request.app[keys.REPLICAS].values()
+    return web.json_response({"disks": [replica.describe() for replica in replicas]})
+
+
+async def get_disk(request: web.Request) -> web.Response:
+    return web.json_response(_replica(request).describe())
+
+
+async def put_batch(request: web.Request) -> web.Response:
+    replica = _replica(request)
+    try:
+        seq = int(request.match_info["seq"])
+    except ValueError:
+        seq = 0
+    if seq < 1:
+        raise BadRequest(f"batch sequence numbers start at 1, got {request.match_info['seq']!r}")
+    app = request.app
+    result = await apply_batch(
+        replica, app[keys.STORE], seq, request.content, app[keys.LIMITS], app[keys.METRICS]
+    )
+    return web.json_response(asdict(result))
+
+
+def create_metrics_app(registry: CollectorRegistry, ready: Callable[[], bool]) -> web.Application:
+    """The plain-HTTP listener: `/metrics` for Prometheus, `/healthz` for probes."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(generate_latest, registry)
+        response = web.Response(body=body)
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        response.charset = "utf-8"
+        return response
+
+    async def healthz(request: web.Request) -> web.Response:
+        is_ready = ready()
+        return web.json_response(
+            {"status": "ready" if is_ready else "starting"}, status=200 if is_ready else 503
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    return app
