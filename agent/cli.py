@@ -10,10 +10,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from agent.commands import certs, disks, serve, status
+from agent.commands import certs, disks, push, serve, status
 from agent.failure import CommandFailed
 
-COMMAND_MODULES = (serve, certs, disks, status)
+COMMAND_MODULES = (serve, certs, push, disks, status)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from protocol.events import Tag
+from protocol.encoder import BatchEncoder
+from protocol.events import Begin, Data, Tag
 from tests.agent_harness import AgentProcess
 from tests.batches import apply_in_memory, batch, resync_batch
 
@@ -168,3 +169,38 @@ async def test_metrics_count_applied_bytes_and_rejections(agent: AgentProcess) -
     assert 'mtagent_batches_total{disk="d0"} 1.0' in text
     assert 'mtagent_rejected_batches_total{code="SEQUENCE_GAP",disk="d0"} 1.0' in text
     assert 'mtagent_disk_last_seq{disk="d0"} 1.0' in text
+
+
+def peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+async def test_memory_does_not_grow_with_batch_size(tmp_path: Path) -> None:
+    size = 192 * MiB
+    agent = AgentProcess.create(tmp_path, {"big": size})
+    agent.start()
+    try:
+        assert agent.process is not None
+        block = os.urandom(4 * MiB)
+
+        async def frames() -> AsyncIterator[bytes]:
+            encoder = BatchEncoder(1, compress=False)
+            yield encoder.encode(Begin("big", 1, 1, frozenset({"resync", "resync_done"})))
+            for offset in range(0, size, 4 * MiB):
+                yield encoder.encode(Data(offset, block))
+            yield encoder.end()
+
+        baseline = peak_rss_bytes(agent.process.pid)
+        async with (
+            agent.client() as session,
+            session.put("/v1/disks/big/batches/1", data=frames()) as response,
+        ):
+            assert response.status == 200, await response.text()
+        grown = peak_rss_bytes(agent.process.pid) - baseline
+        # Two write groups (8 MiB each), one frame and socket buffers; never the batch.
+        assert grown < 64 * MiB, f"peak RSS grew by {grown / MiB:.0f} MiB for a 192 MiB batch"
+    finally:
+        agent.stop()
