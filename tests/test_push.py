@@ -20,15 +20,8 @@ import pytest
 from agent import cli
 from agent.certs import init_pki
 from agent.progress import ProgressBar, progress_line
-from protocol.client import (
-    AgentClient,
-    BatchRefused,
-    PushFailed,
-    PushResult,
-    client_ssl_context,
-    error_from_response,
-    push_image,
-)
+from agent.sender import BatchRefused, PushFailed, PushResult, push_image
+from protocol.client import AgentClient, client_ssl_context, error_from_response
 from protocol.errors import ChecksumMismatch, ProtocolError, SequenceGap
 from protocol.events import Tag
 from tests.agent_harness import REPO, AgentProcess

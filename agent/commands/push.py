@@ -1,7 +1,7 @@
 """`mtagent push`: the sender. Sends a source image to a target disk of an agent.
 
 `--mode full` is the initial replication (every byte, flagged resync); `--mode delta`
-sends what changed since `--base`. See `protocol.client.push_image` for the guarantees.
+sends what changed since `--base`. See `agent.sender.push_image` for the guarantees.
 """
 
 from __future__ import annotations
@@ -19,14 +19,8 @@ from pathlib import Path
 from agent.disk_report import human_bytes
 from agent.failure import CommandFailed
 from agent.progress import ProgressBar
-from protocol.client import (
-    MODES,
-    AgentClient,
-    PushFailed,
-    PushResult,
-    client_ssl_context,
-    push_image,
-)
+from agent.sender import MODES, PushFailed, PushResult, push_image
+from protocol.client import AgentClient, client_ssl_context
 from protocol.events import Tag
 from protocol.wire import TAG_KINDS
 
