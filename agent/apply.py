@@ -22,6 +22,7 @@ import xxhash
 
 from agent.metrics import AgentMetrics
 from agent.replica import Replica
+from agent.retention_gate import RetentionGate, commit_record
 from agent.state import OK, BatchCommit, StateStore
 from blockio.batch_writer import BatchWriter, Write
 from blockio.target import TargetError
@@ -86,11 +87,13 @@ async def apply_batch(
     body: BodyReader,
     limits: ApplyLimits,
     metrics: AgentMetrics,
+    gate: RetentionGate | None = None,
 ) -> BatchResult:
     """Apply batch `seq` of `replica` from `body`, durably, or not at all.
 
     On return the batch is on stable storage (target, undo, state) and
     committed. Raises a ProtocolError subclass after rolling the batch back.
+    `gate`: the retention policy's admission (507 RETENTION_FULL while paused).
     """
     started = time.monotonic()
     try:
@@ -103,6 +106,8 @@ async def apply_batch(
                 raise SequenceGap(
                     f"disk {replica.id} expects batch {last + 1}, got {seq}", expected_seq=last + 1
                 )
+            if gate is not None:
+                gate.admit(replica.id)  # before anything is read or written
             result = await _BatchApplication(replica, store, seq, limits, metrics).run(body)
     except ProtocolError as exc:
         metrics.rejected.labels(replica.id, exc.code).inc()
@@ -112,6 +117,8 @@ async def apply_batch(
     metrics.batches.labels(replica.id).inc()
     metrics.applied_bytes.labels(replica.id).inc(result.data_bytes)
     metrics.apply_seconds.labels(replica.id).observe(time.monotonic() - started)
+    if gate is not None:
+        gate.committed()
     return result
 
 
@@ -201,6 +208,7 @@ class _BatchApplication:
         self.end: End | None = None
         self.group: list[Write] = []
         self.group_bytes = 0
+        self.extent_end = 0
         self.in_flight: asyncio.Future[None] | None = None
 
     async def run(self, body: BodyReader) -> BatchResult:
@@ -217,6 +225,9 @@ class _BatchApplication:
         except BaseException as exc:
             await self._rollback()
             raise _as_protocol_error(exc, self.replica.id) from exc
+        finally:
+            # Committed or rolled back: what it wrote is settled content now.
+            self.replica.inflight.ended()
 
     async def _handle(self, event: Begin | Data | Zero | Tag | End) -> None:
         match event:
@@ -244,6 +255,7 @@ class _BatchApplication:
     async def _add(self, write: Write) -> None:
         self.group.append(write)
         self.group_bytes += write.length
+        self.extent_end = max(self.extent_end, write.offset + write.length)
         if self.group_bytes >= self.limits.group_bytes:
             await self._flush()
 
@@ -254,6 +266,8 @@ class _BatchApplication:
         await self._settle()
         assert self.writer is not None
         group, self.group, self.group_bytes = self.group, [], 0
+        # Told before the I/O thread can write: a reader without the lock must know.
+        self.replica.inflight.writing((write.offset, write.length) for write in group)
         loop = asyncio.get_running_loop()
         self.in_flight = loop.run_in_executor(self.replica.executor, self.writer.write_group, group)
 
@@ -275,13 +289,18 @@ class _BatchApplication:
             flags=begin.flags,
             data_bytes=self.end.data_bytes,
             tag=None if self.tag is None else asdict(self.tag),
+            extent_end=self.extent_end,
         )
         replica.progress = await replica.run(self.store.commit, batch, replica.progress)
         # From here on the batch is acknowledged, whatever happens to its undo.
         writer, self.writer = self.writer, None
         try:
             await replica.run(
-                partial(writer.committed, keep_undo=BEGIN_FLAG_RESYNC not in begin.flags)
+                partial(
+                    writer.committed,
+                    keep_undo=BEGIN_FLAG_RESYNC not in begin.flags,
+                    commit=commit_record(batch),
+                )
             )
         except (OSError, JournalIOError) as exc:
             log.error(

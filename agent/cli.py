@@ -10,10 +10,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from agent.commands import certs, disks, push, serve, status
+from agent.commands import certs, check, disks, points, push, recover, serve, status
 from agent.failure import CommandFailed
 
-COMMAND_MODULES = (serve, certs, push, disks, status)
+COMMAND_MODULES = (serve, certs, push, disks, status, points, recover, check)
 
 
 def build_parser() -> argparse.ArgumentParser:

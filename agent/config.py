@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from agent.failure import CommandFailed
+from blockio.identity import EXPECTED_SPELLING, canonical_scsi_uuid
+from blockio.undo_journal import DEFAULT_SEGMENT_BYTES
 from protocol.wire import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_FRAME_BYTES
 
 DEFAULT_CONFIG_PATH = Path("/etc/mtagent/agent.toml")
@@ -37,6 +39,11 @@ DEFAULT_STATE_DIR = Path("/var/lib/mtagent")
 DEFAULT_STALL_TIMEOUT_SECONDS = 60.0
 DEFAULT_RETENTION_WINDOW_SECONDS = 24 * 3600.0
 DEFAULT_RETENTION_MAX_BYTES = 500 * GiB
+DEFAULT_RETENTION_HIGH_WATER = 0.9
+# Pruning deletes whole segments: smaller ones prune closer to the window, larger ones mean fewer
+# files. A batch never spans segments, so a segment can end up one batch larger than this.
+MIN_SEGMENT_BYTES = 64 * KiB
+MAX_SEGMENT_BYTES = 4 * GiB
 
 OnFull = Literal["shrink", "pause"]
 ON_FULL_POLICIES: tuple[OnFull, ...] = ("shrink", "pause")
@@ -116,19 +123,26 @@ class RetentionConfig:
     window_seconds: float = DEFAULT_RETENTION_WINDOW_SECONDS
     max_bytes: int = DEFAULT_RETENTION_MAX_BYTES
     on_full: OnFull = "shrink"
+    # The fraction of the retention file system above which it counts as full.
+    high_water: float = DEFAULT_RETENTION_HIGH_WATER
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
 
 
 @dataclass(frozen=True, slots=True)
 class DiskConfig:
     """One replication target: exactly one of `path` and `scsi_uuid` is set.
 
-    `scsi_uuid` is kept as written; blockio canonicalizes it when it matches devices.
+    `scsi_uuid` is canonical (lowercase NAA hex, `blockio.identity.canonical_scsi_uuid`),
+    whatever spelling the file used. `source_size_bytes`: the source disk's size when the
+    operator states it; a smaller target is `protected`. `direct_io`: write with O_DIRECT.
     """
 
     id: str
     group: str
     path: Path | None
     scsi_uuid: str | None
+    source_size_bytes: int | None = None
+    direct_io: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,7 +342,31 @@ class _ConfigReader:
         )
 
     def read_retention(self, table: dict[str, Any]) -> RetentionConfig:
-        self.check_keys("retention", table, ("path", "window", "max_bytes", "on_full"))
+        self.check_keys(
+            "retention",
+            table,
+            ("path", "window", "max_bytes", "on_full", "high_water", "segment_bytes"),
+        )
+        segment_bytes = self.size(table, "retention", "segment_bytes", DEFAULT_SEGMENT_BYTES)
+        if not MIN_SEGMENT_BYTES <= segment_bytes <= MAX_SEGMENT_BYTES:
+            raise self.error(
+                "retention.segment_bytes",
+                f"{SIZE_EXAMPLE}, from 64KiB to 4GiB",
+                describe_value(table["segment_bytes"]),
+            )
+        high_water = table.get("high_water", DEFAULT_RETENTION_HIGH_WATER)
+        if isinstance(high_water, str) and re.fullmatch(r"\d+(\.\d+)?%", high_water):
+            high_water = float(high_water[:-1]) / 100
+        if (
+            isinstance(high_water, bool)
+            or not isinstance(high_water, int | float)
+            or not 0 < high_water <= 1
+        ):
+            raise self.error(
+                "retention.high_water",
+                'a fraction of the file system above 0 and at most 1, like 0.9 or "90%"',
+                describe_value(table["high_water"]),
+            )
         max_bytes = self.size(table, "retention", "max_bytes", DEFAULT_RETENTION_MAX_BYTES)
         if max_bytes <= 0:
             raise self.error(
@@ -346,6 +384,8 @@ class _ConfigReader:
             ),
             max_bytes=max_bytes,
             on_full=cast(OnFull, on_full),
+            high_water=float(high_water),
+            segment_bytes=segment_bytes,
         )
 
     def read_disks(self, entries: object) -> tuple[DiskConfig, ...]:
@@ -356,7 +396,11 @@ class _ConfigReader:
         first_index_of_target: dict[tuple[str, str], int] = {}
         for index, table in enumerate(entries):
             section = f"disks[{index}]"
-            self.check_keys(section, table, ("id", "group", "path", "scsi_uuid"))
+            self.check_keys(
+                section,
+                table,
+                ("id", "group", "path", "scsi_uuid", "direct_io", "source_size"),
+            )
             disk_id = self.identifier(table, section, "id", default=None)
             if disk_id in first_index_of:
                 raise self.error(
@@ -377,12 +421,16 @@ class _ConfigReader:
                 id=disk_id,
                 group=group,
                 path=self.path(table, section, "path") if has_path else None,
-                scsi_uuid=self.string(table, section, "scsi_uuid") if has_uuid else None,
+                scsi_uuid=self.scsi_uuid(table, section) if has_uuid else None,
+                source_size_bytes=(
+                    self.size(table, section, "source_size", 0) if "source_size" in table else None
+                ),
+                direct_io=self.boolean(table, section, "direct_io", default=False),
             )
             # Two streams writing one device would corrupt it whatever the journal does.
             # (blockio compares canonical SCSI identities too; this catches the plain copy-paste.)
             target_key, target = (
-                ("path", str(disk.path)) if has_path else ("scsi_uuid", str(disk.scsi_uuid).lower())
+                ("path", str(disk.path)) if has_path else ("scsi_uuid", str(disk.scsi_uuid))
             )
             if (target_key, target) in first_index_of_target:
                 raise self.error(
@@ -427,6 +475,21 @@ class _ConfigReader:
             raise self.error(f"{section}.{key}", "a string", "nothing (it is required)")
         if not isinstance(value, str) or not value:
             raise self.error(f"{section}.{key}", "a non-empty string", describe_value(value))
+        return value
+
+    def scsi_uuid(self, table: Mapping[str, Any], section: str) -> str:
+        value = self.string(table, section, "scsi_uuid")
+        try:
+            return canonical_scsi_uuid(value)
+        except ValueError:
+            raise self.error(
+                f"{section}.scsi_uuid", EXPECTED_SPELLING, describe_value(value)
+            ) from None
+
+    def boolean(self, table: Mapping[str, Any], section: str, key: str, *, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(f"{section}.{key}", "true or false", describe_value(value))
         return value
 
     def path(

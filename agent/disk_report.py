@@ -1,24 +1,43 @@
 """What the CLI tells about each configured disk, read from the config, the device and the store.
 
 The CLI works beside a running agent (SQLite WAL allows a reader) and without
-one; it never opens a target for writing.
+one; it never opens a target for writing. `scsi_uuid` targets are resolved as
+the agent resolves them (pyudev), and checked for use on this host the same
+way, so `protected` and `missing` say here what they would say in the agent.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pyudev
+
 from agent.config import AgentConfig, DiskConfig
 from agent.state import DiskProgress, StateStore
+from blockio.discovery import (
+    BlockDisk,
+    candidate_disks,
+    enumerate_disks,
+    locate,
+    no_identity_message,
+)
+from blockio.safety import check_target, expected_size
 from blockio.target import TargetDisk, TargetError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class DiskReport:
-    """One configured disk as an operator sees it."""
+    """One configured disk as an operator sees it. `target` is what the config names (a path
+    or `scsi_uuid <id>`); `device` where it is now (None when not found); `scsi_id` the
+    canonical id (None for a `path` target)."""
 
     id: str
     group: str
@@ -32,20 +51,56 @@ class DiskReport:
     committed_ns: int
     rpo_seconds: float | None
     undo_bytes: int
+    scsi_id: str | None = None
+    device: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def disk_reports(config: AgentConfig, now_ns: int | None = None) -> list[DiskReport]:
-    """A report for every disk of `config`, in config order."""
+@dataclass(frozen=True, slots=True)
+class UnconfiguredDisk:
+    """A disk of this host that no `[[disks]]` entry names: a candidate target, with the id
+    to copy into the config, or the note saying why it has none or why it is in use."""
+
+    disk: BlockDisk
+    note: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.disk.to_json(), "note": self.note}
+
+
+def host_disks() -> list[BlockDisk] | None:
+    """The host's disks as udev sees them; None when udev/sysfs cannot be read."""
+    try:
+        return enumerate_disks()
+    except (OSError, pyudev.DeviceNotFoundError) as exc:
+        log.warning("cannot enumerate disks: %s", exc)
+        return None
+
+
+def disk_reports(
+    config: AgentConfig,
+    now_ns: int | None = None,
+    disks_on_host: Sequence[BlockDisk] | None = None,
+) -> list[DiskReport]:
+    """A report for every disk of `config`, in config order. `disks_on_host` is the udev
+    enumeration to resolve `scsi_uuid` targets against (enumerated here when not given and
+    some disk needs it)."""
     now_ns = time.time_ns() if now_ns is None else now_ns
+    if disks_on_host is None and any(disk.scsi_uuid for disk in config.disks):
+        disks_on_host = host_disks()
     store_path = config.server.state_dir / "state.db"
     store = StateStore.open_readonly(config.server.state_dir) if store_path.exists() else None
     try:
         return [
             _report(
-                disk, store.progress(disk.id) if store else DiskProgress(disk.id), config, now_ns
+                disk,
+                store.progress(disk.id) if store else DiskProgress(disk.id),
+                store.target_size(disk.id) if store else (0, 0),
+                config,
+                now_ns,
+                disks_on_host,
             )
             for disk in config.disks
         ]
@@ -54,18 +109,43 @@ def disk_reports(config: AgentConfig, now_ns: int | None = None) -> list[DiskRep
             store.close()
 
 
-def _report(disk: DiskConfig, progress: DiskProgress, config: AgentConfig, now: int) -> DiskReport:
+def _report(
+    disk: DiskConfig,
+    progress: DiskProgress,
+    seen_size: tuple[int, int],
+    config: AgentConfig,
+    now: int,
+    disks_on_host: Sequence[BlockDisk] | None,
+) -> DiskReport:
     size = sector = None
     state, reason = progress.state, ""
     target = str(disk.path) if disk.path is not None else f"scsi_uuid {disk.scsi_uuid}"
-    if disk.path is None:
-        state, reason = "missing", "SCSI-UUID targets are not resolved yet"
-    else:
+    node: Path | None = disk.path
+    disk_dir: Path | None = None
+    if disk.scsi_uuid is not None:
         try:
-            with TargetDisk.open(disk.path, writable=False) as device:
-                size, sector = device.size_bytes, device.sector_bytes
+            if disks_on_host is None:
+                raise TargetError(target, "the host's disks cannot be enumerated (udev, sysfs)")
+            found = locate(disk.scsi_uuid, disks_on_host)
+            node, disk_dir = found.node, found.sys_path
         except TargetError as exc:
             state, reason = "missing", exc.reason
+    if node is not None:
+        try:
+            reasons = check_target(
+                node, disk_dir=disk_dir, expected=expected_size(disk.source_size_bytes, *seen_size)
+            )
+        except TargetError as exc:
+            state, reason = "missing", exc.reason
+        else:
+            try:
+                with TargetDisk.open(node, writable=False) as device:
+                    size, sector = device.size_bytes, device.sector_bytes
+            except TargetError as exc:
+                state, reason = "missing", exc.reason
+            if reasons:
+                # In use here says more than "cannot be opened here" (which may follow from it).
+                state, reason = "protected", "; ".join(reasons)
     last_time = progress.last_source_time_ns
     return DiskReport(
         id=disk.id,
@@ -80,7 +160,38 @@ def _report(disk: DiskConfig, progress: DiskProgress, config: AgentConfig, now: 
         committed_ns=progress.committed_ns,
         rpo_seconds=(now - last_time) / 1e9 if last_time else None,
         undo_bytes=_tree_bytes(config.retention.path / disk.id),
+        scsi_id=disk.scsi_uuid,
+        device=None if node is None else str(node),
     )
+
+
+def _devnum(path: Path) -> int:
+    try:
+        return os.stat(path).st_rdev
+    except OSError:
+        return 0
+
+
+def unconfigured_disks(
+    config: AgentConfig, disks_on_host: Sequence[BlockDisk]
+) -> list[UnconfiguredDisk]:
+    """The host's real disks (no loop/dm/md) that no `[[disks]]` entry names, each with a
+    note: why it has no SCSI id (disk.EnableUUID), or why it is in use on this host."""
+    configured_ids = {disk.scsi_uuid for disk in config.disks if disk.scsi_uuid}
+    configured_devnums = {_devnum(disk.path) for disk in config.disks if disk.path} - {0}
+    listed = []
+    for disk in candidate_disks(disks_on_host):
+        if disk.scsi_id in configured_ids or (disk.devnum and disk.devnum in configured_devnums):
+            continue
+        notes = [no_identity_message(disk)] if disk.scsi_id is None else []
+        try:
+            reasons = check_target(disk.node, disk_dir=disk.sys_path)
+        except TargetError as exc:
+            reasons = (exc.reason,)
+        if reasons:
+            notes.append("in use: " + "; ".join(reasons))
+        listed.append(UnconfiguredDisk(disk, "; ".join(notes)))
+    return listed
 
 
 def _tree_bytes(directory: Path) -> int:

@@ -6,13 +6,25 @@ at scrape time through a collector, so a gauge never lags the truth.
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
+
+from agent.tls_handshakes import REASONS as HANDSHAKE_FAILURE_REASONS
+from protocol.wire import PROTOCOL_VERSION
 
 DISK_STATES = ("ok", "resync_required", "resyncing", "missing", "protected", "recovered")
 
@@ -35,8 +47,20 @@ class DiskSnapshot:
 class AgentMetrics:
     """The agent's metric families, registered in `registry`."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, version: str = "unknown") -> None:
         self.registry = registry
+        build = Info("mtagent_build", "The running agent.", registry=registry)
+        build.info(
+            {
+                "version": version,
+                "protocol": str(PROTOCOL_VERSION),
+                "python": platform.python_version(),
+            }
+        )
+        # The default registry's process and platform metrics (RSS, open fds, CPU
+        # seconds, python_info), which an injected registry does not get by itself.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
         self.received_bytes = Counter(
             "mtagent_received_bytes",
             "Batch body bytes received from senders.",
@@ -77,10 +101,72 @@ class AgentMetrics:
             buckets=APPLY_BUCKETS,
             registry=registry,
         )
+        self.tls_handshake_failures = Counter(
+            "mtagent_tls_handshake_failures",
+            "TLS handshakes on the data port that failed, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in HANDSHAKE_FAILURE_REASONS:
+            # Present from the start, so that rate() and increase() see the first failure.
+            self.tls_handshake_failures.labels(reason)
+        self.retention_window_target = Gauge(
+            "mtagent_retention_window_target_seconds",
+            "The configured retention window (retention.window): how far back recovery "
+            "points should reach.",
+            registry=registry,
+        )
+        self.retention_max = Gauge(
+            "mtagent_retention_max_bytes",
+            "The configured most undo data kept (retention.max_bytes).",
+            registry=registry,
+        )
+
+    def declare_configuration(
+        self, disks: Iterable[str], *, retention_window_seconds: float, retention_max_bytes: int
+    ) -> None:
+        """Publish the configured targets, and every disk's counters at zero.
+
+        A counter that appears only at its first increment hides that increment from
+        rate() and increase(): an alert on checksum failures would miss the first one.
+        """
+        for disk in disks:
+            for counter in (
+                self.received_bytes,
+                self.applied_bytes,
+                self.batches,
+                self.checksum_failures,
+                self.rollbacks,
+            ):
+                counter.labels(disk)
+        self.retention_window_target.set(retention_window_seconds)
+        self.retention_max.set(retention_max_bytes)
+
+    def count_handshake_failure(self, reason: str) -> None:
+        """One more failed TLS handshake (see agent.tls_handshakes)."""
+        self.tls_handshake_failures.labels(reason).inc()
 
     def watch_disks(self, snapshots: Callable[[], Iterable[DiskSnapshot]]) -> None:
         """Report per-disk state, read from `snapshots()` at every scrape."""
         self.registry.register(DiskCollector(snapshots))
+
+    def watch_connections(self, count: Callable[[], int]) -> None:
+        """Report `count()`, the open connections of the data port, at every scrape."""
+        self.registry.register(ConnectionCollector(count))
+
+
+class ConnectionCollector(Collector):
+    """The data port's open connections (past the TLS handshake), at scrape time."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "mtagent_open_connections",
+            "Connections to the data port past their TLS handshake.",
+            value=self._count(),
+        )
 
 
 class DiskCollector(Collector):
@@ -110,8 +196,18 @@ class DiskCollector(Collector):
         state = GaugeMetricFamily(
             "mtagent_disk_state", "1 for the disk's current state.", labels=["disk", "state"]
         )
+        disks = GaugeMetricFamily(
+            "mtagent_disks", "Configured disks in each state.", labels=["state"]
+        )
         now = self._clock()
-        for snap in self._snapshots():
+        snapshots = list(self._snapshots())
+        # Every state is present, zero or not, so that an alert on a state sees it appear.
+        counts = dict.fromkeys(DISK_STATES, 0)
+        for snap in snapshots:
+            counts[snap.state] = counts.get(snap.state, 0) + 1
+        for name, count in counts.items():
+            disks.add_metric([name], count)
+        for snap in snapshots:
             info.add_metric([snap.disk], {"group": snap.group})
             last_seq.add_metric([snap.disk], snap.last_seq)
             lag = (
@@ -121,4 +217,4 @@ class DiskCollector(Collector):
             size.add_metric([snap.disk], snap.size_bytes)
             for name in DISK_STATES:
                 state.add_metric([snap.disk, name], 1.0 if name == snap.state else 0.0)
-        yield from (info, last_seq, rpo, size, state)
+        yield from (info, last_seq, rpo, size, state, disks)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -11,10 +12,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.config import DiskConfig
+from agent.inflight_writes import InflightWrites
 from agent.metrics import DiskSnapshot
-from agent.state import RECOVERED, RESYNC_REQUIRED, RESYNCING, DiskProgress
+from agent.state import RECOVERED, RESYNC_REQUIRED, RESYNCING, DiskProgress, StateStore
+from blockio.discovery import resolve_scsi_id
+from blockio.safety import DeviceProtected, ExpectedSize, expected_size, open_for_replication
 from blockio.target import TargetDisk, TargetError
-from blockio.undo_journal import JournalIOError, UndoJournal
+from blockio.undo_journal import DEFAULT_SEGMENT_BYTES, JournalIOError, UndoJournal
 from blockio.undo_record import JournalCorrupt
 from protocol.errors import TargetUnavailable
 
@@ -37,7 +41,15 @@ class Replica:
     target: TargetDisk | None = None
     journal: UndoJournal | None = None
     unavailable_reason: str = "not opened yet"
+    # Why the target is `protected` (in use on this host or too small); "" when it is not.
+    protected_reason: str = ""
+    # Where the size the target had when last opened is remembered (None: not remembered).
+    store: StateStore | None = None
+    # Size at which the undo journal starts a new segment (retention.segment_bytes).
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # What batches wrote that a rollback could still take back, for readers without the lock.
+    inflight: InflightWrites = field(default_factory=InflightWrites)
     executor: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -49,27 +61,63 @@ class Replica:
 
     @property
     def state(self) -> str:
-        """The PROTOCOL.md state: `missing` while the target cannot be opened."""
-        return "missing" if self.target is None else self.progress.state
+        """The PROTOCOL.md state: `protected` while the target is in use on this host,
+        `missing` while it cannot be found or opened, else the persisted state."""
+        if self.target is None:
+            return "protected" if self.protected_reason else "missing"
+        return self.progress.state
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking `fn(*args)` on this disk's I/O thread."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    def open_blocking(self) -> int:
-        """Open target and journal, rolling back a batch cut off by a crash.
+    def locate_blocking(self) -> tuple[Path, Path | None]:
+        """Where the target is now: (device node or file, its sysfs directory when known).
 
-        Returns the number of undo records rolled back. Raises TargetError or
-        OSError when the target or journal cannot be used; the replica then
-        stays `missing`.
+        A `scsi_uuid` target is looked up afresh each time (a re-attached disk may come back
+        under another node). Raises TargetUnavailable (blockio's) when no single disk has it.
         """
-        path = self.config.path
-        if path is None:
-            raise TargetError(str(self.config.scsi_uuid), "SCSI-UUID targets are not resolved yet")
-        target = TargetDisk.open(path)
+        if self.config.path is not None:
+            return self.config.path, None
+        assert self.config.scsi_uuid is not None
+        disk = resolve_scsi_id(self.config.scsi_uuid)
+        return disk.node, disk.sys_path
+
+    def _expected_size(self) -> ExpectedSize | None:
+        seen, seen_ns = self.store.target_size(self.id) if self.store is not None else (0, 0)
+        return expected_size(self.config.source_size_bytes, seen, seen_ns)
+
+    def open_blocking(self) -> int:
+        """Find the target, check that nothing on this host uses it, open it (a block device
+        exclusively), open the journal and roll back a batch cut off by a crash or by the
+        device going away.
+
+        Returns the number of undo records rolled back. Raises DeviceProtected (the replica is
+        then `protected`), TargetError or OSError when the target or journal cannot be used
+        (the replica then stays `missing`).
+        """
         try:
-            journal = UndoJournal.open(self.journal_dir, self.id)
+            node, disk_dir = self.locate_blocking()
+            target = open_for_replication(
+                node,
+                disk_dir=disk_dir,
+                expected=self._expected_size(),
+                direct_io=self.config.direct_io,
+            )
+        except DeviceProtected as exc:
+            if not self.protected_reason:
+                log.error("disk %s: PROTECTED, not written: %s", self.id, exc)
+            self.protected_reason = "; ".join(exc.reasons)
+            raise
+        except BaseException:
+            self.protected_reason = ""
+            raise
+        self.protected_reason = ""
+        try:
+            journal = UndoJournal.open(self.journal_dir, self.id, segment_bytes=self.segment_bytes)
             undone = journal.recover(target, self.progress.last_seq)
+            if self.store is not None and self.store.target_size(self.id)[0] != target.size_bytes:
+                self.store.record_target_size(self.id, target.size_bytes, time.time_ns())
         except BaseException:
             target.close()
             raise
@@ -77,7 +125,7 @@ class Replica:
         self.unavailable_reason = ""
         if undone:
             log.warning(
-                "disk %s: rolled back %d undo records of batch %d cut off by a crash",
+                "disk %s: rolled back %d undo records of batch %d cut off by a crash or a removal",
                 self.id,
                 undone,
                 self.progress.last_seq + 1,
@@ -104,6 +152,15 @@ class Replica:
         if target is not None:
             self.executor.submit(_close_quietly, target, journal)
 
+    def detach(self, reason: str) -> None:
+        """The device went away: stop all I/O through it at once, then drop it as
+        `mark_unavailable` does. A batch in flight fails at its next read or write and its
+        rollback cannot reach the device, so its undo records stay in the journal, and
+        `open_blocking` rolls them back when the device returns."""
+        if self.target is not None:
+            self.target.revoke(reason)
+        self.mark_unavailable(reason)
+
     def close_blocking(self) -> None:
         """Close target and journal (on the I/O thread, after pending work)."""
         _close_quietly(self.target, self.journal)
@@ -121,6 +178,10 @@ class Replica:
             "last_seq": self.progress.last_seq,
             "last_source_time_ns": self.progress.last_source_time_ns,
             "resync": self.progress.state in (RESYNC_REQUIRED, RESYNCING, RECOVERED),
+            # An additional field (README "Resync and verify"): where a cut-off resync resumes.
+            "resync_offset": (
+                self.progress.resync.offset if self.progress.state == RESYNCING else 0
+            ),
         }
 
     def snapshot(self) -> DiskSnapshot:

@@ -178,7 +178,7 @@ class _Failed:
 _FINISHED = object()
 
 # Failures of the connection rather than answers of the agent.
-_TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
+TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
 
 
 class _Stopped(Exception):
@@ -305,11 +305,11 @@ class _Push:
                 self._count_failure(exc)
                 self._learn_acked(expected - 1)
             except ProtocolError as exc:
-                if not _transient(exc):
+                if not is_transient(exc):
                     raise BatchRefused(self.disk, self._failed_seq, exc) from exc
                 await self._back_off(exc)
                 self._learn_acked(await self._last_seq())
-            except _TRANSPORT_ERRORS as exc:
+            except TRANSPORT_ERRORS as exc:
                 self._refuse_tls_failure(exc)
                 await self._back_off(exc)
                 self._learn_acked(await self._last_seq())
@@ -342,7 +342,7 @@ class _Push:
             ) from exc
 
     def _check_fits(self, info: dict[str, Any], disk: dict[str, Any]) -> None:
-        problem = _unfit(
+        problem = source_problem(
             self.source,
             self.size,
             disk_bytes=int(disk["size_bytes"]),
@@ -538,10 +538,10 @@ class _Push:
             try:
                 return await call()
             except ProtocolError as exc:
-                if not _transient(exc):
+                if not is_transient(exc):
                     raise PushFailed(f"disk {self.disk}: {exc}", disk=self.disk) from exc
                 await self._back_off(exc)
-            except _TRANSPORT_ERRORS as exc:
+            except TRANSPORT_ERRORS as exc:
                 self._refuse_tls_failure(exc)
                 await self._back_off(exc)
 
@@ -562,7 +562,8 @@ class _Push:
         if self.failures > self.max_failures:
             retries = f"{self.max_failures} retr{'y' if self.max_failures == 1 else 'ies'}"
             raise PushFailed(
-                f"disk {self.disk}: gave up after {retries}: {_describe(exc)}", disk=self.disk
+                f"disk {self.disk}: gave up after {retries}: {describe_failure(exc)}",
+                disk=self.disk,
             ) from exc
 
     async def _back_off(self, exc: BaseException) -> None:
@@ -571,7 +572,7 @@ class _Push:
         await asyncio.sleep(delay)
 
 
-def _unfit(
+def source_problem(
     source: Path,
     size: int,
     *,
@@ -595,13 +596,15 @@ def _unfit(
     return None
 
 
-def _transient(exc: ProtocolError) -> bool:
+def is_transient(exc: ProtocolError) -> bool:
+    """Whether an error answer may go away when the request is made again later."""
     # STALLED: the agent cut a batch off because this sender paused too long; sending it
     # again is the cure. 5xx covers TARGET_UNAVAILABLE (503) and RETENTION_FULL (507).
     return exc.status >= 500 or isinstance(exc, TargetUnavailable | Stalled)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
+    """One line for a person: the error's own text, with its type unless it has a code."""
     text = str(exc) or type(exc).__name__
     if isinstance(exc, ProtocolError):
         return text

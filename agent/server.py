@@ -10,11 +10,15 @@ from dataclasses import asdict
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from agent import keys
+from agent import hashes_api, keys, points
 from agent.apply import ApplyLimits, apply_batch
 from agent.config import AgentConfig
+from agent.disk_watch import watch_disks
+from agent.health import Readiness
+from agent.instance_lock import hold_agent_lock
 from agent.metrics import AgentMetrics
 from agent.replica import Replica
+from agent.retention_task import RETENTION_GATE, run_retention
 from agent.state import StateStore
 from protocol.errors import BadRequest, ProtocolError, UnknownDisk
 from protocol.wire import PROTOCOL_VERSION
@@ -29,17 +33,22 @@ def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Applicat
     app = web.Application(middlewares=[error_middleware])
     app[keys.CONFIG] = config
     app[keys.REGISTRY] = registry
-    app[keys.METRICS] = AgentMetrics(registry)
+    app[keys.METRICS] = AgentMetrics(registry, version=AGENT_VERSION)
     app[keys.LIMITS] = ApplyLimits(
         max_frame_bytes=config.server.max_frame_bytes,
         max_batch_bytes=config.server.max_batch_bytes,
         stall_timeout_seconds=config.server.stall_timeout_seconds,
     )
+    app.cleanup_ctx.append(hold_agent_lock)  # before any disk is opened
     app.cleanup_ctx.append(open_replicas)
+    app.cleanup_ctx.append(watch_disks)
+    app.cleanup_ctx.append(run_retention)
     app.router.add_get("/v1/info", get_info)
     app.router.add_get("/v1/disks", get_disks)
     app.router.add_get("/v1/disks/{disk}", get_disk)
     app.router.add_put("/v1/disks/{disk}/batches/{seq}", put_batch)
+    hashes_api.add_routes(app)
+    points.add_routes(app)
     return app
 
 
@@ -50,7 +59,13 @@ async def open_replicas(app: web.Application) -> AsyncIterator[None]:
     replicas: dict[str, Replica] = {}
     for disk in config.disks:
         progress = await asyncio.to_thread(store.progress, disk.id)
-        replica = Replica(disk, config.retention.path / disk.id, progress)
+        replica = Replica(
+            disk,
+            config.retention.path / disk.id,
+            progress,
+            store=store,
+            segment_bytes=config.retention.segment_bytes,
+        )
         try:
             await replica.run(replica.open_blocking)
         except OSError as exc:
@@ -135,13 +150,23 @@ async def put_batch(request: web.Request) -> web.Response:
         raise BadRequest(f"batch sequence numbers start at 1, got {request.match_info['seq']!r}")
     app = request.app
     result = await apply_batch(
-        replica, app[keys.STORE], seq, request.content, app[keys.LIMITS], app[keys.METRICS]
+        replica,
+        app[keys.STORE],
+        seq,
+        request.content,
+        app[keys.LIMITS],
+        app[keys.METRICS],
+        gate=app.get(RETENTION_GATE),
     )
     return web.json_response(asdict(result))
 
 
-def create_metrics_app(registry: CollectorRegistry, ready: Callable[[], bool]) -> web.Application:
-    """The plain-HTTP listener: `/metrics` for Prometheus, `/healthz` for probes."""
+def create_metrics_app(registry: CollectorRegistry, readiness: Readiness) -> web.Application:
+    """The plain-HTTP listener: `/metrics` for Prometheus, `/healthz` for probes.
+
+    /healthz answers 200 once the agent is ready, 503 before and while it stops; its
+    JSON body says which (`status`), why not ready (`reason`) and disks by state.
+    """
 
     async def metrics(request: web.Request) -> web.Response:
         body = await asyncio.to_thread(generate_latest, registry)
@@ -151,10 +176,7 @@ def create_metrics_app(registry: CollectorRegistry, ready: Callable[[], bool]) -
         return response
 
     async def healthz(request: web.Request) -> web.Response:
-        is_ready = ready()
-        return web.json_response(
-            {"status": "ready" if is_ready else "starting"}, status=200 if is_ready else 503
-        )
+        return web.json_response(readiness.describe(), status=200 if readiness.is_ready else 503)
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

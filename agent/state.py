@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS disks (
@@ -32,6 +33,27 @@ CREATE TABLE IF NOT EXISTS batches (
     tag TEXT,
     PRIMARY KEY (disk, seq)
 );
+CREATE TABLE IF NOT EXISTS recoveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    grp TEXT NOT NULL,
+    point TEXT NOT NULL,
+    started_ns INTEGER NOT NULL,
+    finished_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS resyncs (
+    disk TEXT PRIMARY KEY,
+    started_seq INTEGER NOT NULL,
+    started_ns INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    sent_bytes INTEGER NOT NULL,
+    done_seq INTEGER NOT NULL,
+    done_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS target_sizes (
+    disk TEXT PRIMARY KEY,
+    size_bytes INTEGER NOT NULL,
+    seen_ns INTEGER NOT NULL
+);
 """
 
 # States kept in the store. `missing` and `protected` are facts about the
@@ -44,6 +66,26 @@ PERSISTED_STATES = frozenset({RESYNC_REQUIRED, RESYNCING, OK, RECOVERED})
 
 
 @dataclass(frozen=True, slots=True)
+class ResyncProgress:
+    """The current resync of a disk (its state is `resyncing`), or else its last one.
+
+    A resync is the run of batches flagged `resync` from the first one committed while the
+    disk was not `resyncing` (`started_seq`, committed at `started_ns`) to the one flagged
+    `resync_done` (`done_seq`, `done_ns`; 0 while it runs), whose commit is the first
+    crash-consistent point after it. `offset` is the end of the furthest extent its batches
+    wrote: below it the target already holds the resync's source, so a resync cut off
+    resumes its comparison there. `sent_bytes` sums the DATA and ZERO lengths of its batches.
+    """
+
+    started_seq: int = 0
+    started_ns: int = 0
+    offset: int = 0
+    sent_bytes: int = 0
+    done_seq: int = 0
+    done_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class DiskProgress:
     """What has been committed for one disk."""
 
@@ -52,6 +94,20 @@ class DiskProgress:
     last_source_time_ns: int = 0
     state: str = RESYNC_REQUIRED
     committed_ns: int = 0
+    resync: ResyncProgress = ResyncProgress()
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryRecord:
+    """An in-place recovery of consistency group `group` to `point` (the Point JSON object of
+    PROTOCOL.md: its `disks` map each disk rolled back to its batch). `finished_ns` is 0 until
+    every target was written and verified (a recovery cut off is run again to the same point)."""
+
+    id: int
+    group: str
+    point: dict[str, Any]
+    started_ns: int
+    finished_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +122,8 @@ class BatchCommit:
     flags: frozenset[str]
     data_bytes: int
     tag: dict[str, object] | None = None
+    # The end of the furthest DATA or ZERO extent of the batch (0 without extents).
+    extent_end: int = 0
 
 
 def state_after(progress: DiskProgress, flags: frozenset[str]) -> str:
@@ -75,6 +133,24 @@ def state_after(progress: DiskProgress, flags: frozenset[str]) -> str:
     if "resync" in flags:
         return RESYNCING
     return progress.state
+
+
+def resync_after(progress: DiskProgress, batch: BatchCommit) -> ResyncProgress:
+    """The disk's resync record once `batch` commits (see ResyncProgress)."""
+    if "resync" not in batch.flags:
+        return progress.resync
+    if progress.state == RESYNCING:
+        resync = progress.resync
+    else:
+        resync = ResyncProgress(started_seq=batch.seq, started_ns=batch.committed_ns)
+    done = "resync_done" in batch.flags
+    return replace(
+        resync,
+        offset=max(resync.offset, batch.extent_end),
+        sent_bytes=resync.sent_bytes + batch.data_bytes,
+        done_seq=batch.seq if done else 0,
+        done_ns=batch.committed_ns if done else 0,
+    )
 
 
 class StateStore:
@@ -117,9 +193,25 @@ class StateStore:
                 "SELECT last_seq, last_source_time_ns, state, committed_ns FROM disks WHERE id = ?",
                 (disk,),
             ).fetchone()
+            try:
+                resync = self._db.execute(
+                    "SELECT started_seq, started_ns, offset, sent_bytes, done_seq, done_ns"
+                    " FROM resyncs WHERE disk = ?",
+                    (disk,),
+                ).fetchone()
+            except sqlite3.OperationalError:
+                # A store of an older agent, opened read-only: it has no resyncs table yet.
+                resync = None
         if row is None:
             return DiskProgress(disk)
-        return DiskProgress(disk, row[0], row[1], row[2], row[3])
+        return DiskProgress(
+            disk,
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            ResyncProgress() if resync is None else ResyncProgress(*resync),
+        )
 
     def batch_digest(self, disk: str, seq: int) -> bytes | None:
         """The body digest of an acknowledged batch, or None if it is not known."""
@@ -128,6 +220,28 @@ class StateStore:
                 "SELECT digest FROM batches WHERE disk = ? AND seq = ?", (disk, seq)
             ).fetchone()
         return None if row is None else bytes(row[0])
+
+    def target_size(self, disk: str) -> tuple[int, int]:
+        """(size in bytes, time_ns) of `disk`'s target when it was last opened for writing;
+        (0, 0) when it never was (a target smaller than this one is `protected`)."""
+        with self._lock:
+            try:
+                row = self._db.execute(
+                    "SELECT size_bytes, seen_ns FROM target_sizes WHERE disk = ?", (disk,)
+                ).fetchone()
+            except sqlite3.OperationalError:
+                return 0, 0  # a read-only store written before this table existed
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+    def record_target_size(self, disk: str, size_bytes: int, seen_ns: int) -> None:
+        """Remember the size of `disk`'s target, just opened for writing (durable on return)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO target_sizes (disk, size_bytes, seen_ns) VALUES (?, ?, ?)"
+                " ON CONFLICT(disk) DO UPDATE SET"
+                " size_bytes = excluded.size_bytes, seen_ns = excluded.seen_ns",
+                (disk, size_bytes, seen_ns),
+            )
 
     def commit(self, batch: BatchCommit, progress: DiskProgress) -> DiskProgress:
         """Record `batch` as acknowledged, atomically with the disk's new progress.
@@ -141,6 +255,7 @@ class StateStore:
             last_source_time_ns=batch.source_time_ns,
             state=state_after(progress, batch.flags),
             committed_ns=batch.committed_ns,
+            resync=resync_after(progress, batch),
         )
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -166,8 +281,86 @@ class StateStore:
                     " state = excluded.state, committed_ns = excluded.committed_ns",
                     (new.disk, new.last_seq, new.last_source_time_ns, new.state, new.committed_ns),
                 )
+                if new.resync != progress.resync:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO resyncs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (new.disk, *astuple(new.resync)),
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return new
+
+    # -- recovery points and recoveries (retention) ---------------------------------------
+
+    def batch_rows(self, disk: str, first_seq: int, last_seq: int) -> list[BatchCommit]:
+        """The acknowledged batches of `disk` with seq from `first_seq` to `last_seq`, in order
+        (`extent_end` is not kept and reads 0)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, digest, source_time_ns, committed_ns, flags, data_bytes, tag"
+                " FROM batches WHERE disk = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+                (disk, first_seq, last_seq),
+            ).fetchall()
+        return [
+            BatchCommit(
+                disk=disk,
+                seq=row[0],
+                digest=bytes(row[1]),
+                source_time_ns=row[2],
+                committed_ns=row[3],
+                flags=frozenset(flag for flag in row[4].split(",") if flag),
+                data_bytes=row[5],
+                tag=None if row[6] is None else json.loads(row[6]),
+            )
+            for row in rows
+        ]
+
+    def begin_recovery(self, group: str, point: dict[str, Any], started_ns: int) -> RecoveryRecord:
+        """Record an in-place recovery of `group` to `point` (a Point JSON object) and make each
+        of its disks `recovered`, in one transaction, durable on return: from then on those
+        disks refuse batches until a resync, whatever happens to the recovery.
+        Raises sqlite3.Error."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = self._db.execute(
+                    "INSERT INTO recoveries (grp, point, started_ns, finished_ns)"
+                    " VALUES (?, ?, ?, 0)",
+                    (group, json.dumps(point, sort_keys=True), started_ns),
+                )
+                for disk in point["disks"]:
+                    self._db.execute(
+                        "INSERT INTO disks (id, state) VALUES (?, ?)"
+                        " ON CONFLICT(id) DO UPDATE SET state = excluded.state",
+                        (disk, RECOVERED),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        assert cursor.lastrowid is not None
+        return RecoveryRecord(cursor.lastrowid, group, dict(point), started_ns)
+
+    def finish_recovery(self, recovery_id: int, finished_ns: int) -> None:
+        """Mark the in-place recovery `recovery_id` as done (durable on return)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE recoveries SET finished_ns = ? WHERE id = ?", (finished_ns, recovery_id)
+            )
+
+    def last_recovery(self, group: str) -> RecoveryRecord | None:
+        """The latest in-place recovery of `group`, or None."""
+        with self._lock:
+            try:
+                row = self._db.execute(
+                    "SELECT id, point, started_ns, finished_ns FROM recoveries"
+                    " WHERE grp = ? ORDER BY id DESC LIMIT 1",
+                    (group,),
+                ).fetchone()
+            except sqlite3.OperationalError:
+                return None  # a read-only store written before this table existed
+        if row is None:
+            return None
+        return RecoveryRecord(row[0], group, json.loads(row[1]), row[2], row[3])

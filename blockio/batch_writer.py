@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from blockio.target import TargetDisk
 from blockio.undo_journal import UndoJournal
+from blockio.undo_record import CommitRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +83,14 @@ class BatchWriter:
         """
         self.target.sync()
 
-    def committed(self, *, keep_undo: bool) -> None:
+    def committed(self, *, keep_undo: bool, commit: CommitRecord | None = None) -> None:
         """The caller has committed the batch: keep its undo records as retention
-        (keep_undo=True) or discard them (a resync batch).
+        (keep_undo=True) or discard them (a resync batch), and close the batch in the journal
+        with a commit record of `commit` (see `UndoJournal.end`).
 
         Raises JournalIOError.
         """
-        self.journal.end(keep=keep_undo)
+        self.journal.end(keep=keep_undo, commit=commit)
 
     def rollback(self) -> int:
         """Put back the target as it was before the batch and drop the batch's undo records.

@@ -9,24 +9,58 @@ any byte of that group touches the target. So after a crash, every record whose 
 been written is durable, and only the last sync group of the open batch may be incomplete; such a
 group never touched the target. Its first record carries FLAG_GROUP_START, and recovery skips the
 group when any of its records is damaged instead of failing (see `_apply_newest_first`).
+
+Retention. The records of committed batches stay: they are the retention window. `end(commit=...)`
+closes a committed batch with a COMMIT record. It is written right after the state commit but not
+synced then: the next sync of the segment (the next batch's first group, or the roll to a new
+segment) makes it durable. So a crash can lose only the newest batch's COMMIT record, and only
+when that batch's undo records are in the segment (a batch that keeps no records syncs its COMMIT
+at once); the agent writes it again at start-up from the state store (`append_commits`). The
+journal keeps a summary of each segment as it goes (`summaries()`, `blockio.retention_index`) and
+caches them in `index.json` when a segment is sealed, pruned, recovered and at close.
+
+Pruning deletes whole segments, oldest first, never the one appends go to (`prune`).
+
+Readers beside the agent (a recovery export, `mtagent check`) hold `<journal>/journal.lock`
+shared while they read (`shared_lock`). The journal takes it exclusively to truncate (a rollback,
+a discarded resync batch, `recover`) and to prune, so records a reader has seen never disappear
+under it: a truncation waits for the reader; pruning is skipped until the next round. Appends need
+no lock: a reader stops at the tail it saw, and a record at that tail was synced before any byte
+it protects reached the target.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
-import re
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from blockio.retention_index import (
+    SEGMENT_NAME,
+    SegmentSummary,
+    SegmentTally,
+    load_summaries,
+    segment_numbers,
+    walk_segment,
+    write_sidecar,
+)
 from blockio.target import TargetDisk
 from blockio.undo_record import (
     FLAG_GROUP_START,
+    UNDO_DISCARDED,
+    UNDO_KEPT,
+    CommitRecord,
     JournalCorrupt,
     RecordHeader,
     RecordKind,
     UndoRecord,
+    encode_commit,
     encode_record_parts,
     read_record,
     scan_headers,
@@ -35,12 +69,12 @@ from blockio.undo_record import (
 log = logging.getLogger(__name__)
 
 DEFAULT_SEGMENT_BYTES = 256 << 20
-SEGMENT_NAME = "seg-{:08d}.undo"
-_SEGMENT_NAME_RE = re.compile(r"seg-(\d{8})\.undo")
+LOCK_NAME = "journal.lock"
 
 # Small records are gathered and written with one writev; large ones go out almost at once.
 _FLUSH_BYTES = 1 << 20
 # Linux IOV_MAX is 1024; each record is two buffers.
+_IOV_MAX = 1024
 _FLUSH_BUFFERS = 512
 
 
@@ -64,13 +98,23 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _segment_numbers(directory: Path) -> list[int]:
-    numbers = []
-    for entry in os.listdir(directory):
-        match = _SEGMENT_NAME_RE.fullmatch(entry)
-        if match:
-            numbers.append(int(match.group(1)))
-    return sorted(numbers)
+@contextlib.contextmanager
+def shared_lock(directory: Path) -> Iterator[None]:
+    """Hold the journal in `directory` shared: while held, the agent neither truncates nor prunes
+    it (a truncation waits, pruning is put off). Waits while the agent holds it exclusively (one
+    truncation or one pruning at a time, short). Does nothing when there is no journal yet.
+
+    Raises OSError when the lock file cannot be opened.
+    """
+    if not directory.is_dir():
+        yield
+        return
+    fd = os.open(directory / LOCK_NAME, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 class UndoJournal:
@@ -78,17 +122,26 @@ class UndoJournal:
     target. Build it with `UndoJournal.open`."""
 
     def __init__(
-        self, directory: Path, disk_id: str, segment_bytes: int, number: int, fd: int
+        self,
+        directory: Path,
+        disk_id: str,
+        segment_bytes: int,
+        number: int,
+        fd: int,
+        lock_fd: int,
+        summaries: Sequence[SegmentSummary] = (),
     ) -> None:
         self.directory = directory
         self.disk_id = disk_id
         self.segment_bytes = segment_bytes
         self._number = number
         self._fd = fd
+        self._lock_fd = lock_fd
+        self._lock_depth = 0
         self._size = os.fstat(fd).st_size
         # What a crash may have left: nothing may be appended before recover() has looked.
         self._needs_recovery = any(
-            self._segment_path(n).stat().st_size > 0 for n in _segment_numbers(directory)
+            self._segment_path(n).stat().st_size > 0 for n in segment_numbers(directory)
         )
         self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
@@ -96,6 +149,22 @@ class UndoJournal:
         self._batch_seq: int | None = None
         self._batch_start = 0
         self._next_starts_group = False
+        # Retention bookkeeping: summaries of sealed segments, a running tally of the current one
+        # (and a copy to go back to when the open batch is undone), the open batch's counts.
+        self._sealed = [s for s in summaries if s.number != number]
+        current = next((s for s in summaries if s.number == number), None)
+        self._tally = (
+            SegmentTally(disk_id)
+            if current is None
+            else SegmentTally.from_summary(disk_id, current)
+        )
+        self._tally_at_begin: SegmentTally | None = None
+        self._batch_records = 0
+        self._batch_undo_bytes = 0
+        # Commit records whose write failed (a full drive): written before anything else.
+        self._unwritten: list[CommitRecord] = []
+        self._published: tuple[SegmentSummary, ...] = ()
+        self._publish()
 
     @classmethod
     def open(
@@ -104,17 +173,25 @@ class UndoJournal:
         """Open the journal in `directory` (created, and its parent fsynced, if missing) for
         appending to its newest segment (created if there is none).
 
-        A journal that holds records must be `recover()`ed before its first `begin()`.
+        A journal that holds records must be `recover()`ed before its first `begin()`. Segment
+        summaries come from the sidecar where it still matches, else from walking the segments
+        (payloads verified: a damaged segment is summarized as damaged, not refused).
         Raises OSError when the directory or segment cannot be created or opened.
         """
         directory = Path(directory)
         if not directory.is_dir():
             directory.mkdir(parents=True, exist_ok=True)
             _fsync_directory(directory.parent)
-        numbers = _segment_numbers(directory)
-        number = numbers[-1] if numbers else 1
-        fd = cls._open_segment(directory, number, create=not numbers)
-        return cls(directory, disk_id, segment_bytes, number, fd)
+        lock_fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            summaries, _walked = load_summaries(directory, disk_id)
+            numbers = segment_numbers(directory)
+            number = numbers[-1] if numbers else 1
+            fd = cls._open_segment(directory, number, create=not numbers)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return cls(directory, disk_id, segment_bytes, number, fd, lock_fd, summaries)
 
     @staticmethod
     def _open_segment(directory: Path, number: int, *, create: bool) -> int:
@@ -139,7 +216,80 @@ class UndoJournal:
 
     def segments(self) -> list[Path]:
         """Every segment file, oldest first."""
-        return [self._segment_path(n) for n in _segment_numbers(self.directory)]
+        return [self._segment_path(n) for n in segment_numbers(self.directory)]
+
+    def summaries(self) -> tuple[SegmentSummary, ...]:
+        """A summary of every segment, oldest first, as of the last batch end, prune or
+        recovery (the open batch is not in it). Safe to call from any thread: it is replaced
+        whole, never changed in place."""
+        return self._published
+
+    @property
+    def last_commit_seq(self) -> int:
+        """The newest batch with a commit record in the journal (0: none)."""
+        return max((s.last_commit_seq for s in self._published), default=0)
+
+    def pending_undo(self, seq: int) -> tuple[int, int]:
+        """(records, bytes of old data) of batch `seq` found in the journal without its commit
+        record: what start-up compares with the batch's data bytes. (0, 0) if none."""
+        for summary in self._published:
+            for pending_seq, records, undo_bytes in summary.pending:
+                if pending_seq == seq:
+                    return records, undo_bytes
+        return 0, 0
+
+    def mark_damaged(self, number: int, damage: str) -> None:
+        """Record that sealed segment `number` was found damaged after it was summarized (a
+        background scrub): the points that need it are no longer listed, and the sidecar keeps
+        saying so. A segment pruned meanwhile is ignored."""
+        for i, summary in enumerate(self._sealed):
+            if summary.number == number and summary.damage is None:
+                self._sealed[i] = replace(summary, damage=damage)
+                self._log_damage(self._sealed[i])
+                self._publish()
+                self._save_index_quietly()
+
+    def _publish(self) -> None:
+        current = self._tally.summary(self._number, self._size, 0)
+        self._published = (*self._sealed, current)
+
+    def save_index(self) -> None:
+        """Write the summaries to the sidecar (`index.json`), with each segment's size and
+        modification time as they are now. Raises OSError."""
+        summaries = list(self._sealed)
+        stat = os.fstat(self._fd)
+        summaries.append(self._tally.summary(self._number, stat.st_size, stat.st_mtime_ns))
+        write_sidecar(self.directory, self.disk_id, summaries)
+
+    def _save_index_quietly(self) -> None:
+        try:
+            self.save_index()
+        except OSError as exc:
+            # Only a cache: the next start walks the segments instead.
+            log.warning("undo journal %s: index not saved: %s", self.directory, exc)
+
+    @contextlib.contextmanager
+    def exclusive(self, *, wait: bool = True) -> Iterator[bool]:
+        """Hold the journal lock exclusively (see the module docstring); yields True, or False
+        without the lock when `wait` is False and a reader holds it. Re-entrant."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield True
+            finally:
+                self._lock_depth -= 1
+            return
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        self._lock_depth = 1
+        try:
+            yield True
+        finally:
+            self._lock_depth = 0
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _require_batch(self) -> int:
         if self._batch_seq is None:
@@ -152,7 +302,8 @@ class UndoJournal:
 
         Raises RuntimeError when a batch is already open or when the journal holds records that
         `recover()` has not looked at yet; JournalIOError/OSError when a new segment cannot be
-        created.
+        created or a commit record left over by a failed write cannot be written (a full drive:
+        nothing of the batch is written then).
         """
         if self._batch_seq is not None:
             raise RuntimeError(
@@ -162,15 +313,31 @@ class UndoJournal:
             raise RuntimeError(
                 f"undo journal {self.directory}: recover() must run before the first batch"
             )
+        self._write_commits(sync=True)
         if self._size >= self.segment_bytes:
-            fd = self._open_segment(self.directory, self._number + 1, create=True)
-            os.close(self._fd)
-            self._fd = fd
-            self._number += 1
-            self._size = 0
+            self._roll()
         self._batch_seq = seq
         self._batch_start = self._size
         self._next_starts_group = True
+        self._tally_at_begin = self._tally.copy()
+        self._batch_records = 0
+        self._batch_undo_bytes = 0
+
+    def _roll(self) -> None:
+        """Seal the current segment and start the next one."""
+        # The last commit record goes to stable storage before the segment is sealed.
+        self._datasync(self._fd, self.current_segment)
+        stat = os.fstat(self._fd)
+        sealed = self._tally.summary(self._number, stat.st_size, stat.st_mtime_ns)
+        fd = self._open_segment(self.directory, self._number + 1, create=True)
+        os.close(self._fd)
+        self._fd = fd
+        self._number += 1
+        self._size = 0
+        self._sealed.append(sealed)
+        self._tally = SegmentTally(self.disk_id)
+        self._publish()
+        self._save_index_quietly()
 
     def append(self, offset: int, old: bytes | memoryview, time_ns: int) -> None:
         """Append the old data of `[offset, offset + len(old))` to the open batch. Buffered:
@@ -191,6 +358,9 @@ class UndoJournal:
         )
         self._next_starts_group = False
         head, payload = encode_record_parts(record)
+        self._tally.add_undo(self._size, self.disk_id, seq, len(data), time_ns)
+        self._batch_records += 1
+        self._batch_undo_bytes += len(data)
         self._pending.append(head)
         self._pending_bytes += len(head)
         if payload:
@@ -205,10 +375,13 @@ class UndoJournal:
         self._pending = []
         self._pending_bytes = 0
         self._unsynced = True
+        self._write_buffers(buffers)
+
+    def _write_buffers(self, buffers: list[memoryview]) -> None:
         first = 0
         try:
             while first < len(buffers):
-                written = os.writev(self._fd, buffers[first:])
+                written = os.writev(self._fd, buffers[first : first + _IOV_MAX])
                 while first < len(buffers) and written >= len(buffers[first]):
                     written -= len(buffers[first])
                     first += 1
@@ -245,25 +418,86 @@ class UndoJournal:
     def _truncate_batch(self) -> None:
         self._pending = []
         self._pending_bytes = 0
-        self._truncate(self._fd, self.current_segment, self._batch_start)
+        with self.exclusive():
+            self._truncate(self._fd, self.current_segment, self._batch_start)
         self._size = self._batch_start
         self._unsynced = False
         self._batch_seq = None
+        if self._tally_at_begin is not None:
+            self._tally, self._tally_at_begin = self._tally_at_begin, None
+        self._publish()
 
-    def end(self, *, keep: bool) -> None:
+    def end(self, *, keep: bool, commit: CommitRecord | None = None) -> None:
         """Close the open batch after the caller committed it. keep=True: its records stay, as
         retention (made durable if they were not yet). keep=False (a resync batch): they are
         discarded; the segment is truncated back to the batch start and synced.
 
+        `commit`: what the caller committed (source time, commit time, flags, tag); a COMMIT
+        record is appended with what the journal knows filled in (disk, seq, what became of the
+        undo, its record count and bytes). It is synced at once only when the batch keeps no
+        record (see the module docstring). When its write fails (JournalIOError, e.g. a full
+        drive), it is cut off again and written before the next batch.
+
         Raises RuntimeError without an open batch; JournalIOError.
         """
-        self._require_batch()
-        if not keep:
+        seq = self._require_batch()
+        if keep:
+            if self._pending or self._unsynced:
+                self.sync()
+            self._batch_seq = None
+            self._tally_at_begin = None
+            undo, records, undo_bytes = UNDO_KEPT, self._batch_records, self._batch_undo_bytes
+        else:
             self._truncate_batch()
+            undo, records, undo_bytes = UNDO_DISCARDED, 0, 0
+        if commit is None:
+            self._publish()
             return
-        if self._pending or self._unsynced:
-            self.sync()
-        self._batch_seq = None
+        self._unwritten.append(
+            replace(
+                commit,
+                disk=self.disk_id,
+                seq=seq,
+                undo=undo,
+                records=records,
+                undo_bytes=undo_bytes,
+            )
+        )
+        self._write_commits(sync=records == 0)
+
+    def append_commits(self, commits: Sequence[CommitRecord]) -> None:
+        """Append commit records outside a batch and sync them: start-up writes those a crash
+        lost. Raises RuntimeError while a batch is open; JournalIOError."""
+        if self._batch_seq is not None:
+            raise RuntimeError(
+                f"undo journal {self.directory}: batch {self._batch_seq} is still open"
+            )
+        self._unwritten.extend(replace(c, disk=self.disk_id) for c in commits)
+        self._write_commits(sync=True)
+
+    def _write_commits(self, *, sync: bool) -> None:
+        if not self._unwritten:
+            return
+        start = self._size
+        encoded = [encode_commit(commit) for commit in self._unwritten]
+        try:
+            self._write_buffers([memoryview(b) for b in encoded])
+            if sync:
+                self._datasync(self._fd, self.current_segment)
+        except JournalIOError:
+            # A partial record must not stay in the middle of the segment.
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError as exc:
+                log.error("undo journal %s: cannot cut a failed append: %s", self.directory, exc)
+            raise
+        position = start
+        for commit, record in zip(self._unwritten, encoded, strict=True):
+            self._tally.add_commit(position, commit)
+            position += len(record)
+        self._size = position
+        self._unwritten = []
+        self._publish()
 
     def rollback(self, target: TargetDisk) -> int:
         """Undo the open batch on `target`: its records are read back from the segment one at a
@@ -300,10 +534,44 @@ class UndoJournal:
             raise RuntimeError(
                 f"undo journal {self.directory}: recover() with batch {self._batch_seq} open"
             )
+        with self.exclusive():
+            undone, touched = self._recover(target, committed_seq)
+        self._size = os.fstat(self._fd).st_size
+        self._needs_recovery = False
+        for number in touched:
+            self._refresh(number)
+        self._publish()
+        for summary in self._published:
+            if summary.damage is not None:
+                self._log_damage(summary)
+        self._save_index_quietly()
+        return undone
+
+    def _log_damage(self, summary: SegmentSummary) -> None:
+        log.error(
+            "undo journal %s: DAMAGED: %s; recovery points of disk %s that need this segment "
+            "(older than batch %d) cannot be restored and are not listed (see mtagent check)",
+            self._segment_path(summary.number),
+            summary.damage,
+            self.disk_id,
+            summary.last_seq,
+        )
+
+    def _refresh(self, number: int) -> None:
+        """Summarize segment `number` again after it was truncated."""
+        walk = walk_segment(self._segment_path(number), self.disk_id, last=number == self._number)
+        if number == self._number:
+            self._tally = walk.tally
+            return
+        summary = walk.tally.summary(number, walk.size_bytes, walk.mtime_ns)
+        self._sealed = [summary if s.number == number else s for s in self._sealed]
+
+    def _recover(self, target: TargetDisk, committed_seq: int) -> tuple[int, set[int]]:
         undone = 0
+        touched: set[int] = set()
         # Only the journal's very last records can be an unsynced group.
         at_tail = True
-        for number in reversed(_segment_numbers(self.directory)):
+        for number in reversed(segment_numbers(self.directory)):
             path = self._segment_path(number)
             fd = self._fd if number == self._number else os.open(path, os.O_RDWR | os.O_CLOEXEC)
             try:
@@ -312,6 +580,7 @@ class UndoJournal:
                     if torn_at is not None:
                         log.warning("undo journal %s: cut a torn tail at byte %d", path, torn_at)
                         self._truncate(fd, path, torn_at)
+                        touched.add(number)
                     first_open = len(headers)
                     while first_open > 0 and headers[first_open - 1].seq > committed_seq:
                         first_open -= 1
@@ -319,6 +588,7 @@ class UndoJournal:
                     if cut_off:
                         undone += self._apply_newest_first(target, f, path, cut_off, at_tail)
                         self._truncate(fd, path, cut_off[0].position)
+                        touched.add(number)
                     at_tail = at_tail and not headers
             finally:
                 if fd != self._fd:
@@ -326,9 +596,49 @@ class UndoJournal:
             # The batch cut off by the crash ends here once a committed record is found.
             if first_open > 0:
                 break
-        self._size = os.fstat(self._fd).st_size
-        self._needs_recovery = False
-        return undone
+        return undone, touched
+
+    def prune(self, numbers: Sequence[int], *, wait: bool = False) -> int:
+        """Delete segments `numbers`: they must be the journal's oldest, and not the one appends
+        go to. Oldest first, so that a crash in the middle leaves the newest segments, a chain
+        that still ends at the present. Returns the bytes freed: 0, deleting nothing, when a
+        reader holds the journal and `wait` is False (pruning waits for the next round).
+
+        Raises ValueError for segments that are not the oldest or include the current one;
+        JournalIOError when a file cannot be deleted.
+        """
+        numbers = sorted(numbers)
+        if not numbers:
+            return 0
+        oldest = [s.number for s in self._sealed[: len(numbers)]]
+        if numbers != oldest or self._number in numbers:
+            raise ValueError(
+                f"undo journal {self.directory}: only the oldest sealed segments can be pruned, "
+                f"not {numbers}"
+            )
+        freed = 0
+        with self.exclusive(wait=wait) as locked:
+            if not locked:
+                return 0
+            try:
+                for number in numbers:
+                    path = self._segment_path(number)
+                    try:
+                        size = path.stat().st_size
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        size = 0
+                    except OSError as exc:
+                        raise JournalIOError(path, "delete", exc) from exc
+                    freed += size
+                    self._sealed.pop(0)
+            finally:
+                try:
+                    _fsync_directory(self.directory)
+                finally:
+                    self._publish()
+                    self._save_index_quietly()
+        return freed
 
     def _apply_newest_first(
         self,
@@ -385,12 +695,21 @@ class UndoJournal:
 
     def close(self) -> None:
         """Close the segment. Records appended but not synced are dropped, as a crash would drop
-        them; an open batch stays in the journal for `recover()`. Safe to call twice."""
+        them; an open batch stays in the journal for `recover()`. Without an open batch, commit
+        records are made durable and the index is saved first. Safe to call twice."""
         self._pending = []
         self._pending_bytes = 0
         if self._fd >= 0:
+            if self._batch_seq is None and not self._needs_recovery:
+                try:
+                    self._write_commits(sync=False)
+                    self._datasync(self._fd, self.current_segment)
+                except JournalIOError as exc:
+                    log.error("undo journal %s: %s", self.directory, exc)
+                self._save_index_quietly()
             fd, self._fd = self._fd, -1
             os.close(fd)
+            os.close(self._lock_fd)
 
     def __enter__(self) -> UndoJournal:
         return self

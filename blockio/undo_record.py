@@ -8,7 +8,7 @@ A record is self-describing, so a segment can be walked and checked alone:
 |---|---|---|
 | 0 | 4 | magic `MTUJ` |
 | 4 | 1 | format version (1) |
-| 5 | 1 | kind (`RecordKind`; 1 = UNDO) |
+| 5 | 1 | kind (`RecordKind`; 1 = UNDO, 2 = COMMIT) |
 | 6 | 1 | flags: bit 0 LZ4 payload, bit 1 all-zero old data (no payload), bit 2 group start |
 | 7 | 1 | reserved, 0 |
 | 8 | 2 | disk id length in bytes |
@@ -24,16 +24,24 @@ A record is self-describing, so a segment can be walked and checked alone:
 
 The framing (header, disk id, stored length) is the same for every kind, so a reader walks past
 kinds it does not know; a change to the framing itself takes a new version.
+
+A COMMIT record closes batch `seq` once the agent has committed it: offset 0, flags 0, time_ns the
+commit time, length = stored length = the payload, a UTF-8 JSON object (`CommitRecord`): the
+batch's source time, flags and tag, and what became of its undo data (`kept`, with the number and
+bytes of its records, `discarded` for a resync batch, `missing` when start-up found it lost). With
+them the journal describes itself: which batches it holds, from when, and which recovery points it
+can still reach, without the state store.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import lz4.block
 import xxhash
@@ -70,9 +78,19 @@ _ZERO_CHUNK = bytes(1 << 20)
 
 
 class RecordKind(IntEnum):
-    """What a record holds. Later kinds (commit, tag) get the next numbers."""
+    """What a record holds. Later kinds get the next numbers."""
 
     UNDO = 1
+    COMMIT = 2
+
+
+# What became of a committed batch's undo records (CommitRecord.undo).
+UNDO_KEPT = "kept"
+UNDO_DISCARDED = "discarded"  # a resync batch: its records are dropped at commit (PROTOCOL.md 5)
+UNDO_MISSING = "missing"  # start-up found the batch committed but its records gone
+UNDO_STATES = frozenset({UNDO_KEPT, UNDO_DISCARDED, UNDO_MISSING})
+# A commit record's payload is a few hundred bytes; a TAG payload is at most 64 KiB.
+MAX_COMMIT_PAYLOAD = 128 * 1024
 
 
 class JournalCorrupt(Exception):
@@ -102,6 +120,39 @@ class UndoRecord:
     def __post_init__(self) -> None:
         if len(self.data) != self.length:
             raise ValueError(f"undo record data holds {len(self.data)} bytes, length {self.length}")
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRecord:
+    """Batch `seq` of `disk` is committed. `records` and `undo_bytes` count its UNDO records and
+    the old data they hold (for a kept batch, `undo_bytes` equals the batch's data bytes). `tag` is
+    the batch's TAG as a JSON object (tag_id, name, kind, group, time_ns), or None."""
+
+    disk: str
+    seq: int
+    source_time_ns: int
+    committed_ns: int
+    flags: tuple[str, ...] = ()
+    tag: dict[str, Any] | None = None
+    undo: str = UNDO_KEPT
+    records: int = 0
+    undo_bytes: int = 0
+
+    def payload(self) -> bytes:
+        """The JSON payload of the record (without disk and seq, which are in the header)."""
+        return json.dumps(
+            {
+                "source_time_ns": self.source_time_ns,
+                "committed_ns": self.committed_ns,
+                "flags": sorted(self.flags),
+                "tag": self.tag,
+                "undo": self.undo,
+                "records": self.records,
+                "undo_bytes": self.undo_bytes,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        ).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +243,46 @@ def encode_record_parts(record: UndoRecord) -> tuple[bytes, bytes | memoryview]:
     return bytes(head), payload
 
 
+def encode_commit(commit: CommitRecord) -> bytes:
+    """The bytes of one COMMIT record.
+
+    Raises ValueError for a disk id the format cannot hold, an unknown undo state or a payload
+    over MAX_COMMIT_PAYLOAD.
+    """
+    disk = commit.disk.encode()
+    if len(disk) > MAX_DISK_ID_BYTES:
+        raise ValueError(f"disk id {commit.disk!r} is longer than {MAX_DISK_ID_BYTES} bytes")
+    if commit.undo not in UNDO_STATES:
+        raise ValueError(f"undo state {commit.undo!r} is not one of {sorted(UNDO_STATES)}")
+    payload = commit.payload()
+    if len(payload) > MAX_COMMIT_PAYLOAD:
+        raise ValueError(f"commit record of {len(payload)} bytes exceeds {MAX_COMMIT_PAYLOAD}")
+    head = bytearray(HEADER_BYTES + len(disk))
+    HEADER.pack_into(
+        head,
+        0,
+        MAGIC,
+        FORMAT_VERSION,
+        RecordKind.COMMIT,
+        0,
+        0,
+        len(disk),
+        0,
+        len(payload),
+        commit.seq,
+        0,
+        commit.committed_ns,
+        len(payload),
+        0,
+        xxhash.xxh3_64_intdigest(payload),
+        0,
+    )
+    head[HEADER_BYTES:] = disk
+    digest = xxhash.xxh3_64_intdigest(bytes(head[:HEADER_DIGESTED_BYTES]) + disk)
+    struct.pack_into("<Q", head, HEADER_DIGESTED_BYTES, digest)
+    return bytes(head) + payload
+
+
 def encode_record(record: UndoRecord) -> bytes:
     """The bytes of one record. LZ4 only when it shrinks the data; all-zero data has no payload.
 
@@ -226,6 +317,12 @@ def _field_fault(kind: int, flags: int, length: int, stored: int, reserved: int)
     """What makes a header's fields inconsistent with each other, or None."""
     if reserved:
         return "reserved header fields are not zero"
+    if kind == RecordKind.COMMIT:
+        if flags:
+            return f"commit record with flags {flags:#04x}"
+        if stored != length or stored > MAX_COMMIT_PAYLOAD:
+            return f"commit record payload of {stored} bytes for length {length}"
+        return None
     if flags & ~KNOWN_FLAGS:
         return f"unknown flags {flags:#04x}"
     if flags & FLAG_ZERO:
@@ -250,14 +347,23 @@ def scan_headers(f: BinaryIO, path: Path, start: int = 0) -> tuple[list[RecordHe
     Raises JournalCorrupt for a bad magic, an unknown version, a header digest mismatch or
     inconsistent fields anywhere else.
     """
-    end = f.seek(0, io.SEEK_END)
     headers: list[RecordHeader] = []
+    torn_at = scan_headers_into(f, path, headers, start)
+    return headers, torn_at
+
+
+def scan_headers_into(
+    f: BinaryIO, path: Path, headers: list[RecordHeader], start: int = 0
+) -> int | None:
+    """`scan_headers`, appending to `headers` as it goes: when it raises JournalCorrupt,
+    `headers` still holds every record before the damage. Returns torn_at."""
+    end = f.seek(0, io.SEEK_END)
     position = start
     while position < end:
         f.seek(position)
         raw = f.read(HEADER_BYTES)
         if len(raw) < HEADER_BYTES:
-            return headers, position
+            return position
         (
             magic,
             version,
@@ -279,14 +385,14 @@ def scan_headers(f: BinaryIO, path: Path, start: int = 0) -> tuple[list[RecordHe
         fault = _frame_fault(magic, version, disk_len)
         if fault is not None:
             if _zeros_to_end(f, position, end):
-                return headers, position
+                return position
             raise JournalCorrupt(path, position, fault)
         if position + HEADER_BYTES + disk_len > end:
-            return headers, position
+            return position
         disk = f.read(disk_len)
         if xxhash.xxh3_64_intdigest(raw[:HEADER_DIGESTED_BYTES] + disk) != header_digest:
             if _zeros_to_end(f, position, end):
-                return headers, position
+                return position
             raise JournalCorrupt(path, position, "header digest mismatch")
         # The digest matched: a fault from here on was written so, not damaged on the way.
         fault = _field_fault(kind, flags, length, stored, reserved_a | reserved_b | reserved_c)
@@ -298,7 +404,7 @@ def scan_headers(f: BinaryIO, path: Path, start: int = 0) -> tuple[list[RecordHe
             raise JournalCorrupt(path, position, "disk id is not UTF-8") from None
         total = HEADER_BYTES + disk_len + stored
         if position + total > end:
-            return headers, position
+            return position
         headers.append(
             RecordHeader(
                 position=position,
@@ -315,7 +421,7 @@ def scan_headers(f: BinaryIO, path: Path, start: int = 0) -> tuple[list[RecordHe
             )
         )
         position += total
-    return headers, None
+    return None
 
 
 def read_record(f: BinaryIO, header: RecordHeader, path: Path) -> UndoRecord:
@@ -363,3 +469,43 @@ def read_record(f: BinaryIO, header: RecordHeader, path: Path) -> UndoRecord:
         data=data,
         group_start=bool(header.flags & FLAG_GROUP_START),
     )
+
+
+def read_commit(f: BinaryIO, header: RecordHeader, path: Path) -> CommitRecord:
+    """Read the COMMIT record `header` describes (from `scan_headers` on the same file) and verify
+    its payload against the recorded XXH3-64.
+
+    Raises JournalCorrupt when the payload is cut short, does not match its digest or is not a
+    commit payload; ValueError for a record that is not a COMMIT record.
+    """
+    if header.kind != RecordKind.COMMIT:
+        raise ValueError(f"record at byte {header.position} of {path} is of kind {header.kind}")
+    at = header.position
+    f.seek(header.payload_position)
+    payload = f.read(header.stored_bytes)
+    if len(payload) != header.stored_bytes:
+        raise JournalCorrupt(
+            path, at, f"payload cut short: {len(payload)} of {header.stored_bytes} bytes"
+        )
+    if xxhash.xxh3_64_intdigest(payload) != header.data_digest:
+        raise JournalCorrupt(path, at, f"commit record of batch {header.seq}: digest mismatch")
+    try:
+        fields = json.loads(payload)
+        commit = CommitRecord(
+            disk=header.disk,
+            seq=header.seq,
+            source_time_ns=int(fields["source_time_ns"]),
+            committed_ns=int(fields["committed_ns"]),
+            flags=tuple(str(flag) for flag in fields["flags"]),
+            tag=fields["tag"],
+            undo=str(fields["undo"]),
+            records=int(fields["records"]),
+            undo_bytes=int(fields["undo_bytes"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise JournalCorrupt(path, at, f"commit record of batch {header.seq}: {exc}") from None
+    if commit.undo not in UNDO_STATES or (
+        commit.tag is not None and not isinstance(commit.tag, dict)
+    ):
+        raise JournalCorrupt(path, at, f"commit record of batch {header.seq}: unknown fields")
+    return commit

@@ -21,6 +21,9 @@ import aiohttp
 from protocol.errors import ERRORS_BY_CODE, ProtocolError
 from protocol.wire import BATCH_CONTENT_TYPE
 
+# One chunk digest of the hashes stream: XXH3-128.
+DIGEST_BYTES = 16
+
 
 def client_ssl_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     """A TLS context presenting `cert`/`key`, trusting only agents whose certificate chains
@@ -142,6 +145,41 @@ class AgentClient:
             ) as response:
                 deadline.reschedule(loop.time() + self._timeout)
                 return await _answer(response)
+
+    async def hashes(
+        self, disk_id: str, offset: int, length: int, chunk_bytes: int
+    ) -> AsyncIterator[bytes]:
+        """`POST /v1/disks/{disk}/hashes` (PROTOCOL.md section 5): the 16-byte XXH3-128
+        digest of each chunk of `[offset, offset + length)` of the target, in order, yielded
+        one by one as the agent streams them (the last chunk may be short).
+
+        An error answer raises its ProtocolError (BadRequest, OutOfRange, UnknownDisk,
+        TargetUnavailable...) before the first digest. A stream that stops before its last
+        digest raises aiohttp.ClientPayloadError: the digests yielded so far are good, so a
+        caller can ask again from the first missing chunk.
+        """
+        url = f"{self.base_url}/v1/disks/{quote(disk_id, safe='')}/hashes"
+        request = {"offset": offset, "length": length, "chunk_bytes": chunk_bytes}
+        missing = -(-length // chunk_bytes) if length > 0 and chunk_bytes > 0 else 0
+        async with self._open().post(url, json=request) as response:
+            if response.status != 200:
+                raise error_from_response(response.status, await response.read())
+            carry = b""
+            while missing:
+                # Whatever has arrived, so that digests reach the caller as the agent
+                # produces them rather than in fixed blocks.
+                block = await response.content.read(min(missing * DIGEST_BYTES, 1 << 16))
+                if not block:
+                    raise aiohttp.ClientPayloadError(
+                        f"the digest stream of disk {disk_id} ended {missing} digests early"
+                    )
+                if carry:
+                    block, carry = carry + block, b""
+                whole = len(block) - len(block) % DIGEST_BYTES
+                for at in range(0, whole, DIGEST_BYTES):
+                    yield block[at : at + DIGEST_BYTES]
+                missing -= whole // DIGEST_BYTES
+                carry = block[whole:]
 
     async def _get(self, path: str) -> dict[str, Any]:
         async with self._open().get(self.base_url + path) as response:

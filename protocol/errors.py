@@ -72,6 +72,13 @@ class UnknownDisk(ProtocolError):
     status = 404
 
 
+class UnknownGroup(ProtocolError):
+    """No configured disk is in the consistency group of the URL."""
+
+    code = "UNKNOWN_GROUP"
+    status = 404
+
+
 class Stalled(ProtocolError):
     """The sender sent nothing for longer than the agent's stall timeout."""
 
@@ -134,6 +141,7 @@ ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {
         Truncated,
         BadRequest,
         UnknownDisk,
+        UnknownGroup,
         Stalled,
         SequenceGap,
         SequenceConflict,

@@ -5,12 +5,20 @@ Every figure is a ratio against a baseline measured in the same run, on the same
 file system, because these machines are shared and noisy; absolute times stand
 beside the ratios.
 
-    scripts/bench.py [--only full_push|ack_latency] [--size 1GiB] [--keep]
+    scripts/bench.py [--only full_push|ack_latency|resync|hashes] [--size 1GiB] [--keep]
 
 full_push    a full `mtagent push` of realistic data through the whole path (mutual TLS,
              verify, undo journal, fdatasync) against `dd bs=1M conv=fdatasync` of the
              same bytes; also the agent's peak RSS (VmHWM).
 ack_latency  64 KiB batches sent one after another: p50 and p99 of the time to the 200.
+resync       a 2 GiB image with 1% of its 64 KiB blocks changed at random, resynced to the old
+             copy by `mtagent push --mode resync`, against `rsync --inplace --no-whole-file` of
+             the same two files, each from a cold page cache; the floor is reading both images
+             one after the other.
+hashes       the hashes endpoint over a 2 GiB target against `dd bs=1M` reading it, both cold.
+recover      `mtagent recover --output` of a --size disk (1 GiB) to the point before 100
+             batches of 1 MiB, beside the running agent, against `dd bs=1M conv=fdatasync`
+             copying that disk.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -33,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import xxhash  # noqa: E402
-from sample_image import make_image, parse_size  # noqa: E402
+from sample_image import make_image, mutate_image, parse_size  # noqa: E402
 
 from protocol.client import AgentClient, client_ssl_context  # noqa: E402
 from tests.agent_harness import AgentProcess  # noqa: E402
@@ -162,7 +171,247 @@ def bench_ack_latency(workdir: Path, count: int = 300) -> dict[str, Any]:
     }
 
 
-SECTIONS = {"full_push", "ack_latency"}
+# After the page cache is dropped, the memory it held goes back to the host a second or two
+# later (virtio-balloon free page reporting), and the guest then pays for every page it takes
+# again: 2 GiB read cold take 1.7 s right after the drop and 3.5 s a second later. A tool that
+# starts reading within a second (dd, rsync) would get the cheap pages, and one that starts a
+# Python interpreter first the dear ones; waiting this long makes every measure start alike.
+SETTLE_SECONDS = 5.0
+
+
+def drop_caches(settle: float = SETTLE_SECONDS) -> None:
+    """Write back dirty pages, drop the page cache and let the freed memory settle, so that
+    the next reader starts cold, like every other."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    time.sleep(settle)
+
+
+def read_seconds(*paths: Path) -> float:
+    """Seconds for `dd bs=1M` to read `paths` one after the other to /dev/null."""
+    return timed(
+        lambda: [
+            subprocess.run(
+                ["dd", f"if={path}", "of=/dev/null", "bs=1M"], check=True, capture_output=True
+            )
+            for path in paths
+        ]
+    )
+
+
+def resync_command(agent: AgentProcess, source: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "agent", "push",
+        "--server", agent.url, "--cert", str(agent.cert), "--key", str(agent.key),
+        "--ca", str(agent.ca), "--disk", "bench0", "--source", str(source),
+        "--mode", "resync", "--json",
+    ]  # fmt: skip
+
+
+def compile_bytecode() -> None:
+    """Compile the package as an installation does, so that each `mtagent` run measured does
+    not compile it again (PYTHONDONTWRITEBYTECODE is set on some machines)."""
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "agent", "blockio", "protocol"],
+        cwd=REPO,
+        check=True,
+    )
+
+
+def resync_once(workdir: Path, old: Path, source: Path) -> tuple[float, dict[str, Any]]:
+    """Seconds of `mtagent push --mode resync` from a cold page cache onto a new copy of
+    `old` (a new pair), and its JSON result; checks that the target equals the source."""
+    workdir.mkdir(parents=True)
+    target = workdir / "target.img"
+    shutil.copyfile(old, target)
+    agent = AgentProcess.create(workdir / "agent", {"bench0": target})
+    agent.start()
+    try:
+        drop_caches()
+        started = time.perf_counter()
+        done = subprocess.run(
+            resync_command(agent, source), cwd=REPO, capture_output=True, text=True, check=False
+        )
+        seconds = time.perf_counter() - started
+    finally:
+        agent.stop()
+    if done.returncode != 0:
+        raise RuntimeError(f"resync failed: {done.stderr.strip()}")
+    if file_digest(target) != file_digest(source):
+        raise RuntimeError("the target differs from the source after the resync")
+    target.unlink()
+    return seconds, json.loads(done.stdout)
+
+
+def rsync_once(workdir: Path, old: Path, source: Path) -> float:
+    """Seconds of `rsync --inplace --no-whole-file` from a cold page cache onto a copy of `old`."""
+    copy = workdir / "rsync.img"
+    shutil.copyfile(old, copy)
+    drop_caches()
+    seconds = timed(
+        lambda: subprocess.run(
+            ["rsync", "--inplace", "--no-whole-file", str(source), str(copy)],
+            check=True,
+            capture_output=True,
+        )
+    )
+    copy.unlink()
+    return seconds
+
+
+def bench_resync(
+    workdir: Path, size: int = 2 << 30, fraction: float = 0.01, rounds: int = 2
+) -> dict[str, Any]:
+    """Each measure is the best of `rounds`, taken in turns: on these machines the same cold
+    read of 2 GiB takes from 1 to 3 s depending on what the host does meanwhile."""
+    if shutil.which("rsync") is None:
+        raise SystemExit("bench: the resync section compares with rsync: apt-get install rsync")
+    workdir.mkdir(parents=True)
+    compile_bytecode()
+    old, source = workdir / "old.img", workdir / "source.img"
+    say(f"resync: making a {size // MiB} MiB image and changing {fraction:.0%} of its blocks")
+    make_image(old, size, seed=21)
+    shutil.copyfile(old, source)
+    mutate_image(source, fraction, seed=22)
+    floors, resyncs, rsyncs = [], [], []
+    for round_number in range(1, rounds + 1):
+        say(f"resync: round {round_number}: floor (reading both images one after the other)")
+        drop_caches()
+        floors.append(read_seconds(source, old))
+        say(f"resync: round {round_number}: mtagent push --mode resync")
+        seconds, result = resync_once(workdir / f"round-{round_number}", old, source)
+        resyncs.append(seconds)
+        say(f"resync: round {round_number}: rsync --inplace --no-whole-file")
+        rsyncs.append(rsync_once(workdir, old, source))
+    seconds, rsync_seconds, floor_seconds = min(resyncs), min(rsyncs), min(floors)
+    return {
+        "bytes": size,
+        "changed_fraction": fraction,
+        "seconds": round(seconds, 3),
+        "rsync_seconds": round(rsync_seconds, 3),
+        "floor_seconds": round(floor_seconds, 3),
+        "speedup_vs_rsync": round(rsync_seconds / seconds, 3),
+        "ratio_to_floor": round(floor_seconds / seconds, 3),
+        "rounds": {
+            "seconds": [round(x, 3) for x in resyncs],
+            "rsync_seconds": [round(x, 3) for x in rsyncs],
+            "floor_seconds": [round(x, 3) for x in floors],
+        },
+        "resync_inner_seconds": round(result["seconds"], 3),
+        "differing_chunks": result["differing_chunks"],
+        "sent_bytes": result["data_bytes"] + result["zero_bytes"],
+        "wire_bytes": result["wire_bytes"],
+        "batches": result["batches"],
+    }
+
+
+async def stream_digests(agent: AgentProcess, size: int, chunk_bytes: int) -> int:
+    context = client_ssl_context(agent.cert, agent.key, agent.ca)
+    async with AgentClient(agent.url, context) as client:
+        count = 0
+        async for _ in client.hashes("bench0", 0, size, chunk_bytes):
+            count += 1
+    return count
+
+
+def bench_hashes(
+    workdir: Path, size: int = 2 << 30, chunk_bytes: int = 64 << 10, rounds: int = 3
+) -> dict[str, Any]:
+    """Best of `rounds` each, taken in turns (see bench_resync)."""
+    workdir.mkdir(parents=True)
+    target = workdir / "target.img"
+    say(f"hashes: making a {size // MiB} MiB image")
+    make_image(target, size, seed=31)
+    agent = AgentProcess.create(workdir / "agent", {"bench0": target})
+    agent.start()
+    reads, streams = [], []
+    try:
+        for round_number in range(1, rounds + 1):
+            say(f"hashes: round {round_number}: dd bs=1M, then the endpoint")
+            drop_caches()
+            reads.append(read_seconds(target))
+            drop_caches()
+            started = time.perf_counter()
+            count = asyncio.run(stream_digests(agent, size, chunk_bytes))
+            streams.append(time.perf_counter() - started)
+            if count != size // chunk_bytes:
+                raise RuntimeError(f"{count} digests for {size // chunk_bytes} chunks")
+    finally:
+        agent.stop()
+    seconds, read = min(streams), min(reads)
+    return {
+        "bytes": size,
+        "chunk_bytes": chunk_bytes,
+        "seconds": round(seconds, 3),
+        "read_seconds": round(read, 3),
+        "ratio_to_read": round(read / seconds, 3),
+        "rounds": {
+            "seconds": [round(x, 3) for x in streams],
+            "read_seconds": [round(x, 3) for x in reads],
+        },
+    }
+
+
+async def send_random_batches(agent: AgentProcess, count: int, batch_bytes: int) -> None:
+    """`count` batches of `batch_bytes` of random data each, at random aligned offsets."""
+    context = client_ssl_context(agent.cert, agent.key, agent.ca)
+    rng = random.Random(17)
+    async with AgentClient(agent.url, context) as client:
+        disk = await client.disk("bench0")
+        first, size = disk["last_seq"] + 1, disk["size_bytes"]
+        for seq in range(first, first + count):
+            offset = rng.randrange(0, size - batch_bytes + 1, 4096)
+            body = batch("bench0", seq, [(offset, os.urandom(batch_bytes))])
+            await client.put_batch("bench0", seq, body)
+
+
+def bench_recover(workdir: Path, size: int, batches: int = 100) -> dict[str, Any]:
+    """`mtagent recover --output` of a disk to the point before `batches` batches of 1 MiB
+    (their undo applied), beside the running agent, against `dd bs=1M conv=fdatasync` copying
+    that disk; the export is checked against the source image (the disk at that point)."""
+    workdir.mkdir(parents=True)
+    image = workdir / "source.img"
+    say(f"recover: making a {size // MiB} MiB image and replicating it")
+    make_image(image, size, seed=13)
+    agent = start_agent(workdir, size)
+    try:
+        done = subprocess.run(
+            push_command(agent, image), cwd=REPO, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"push failed: {done.stderr.strip()}")
+        point = f"bench0@{json.loads(done.stdout)['batches']}"
+        say(f"recover: {batches} batches of 1 MiB at random offsets")
+        asyncio.run(send_random_batches(agent, batches, MiB))
+        say("recover: dd baseline")
+        dd_seconds = run_dd(agent.disks["bench0"], workdir / "dd.img")
+        say(f"recover: mtagent recover --point {point} --output")
+        out = workdir / "out"
+        command = [
+            sys.executable, "-m", "agent", "recover", "--config", str(agent.config_path),
+            "--group", "g1", "--point", point, "--output", str(out), "--json",
+        ]  # fmt: skip
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"recover failed: {done.stderr.strip()}")
+        report = json.loads(done.stdout)["disks"][0]
+        if file_digest(out / "bench0.img") != file_digest(image):
+            raise RuntimeError("the export differs from the source image it should restore")
+    finally:
+        agent.stop()
+    return {
+        "bytes": size,
+        "batches": batches,
+        "undo_bytes": report["undo_bytes"],
+        "seconds": round(seconds, 3),
+        "dd_seconds": round(dd_seconds, 3),
+        "ratio_to_dd": round(dd_seconds / seconds, 3),
+    }
+
+
+SECTIONS = {"full_push", "ack_latency", "resync", "hashes", "recover"}
 
 
 def main() -> int:
@@ -178,6 +427,12 @@ def main() -> int:
             results["full_push"] = bench_full_push(workdir / "full_push", args.size)
         if args.only in (None, "ack_latency"):
             results["ack_latency"] = bench_ack_latency(workdir / "ack_latency")
+        if args.only in (None, "resync"):
+            results["resync"] = bench_resync(workdir / "resync")
+        if args.only in (None, "hashes"):
+            results["hashes"] = bench_hashes(workdir / "hashes")
+        if args.only in (None, "recover"):
+            results["recover"] = bench_recover(workdir / "recover", args.size)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(results))

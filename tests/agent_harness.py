@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -28,6 +29,7 @@ import aiohttp
 from agent.certs import init_pki, issue_client
 
 REPO = Path(__file__).resolve().parent.parent
+READY_LINE = re.compile(r"data on https://[^:]+:(\d+), metrics on http://[^:]+:(\d+)")
 
 
 def free_port() -> int:
@@ -56,6 +58,10 @@ class AgentProcess:
     server_options: dict[str, object] = field(default_factory=dict)
     retention_path: Path | None = None
     process: subprocess.Popen[bytes] | None = None
+    # Extra environment of the agent process (e.g. a umockdev testbed's, tests/udev_testbed.py).
+    env: dict[str, str] = field(default_factory=dict)
+    # Extra [retention] keys (window, max_bytes, ...): set, then write_config() again.
+    retention_options: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -81,9 +87,7 @@ class AgentProcess:
                 with open(path, "wb") as f:
                     f.truncate(spec)
                 targets[disk_id] = path
-        agent = cls(
-            workdir, targets, free_port(), free_port(), dict(server_options), retention_path
-        )
+        agent = cls(workdir, targets, 0, 0, dict(server_options), retention_path)
         agent.write_config()
         return agent
 
@@ -138,25 +142,35 @@ class AgentProcess:
             "[retention]",
             f'path = "{retention}"',
         ]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in self.retention_options.items()]
         for disk_id, path in self.disks.items():
             lines += ["", "[[disks]]", f'id = "{disk_id}"', 'group = "g1"', f'path = "{path}"']
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start `mtagent serve` and wait until /healthz says ready."""
+        """Start `mtagent serve` and wait until it is ready.
+
+        Ports 0 let the agent pick free ports (no race with other tests); the ports it
+        bound are read from its "ready" log line and kept for later restarts.
+        """
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child from here on
         self.process = subprocess.Popen(
             [sys.executable, "-m", "agent", "serve", "--config", str(self.config_path)],
             cwd=REPO,
             stdout=log,
             stderr=log,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={**os.environ, "PYTHONPATH": str(REPO), **self.env},
         )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.process.returncode}:\n{self.log()}")
+            if 0 in (self.port, self.metrics_port):
+                self._learn_ports(log_start)
+                time.sleep(0.05)
+                continue
             try:
                 with urllib.request.urlopen(f"{self.metrics_url}/healthz", timeout=1) as resp:
                     if resp.status == 200:
@@ -165,6 +179,14 @@ class AgentProcess:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"agent not ready after {timeout} s:\n{self.log()}")
+
+    def _learn_ports(self, log_start: int) -> None:
+        with open(self.log_path, "rb") as f:
+            f.seek(log_start)
+            found = READY_LINE.search(f.read().decode(errors="replace"))
+        if found:
+            self.port, self.metrics_port = int(found.group(1)), int(found.group(2))
+            self.write_config()
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM and wait; returns the exit code (None if it was not running)."""

@@ -86,7 +86,7 @@ def test_design_example_loads_with_every_value(tmp_path: Path) -> None:
             id="vm1-disk0",
             group="vm1",
             path=None,
-            scsi_uuid="36000c29a1b2c3d4e5f60718293a4b5c6",
+            scsi_uuid="6000c29a1b2c3d4e5f60718293a4b5c6",
         ),
     )
 
@@ -201,7 +201,7 @@ on_full = "pause"
     assert retention.on_full == "pause"
 
 
-def test_disk_group_defaults_to_its_id_and_scsi_uuid_is_kept_as_written(tmp_path: Path) -> None:
+def test_disk_group_defaults_to_its_id_and_scsi_uuid_is_made_canonical(tmp_path: Path) -> None:
     text = (
         MINIMAL
         + """
@@ -213,8 +213,17 @@ scsi_uuid = "6000C29A-1B2C-3D4E-5F60-718293A4B5C6"
     (disk,) = load_text(tmp_path, text).disks
 
     assert disk.group == "vm2-disk0"
-    assert disk.scsi_uuid == "6000C29A-1B2C-3D4E-5F60-718293A4B5C6"
+    assert disk.scsi_uuid == "6000c29a1b2c3d4e5f60718293a4b5c6"
     assert disk.path is None
+    assert (disk.source_size_bytes, disk.direct_io) == (None, False)
+
+
+def test_disk_direct_io_and_source_size_are_read(tmp_path: Path) -> None:
+    text = MINIMAL + '[[disks]]\nid = "a"\npath = "/dev/sdb"\n'
+    text += 'direct_io = true\nsource_size = "40GiB"\n'
+    (disk,) = load_text(tmp_path, text).disks
+
+    assert (disk.direct_io, disk.source_size_bytes) == (True, 40 * 2**30)
 
 
 def test_disk_lookup_finds_by_id_and_returns_none_for_unknown(tmp_path: Path) -> None:
@@ -375,11 +384,29 @@ BAD_FILES = [
         "disks[0] has it",
     ),
     (
-        "disk uuid duplicate",
-        MINIMAL + '[[disks]]\nid = "a"\nscsi_uuid = "36000C2"\n[[disks]]\nid = "b"\n'
-        'scsi_uuid = "36000c2"\n',
+        "disk uuid duplicate in another spelling",
+        MINIMAL + '[[disks]]\nid = "a"\nscsi_uuid = "36000C29A1B2C3D4E5F60718293A4B5C6"\n'
+        '[[disks]]\nid = "b"\nscsi_uuid = "0x6000c29a-1b2c-3d4e-5f60-718293a4b5c6"\n',
         "disks[1].scsi_uuid",
         "disks[0] has it",
+    ),
+    (
+        "disk uuid not an NAA id",
+        MINIMAL + '[[disks]]\nid = "a"\nscsi_uuid = "36000c2"\n',
+        "disks[0].scsi_uuid",
+        "disk.EnableUUID = TRUE",
+    ),
+    (
+        "disk direct_io not a boolean",
+        MINIMAL + '[[disks]]\nid = "a"\npath = "/a"\ndirect_io = "yes"\n',
+        "disks[0].direct_io",
+        "true or false",
+    ),
+    (
+        "disk source_size bad",
+        MINIMAL + '[[disks]]\nid = "a"\npath = "/a"\nsource_size = "big"\n',
+        "disks[0].source_size",
+        "a size like",
     ),
     (
         "disk both targets",

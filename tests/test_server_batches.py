@@ -58,6 +58,7 @@ async def test_a_new_disk_is_listed_as_needing_a_resync(agent: AgentProcess) -> 
         "last_seq": 0,
         "last_source_time_ns": 0,
         "resync": True,
+        "resync_offset": 0,
     }
 
 

@@ -1,4 +1,9 @@
-"""`mtagent disks --config F [--json]`: the replication targets and whether they can be used."""
+"""`mtagent disks --config F [--json]`: the replication targets and whether they can be used.
+
+For each configured disk: id, group, canonical SCSI id, device node, size, logical sector size,
+state, and why it is protected or missing. Then the host's disks that no `[[disks]]` entry
+names, with their SCSI ids (to copy into the config) or the reason they have none.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +12,46 @@ import json
 
 from agent.commands.table import add_config_argument, print_table
 from agent.config import load_config
-from agent.disk_report import disk_reports, human_bytes
+from agent.disk_report import disk_reports, host_disks, human_bytes, unconfigured_disks
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "disks",
-        help="list the target disks: device, size, state, why unusable",
-        description="List the configured target disks with their device, size and state.",
+        help="list the target disks: SCSI id, device, size, state, why unusable",
+        description="List the configured target disks with their SCSI id, device, size, "
+        "sector size and state (and why a disk is protected or missing), then the host's "
+        "disks that no [[disks]] entry names, with the SCSI id to put in the config.",
     )
     add_config_argument(parser)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    reports = disk_reports(load_config(args.config))
+    config = load_config(args.config)
+    on_host = host_disks()
+    reports = disk_reports(config, disks_on_host=on_host)
+    others = unconfigured_disks(config, on_host or [])
     if args.json:
-        print(json.dumps({"disks": [r.to_json() for r in reports]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "disks": [r.to_json() for r in reports],
+                    "unconfigured": [d.to_json() for d in others],
+                },
+                indent=2,
+            )
+        )
         return 0
     print_table(
-        ["DISK", "GROUP", "TARGET", "SIZE", "SECTOR", "STATE", "REASON"],
+        ["DISK", "GROUP", "SCSI ID", "DEVICE", "SIZE", "SECTOR", "STATE", "REASON"],
         [
             [
                 r.id,
                 r.group,
-                r.target,
+                r.scsi_id or "-",
+                r.device or "-",
                 human_bytes(r.size_bytes),
                 str(r.sector_bytes or "-"),
                 r.state,
@@ -41,4 +60,21 @@ def run(args: argparse.Namespace) -> int:
             for r in reports
         ],
     )
+    if others:
+        print()
+        print("Disks not in the config (put the SCSI ID in a [[disks]] entry as scsi_uuid):")
+        print_table(
+            ["DEVICE", "SCSI ID", "SIZE", "SECTOR", "VENDOR/MODEL", "NOTE"],
+            [
+                [
+                    str(d.disk.node),
+                    d.disk.scsi_id or "-",
+                    human_bytes(d.disk.size_bytes),
+                    str(d.disk.sector_bytes),
+                    " ".join(part for part in (d.disk.vendor, d.disk.model) if part) or "-",
+                    d.note,
+                ]
+                for d in others
+            ],
+        )
     return 0

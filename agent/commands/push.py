@@ -2,6 +2,8 @@
 
 `--mode full` is the initial replication (every byte, flagged resync); `--mode delta`
 sends what changed since `--base`. See `agent.sender.push_image` for the guarantees.
+`--mode resync` sends only the chunks whose digests differ on the target, and `--mode
+verify` compares the same way without writing (`agent.resync`).
 """
 
 from __future__ import annotations
@@ -9,17 +11,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import io
 import json
 import os
 import re
 import ssl
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
+from agent import resync, sender
 from agent.disk_report import human_bytes
 from agent.failure import CommandFailed
 from agent.progress import ProgressBar
-from agent.sender import MODES, PushFailed, PushResult, push_image
+from agent.resync import CompareProgress, ResyncResult, VerifyResult
+from agent.sender import PushFailed, PushResult, push_image
+from blockio.chunk_digests import chunk_bytes_problem
 from protocol.client import AgentClient, client_ssl_context
 from protocol.events import Tag
 from protocol.wire import TAG_KINDS
@@ -27,6 +36,9 @@ from protocol.wire import TAG_KINDS
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20}
 _UNITS |= {"g": 1 << 30, "gib": 1 << 30}
 _TAG_OPTIONS = ("tag", "tag_kind", "tag_group", "tag_id")
+MODES = sender.MODES + resync.MODES
+_ERASE_LINE = "\r\x1b[2K"
+_COMPARING = frozenset(resync.MODES)
 
 
 def parse_size(text: str) -> int:
@@ -56,11 +68,15 @@ def _count(text: str) -> int:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "push",
-        help="send a source image to a target disk (full copy or delta)",
+        help="send a source image to a target disk (full, delta, resync) or verify it",
         description="Send a source image to a target disk of an agent over mutual TLS: all "
-        "of it (--mode full, the initial replication) or the 64 KiB blocks that differ from "
-        "--base (--mode delta). Batches are numbered after the disk's last acknowledged "
-        "one; failures are retried with backoff and the push resumes where the agent is.",
+        "of it (--mode full, the initial replication), the 64 KiB blocks that differ from "
+        "--base (--mode delta), or the chunks whose digests differ on the target (--mode "
+        "resync, for a target that holds an older copy; a resync cut off resumes where it "
+        "was). --mode verify compares by digests, writes nothing, lists the differing "
+        "chunks and exits 1 if there are any. Batches are numbered after the disk's last "
+        "acknowledged one; failures are retried with backoff and the push resumes where "
+        "the agent is.",
     )
     parser.add_argument("--server", required=True, metavar="URL", help="https://host:port")
     parser.add_argument("--cert", required=True, type=Path, help="client certificate (PEM)")
@@ -69,6 +85,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--disk", required=True, metavar="ID", help="target disk id")
     parser.add_argument("--source", required=True, type=Path, metavar="IMG", help="source image")
     parser.add_argument("--mode", choices=MODES, default="full", help="default: full")
+    parser.add_argument(
+        "--chunk-bytes",
+        type=parse_size,
+        metavar="SIZE",
+        help="resync, verify: the comparison's chunk, a power of two from 64KiB to 16MiB "
+        "(default 64KiB)",
+    )
     parser.add_argument(
         "--base", type=Path, metavar="OLD_IMG", help="delta: the image the target already holds"
     )
@@ -115,17 +138,33 @@ def usage_problem(args: argparse.Namespace) -> str | None:
         return "--mode delta needs --base OLD_IMG"
     if args.mode != "delta" and args.base is not None:
         return "--base is only for --mode delta"
+    if args.chunk_bytes is not None:
+        if args.mode not in _COMPARING:
+            return "--chunk-bytes is only for --mode resync and verify"
+        problem = chunk_bytes_problem(args.chunk_bytes)
+        if problem:
+            return f"--chunk-bytes: {problem}"
+    if args.mode == "resync" and args.batch_bytes < _chunk_bytes(args):
+        return f"--batch-bytes must be at least the chunk size ({_chunk_bytes(args)})"
     given = [name for name in _TAG_OPTIONS if getattr(args, name) is not None]
+    if given and args.mode in _COMPARING:
+        return f"a tag is only for --mode full and delta, not {args.mode}"
     if given and len(given) != len(_TAG_OPTIONS):
         missing = [f"--{name.replace('_', '-')}" for name in _TAG_OPTIONS if name not in given]
         return f"a tag needs all of --tag, --tag-kind, --tag-group, --tag-id (missing {missing})"
     return None
 
 
+def _chunk_bytes(args: argparse.Namespace) -> int:
+    return resync.DEFAULT_CHUNK_BYTES if args.chunk_bytes is None else int(args.chunk_bytes)
+
+
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     problem = usage_problem(args)
     if problem:
         parser.error(problem)  # exits 2
+    if args.mode in _COMPARING:
+        return _run_comparison(args)
     try:
         source_time_ns = os.stat(args.source).st_mtime_ns
     except OSError as exc:
@@ -172,6 +211,130 @@ async def _push(
             retries=args.retries,
             progress=progress,
         )
+
+
+def _run_comparison(args: argparse.Namespace) -> int:
+    """`--mode resync` and `--mode verify`: 0 when done (verify: identical), 1 otherwise."""
+    try:
+        context = client_ssl_context(args.cert, args.key, args.ca)
+    except OSError as exc:  # ssl.SSLError included
+        raise CommandFailed(f"cannot load the TLS certificate, key or CA: {exc}") from exc
+    bar = CompareBar(sys.stderr, label=args.disk) if sys.stderr.isatty() else None
+    try:
+        result = asyncio.run(_compare(args, context, bar))
+    except PushFailed as exc:
+        raise CommandFailed(str(exc)) from exc
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps(result.to_json()))
+    elif isinstance(result, VerifyResult):
+        print("\n".join(verify_lines(result)))
+    else:
+        print(resync_line(result))
+    return 1 if isinstance(result, VerifyResult) and not result.identical else 0
+
+
+async def _compare(
+    args: argparse.Namespace, context: ssl.SSLContext, bar: CompareBar | None
+) -> ResyncResult | VerifyResult:
+    async with AgentClient(args.server, context) as client:
+        if args.mode == "verify":
+            return await resync.verify_image(
+                client,
+                args.disk,
+                args.source,
+                chunk_bytes=_chunk_bytes(args),
+                retries=args.retries,
+                progress=bar,
+            )
+        return await resync.resync_image(
+            client,
+            args.disk,
+            args.source,
+            chunk_bytes=_chunk_bytes(args),
+            frame_bytes=args.frame_bytes,
+            batch_bytes=args.batch_bytes,
+            compress=not args.no_compress,
+            retries=args.retries,
+            progress=bar,
+        )
+
+
+class CompareBar:
+    """The progress of a resync or verify on a terminal: how far the comparison is, its
+    rate and time left (ProgressBar), and the bytes sent so far."""
+
+    def __init__(
+        self, stream: TextIO, *, label: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._lines = _SuffixedStream(stream)
+        self._bar = ProgressBar(self._lines, label=label, clock=clock)
+
+    def __call__(self, progress: CompareProgress) -> None:
+        self._lines.suffix = f"  sent {human_bytes(progress.sent_bytes)}"
+        self._bar(progress.compared_bytes, progress.total_bytes)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class _SuffixedStream(io.TextIOBase):
+    """A terminal stream that adds `suffix` to each line ProgressBar draws on it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+        self.suffix = ""
+
+    def write(self, text: str) -> int:
+        # ProgressBar writes each line whole, after the erase sequence, or that alone.
+        line = text if text == _ERASE_LINE else text + self.suffix
+        return self._stream.write(line)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def resync_line(result: ResyncResult) -> str:
+    """One line for a person: what was compared, what differed, what was sent, how fast."""
+    rate = result.compared_bytes / result.seconds / 1e6 if result.seconds > 0 else 0.0
+    start = f" from offset {result.start_offset}" if result.start_offset else ""
+    seqs = (
+        f"seq {result.first_seq}"
+        if result.batches == 1
+        else f"seq {result.first_seq}-{result.last_seq}"
+    )
+    retries = f", {result.retries} retries" if result.retries else ""
+    return (
+        f"{result.disk}: resync compared {human_bytes(result.compared_bytes)}{start} in "
+        f"{result.seconds:.1f} s ({rate:.1f} MB/s); {result.differing_chunks} chunks of "
+        f"{human_bytes(result.chunk_bytes)} differed ({human_bytes(result.differing_bytes)}); "
+        f"sent {human_bytes(result.data_bytes + result.zero_bytes)} in {result.batches} "
+        f"batch{'es' if result.batches != 1 else ''} ({seqs}), "
+        f"{human_bytes(result.wire_bytes)} on the wire{retries}"
+    )
+
+
+def verify_lines(result: VerifyResult) -> list[str]:
+    """A summary line, then one line per differing range `[start, end) length`."""
+    compared = f"{human_bytes(result.compared_bytes)} compared in {result.seconds:.1f} s"
+    if result.identical:
+        return [f"{result.disk}: verify: identical ({compared})"]
+    lines = [
+        f"{result.disk}: verify: {result.differing_chunks} chunks of "
+        f"{human_bytes(result.chunk_bytes)} differ ({human_bytes(result.differing_bytes)}) "
+        f"in {len(result.ranges)}{'+' if result.ranges_truncated else ''} "
+        f"range{'s' if len(result.ranges) != 1 else ''} ({compared})"
+    ]
+    lines += [
+        f"  [{offset}, {offset + length})  {human_bytes(length)}"
+        for offset, length in result.ranges
+    ]
+    if result.ranges_truncated:
+        lines.append(f"  ... (only the first {len(result.ranges)} ranges are listed)")
+    return lines
 
 
 def summary_line(result: PushResult) -> str:

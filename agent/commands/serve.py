@@ -56,4 +56,5 @@ class JournaldFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         priority = self.PRIORITIES.get(record.levelno, 2)
-        return f"<{priority}>{super().format(record)}"
+        # journald makes an entry of each line: a traceback keeps its record's priority.
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())

@@ -1,0 +1,68 @@
+"""`mtagent points --config F --group G [--json]`: the recovery points of a consistency group."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+
+from agent.commands.table import add_config_argument, print_table
+from agent.config import load_config
+from agent.failure import CommandFailed
+from agent.points import format_time, group_disk_ids, stored_points
+from agent.state import StateStore
+from blockio.undo_journal import shared_lock
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "points",
+        help="list the recovery points of a consistency group",
+        description="List the recovery points of a consistency group, oldest first: one per "
+        "acknowledged batch of each disk (<disk>@<seq>) and one per TAG every disk of the group "
+        "acknowledged (tag:<tag_id>), as long as the retention drive holds the undo data to "
+        "reach them. Reads the state store and the journals; safe beside a running agent.",
+    )
+    add_config_argument(parser)
+    parser.add_argument("--group", required=True, help="the consistency group")
+    parser.add_argument("--json", action="store_true", help='print {"points": [...]} as the API')
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    disks = group_disk_ids(config, args.group)
+    if not disks:
+        raise CommandFailed(f"{config.file}: no disk is in group {args.group!r}")
+    state_dir = config.server.state_dir
+    store = StateStore.open_readonly(state_dir) if (state_dir / "state.db").exists() else None
+    try:
+        with contextlib.ExitStack() as held:
+            # Held shared, the journals are not truncated under the walk (see blockio.undo_journal).
+            for disk in disks:
+                held.enter_context(shared_lock(config.retention.path / disk))
+            points = stored_points(config, store, args.group)
+    except OSError as exc:
+        raise CommandFailed(f"cannot read the retention journals: {exc}") from exc
+    finally:
+        if store is not None:
+            store.close()
+    if args.json:
+        print(json.dumps({"points": [point.to_json() for point in points]}, indent=2))
+        return 0
+    print_table(
+        ["ID", "KIND", "TIME (UTC)", "DISKS", "NAME"],
+        [
+            [
+                point.id,
+                point.kind,
+                format_time(point.time_ns),
+                ",".join(f"{disk}@{seq}" for disk, seq in point.disks.items()),
+                point.name,
+            ]
+            for point in points
+        ],
+    )
+    if not points:
+        print(f"(group {args.group} has no recovery point on the retention drive)")
+    return 0

@@ -1,0 +1,287 @@
+"""`POST /v1/disks/{disk}/hashes` (PROTOCOL.md section 5) and the resync metrics.
+
+The endpoint streams the XXH3-128 digest of each chunk of a range of the target, as
+they are computed: a sender compares them with its source's (agent/resync.py) while
+the agent is still reading.
+
+Where the reading runs: on a thread of the request's own, not on the disk's I/O thread
+(a pass over a large disk takes minutes, and batches must not queue behind it), through
+a read-only descriptor of its own (the replica may close its target after an I/O error
+while the stream runs, and a closed descriptor number can be reused by another file),
+in windows of whole chunks (blockio/chunk_digests.py). Memory per request is one window
+and at most two windows of digests waiting for the socket, whatever the range.
+
+Why no digest describes data that a rollback takes back: a window is read without the
+disk's lock, and kept only if no batch wrote into it meanwhile (agent/inflight_writes.py: the
+apply path reports each group of writes before the I/O thread can write it, and the end of each
+batch). Otherwise it is read again holding the lock, which a batch holds from its first byte to
+its commit or rollback, so the second reading sees committed content. The case that matters: a
+resync cut off mid-batch is resumed at once while the agent is still rolling back the cut-off
+batch, whose data is the source's; a digest of that data matches the source, the resync skips
+the chunk, and the rollback then puts the old data back behind its back. Batches that write
+elsewhere (a resync's batches write behind the windows being read) cost the stream nothing,
+and the stream costs batches nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from agent import keys
+from agent.replica import Replica
+from agent.state import OK, RESYNCING
+from blockio.chunk_digests import (
+    DEFAULT_WINDOW_BYTES,
+    DIGEST_BYTES,
+    ChunkReader,
+    chunk_bytes_problem,
+    chunk_count,
+    windows,
+)
+from blockio.target import TargetDisk
+from protocol.errors import BadRequest, OutOfRange, ProtocolError, TargetUnavailable, UnknownDisk
+
+log = logging.getLogger(__name__)
+
+DIGESTS_CONTENT_TYPE = "application/octet-stream"
+_FIELDS = ("offset", "length", "chunk_bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class HashRequest:
+    """The body of a hashes request: digests of `[offset, offset + length)` in chunks."""
+
+    offset: int
+    length: int
+    chunk_bytes: int
+
+
+def parse_hash_request(body: bytes) -> HashRequest:
+    """The request in `body`: a JSON object with exactly the integers `offset`, `length`
+    and `chunk_bytes` (a power of two from 64 KiB to 16 MiB; `offset` a multiple of it,
+    `length` not negative).
+
+    Raises BadRequest naming the field at fault.
+    """
+    try:
+        obj = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"the body must be a JSON object {list(_FIELDS)}: {exc}") from None
+    if not isinstance(obj, dict) or set(obj) != set(_FIELDS):
+        got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise BadRequest(f"the body must be a JSON object with exactly {list(_FIELDS)}, got {got}")
+    for key in _FIELDS:
+        if type(obj[key]) is not int:
+            raise BadRequest(f"{key} must be an integer, got {type(obj[key]).__name__}", field=key)
+    request = HashRequest(obj["offset"], obj["length"], obj["chunk_bytes"])
+    problem = chunk_bytes_problem(request.chunk_bytes)
+    if problem:
+        raise BadRequest(problem, field="chunk_bytes")
+    if request.offset < 0 or request.offset % request.chunk_bytes:
+        raise BadRequest(
+            f"offset {request.offset} is not a multiple of chunk_bytes {request.chunk_bytes}",
+            field="offset",
+        )
+    if request.length < 0:
+        raise BadRequest(f"length {request.length} is negative", field="length")
+    return request
+
+
+def check_inside(request: HashRequest, disk_bytes: int) -> None:
+    """Raises OutOfRange (416) unless the request's range lies inside a disk of `disk_bytes`."""
+    end = request.offset + request.length
+    if end > disk_bytes:
+        raise OutOfRange(
+            f"range [{request.offset}, {end}) runs past the end of the disk ({disk_bytes} bytes)",
+            offset=request.offset,
+            length=request.length,
+            disk_bytes=disk_bytes,
+        )
+
+
+def add_routes(app: web.Application) -> None:
+    """Serve the hashes endpoint on `app`, and report resync metrics in its registry."""
+    app[RESYNC_METRICS] = ResyncMetrics(
+        app[keys.REGISTRY], lambda: app[keys.REPLICAS].values() if keys.REPLICAS in app else ()
+    )
+    app.router.add_post("/v1/disks/{disk}/hashes", post_hashes)
+
+
+async def post_hashes(request: web.Request) -> web.StreamResponse:
+    """The handler: errors before the first byte are JSON (via the error middleware); a
+    failure once digests flow closes the connection short of its Content-Length, which
+    the client sees as a cut stream."""
+    disk = request.match_info["disk"]
+    replica = request.app[keys.REPLICAS].get(disk)
+    if replica is None:
+        raise UnknownDisk(f"no disk {disk!r} is configured on this agent", disk=disk)
+    wanted = parse_hash_request(await request.read())
+    target = replica.target
+    if target is None:
+        async with replica.lock:  # opening runs on the disk's I/O thread, between batches
+            target = await replica.ensure_open()
+    check_inside(wanted, target.size_bytes)
+    executor = ThreadPoolExecutor(1, thread_name_prefix=f"hashes-{disk}")
+    loop = asyncio.get_running_loop()
+    window_bytes = max(DEFAULT_WINDOW_BYTES, wanted.chunk_bytes)
+    try:
+        reader = await loop.run_in_executor(
+            executor, partial(ChunkReader.open, target.path, window_bytes=window_bytes)
+        )
+    except OSError as exc:
+        executor.shutdown(wait=False)
+        raise TargetUnavailable(f"disk {disk}: cannot open {target.path}: {exc}") from exc
+    try:
+        response = web.StreamResponse(headers={"Content-Type": DIGESTS_CONTENT_TYPE})
+        response.content_length = chunk_count(wanted.length, wanted.chunk_bytes) * DIGEST_BYTES
+        await response.prepare(request)
+        stream = _DigestStream(replica, target, reader, executor, wanted)
+        compared = request.app[RESYNC_METRICS].compared_bytes.labels(disk)
+        try:
+            async for window, digests in stream:
+                await response.write(digests)
+                compared.inc(len(window))
+        except ProtocolError as exc:
+            # The status line is gone: all that is left to say is to stop short.
+            log.warning("disk %s: hash stream stopped: %s", disk, exc)
+            response.force_close()
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+    finally:
+        # After any read still running on the thread: the descriptor outlives its use.
+        executor.submit(reader.close)
+        executor.shutdown(wait=False)
+
+
+class _DigestStream:
+    """The windows of one request, read ahead by one task while the handler writes."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        target: TargetDisk,
+        reader: ChunkReader,
+        executor: ThreadPoolExecutor,
+        wanted: HashRequest,
+    ) -> None:
+        self._replica = replica
+        self._target = target
+        self._reader = reader
+        self._executor = executor
+        self._wanted = wanted
+        # Digests of two windows at most wait for the socket: memory stays bounded.
+        self._ready: asyncio.Queue[tuple[range, bytes] | BaseException | None] = asyncio.Queue(2)
+
+    async def __aiter__(self) -> AsyncIterator[tuple[range, bytes]]:
+        producer = asyncio.create_task(self._produce())
+        try:
+            while (item := await self._ready.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+
+    async def _produce(self) -> None:
+        replica, wanted = self._replica, self._wanted
+        try:
+            for window in windows(
+                wanted.offset, wanted.length, wanted.chunk_bytes, self._reader.window_bytes
+            ):
+                mark = replica.inflight.mark()
+                digests = await self._digests(window)
+                if not replica.inflight.settled(mark, window.start, window.stop):
+                    # A batch wrote here while we read: wait until it is committed or rolled
+                    # back (it holds the lock until then), and read again.
+                    async with replica.lock:
+                        digests = await self._digests(window)
+                await self._ready.put((window, digests))
+            await self._ready.put(None)
+        except asyncio.CancelledError:
+            raise
+        except ProtocolError as exc:
+            await self._ready.put(exc)
+        except Exception as exc:  # OSError, ImageChanged: the target failed under us
+            await self._ready.put(
+                TargetUnavailable(f"disk {replica.id}: reading the target failed: {exc}")
+            )
+
+    async def _digests(self, window: range) -> bytes:
+        """The digests of `window`, read on the request's thread; TargetUnavailable if the
+        replica closed its target (after an I/O error) or reopened it meanwhile."""
+        loop = asyncio.get_running_loop()
+        digests = await loop.run_in_executor(
+            self._executor, self._reader.digests, window, self._wanted.chunk_bytes
+        )
+        replica = self._replica
+        if replica.target is not self._target:
+            raise TargetUnavailable(
+                f"disk {replica.id}: the target was closed during the hash stream"
+                f" ({replica.unavailable_reason or 'reopened'})"
+            )
+        return digests
+
+
+class ResyncMetrics:
+    """Resync metrics: bytes compared (digested for senders) and, read at scrape time
+    from each disk's committed progress, bytes sent and the progress ratio."""
+
+    def __init__(
+        self, registry: CollectorRegistry, replicas: Callable[[], Iterable[Replica]]
+    ) -> None:
+        self.compared_bytes = Counter(
+            "mtagent_resync_compared_bytes",
+            "Target bytes read and digested for senders comparing (resync and verify).",
+            ["disk"],
+            registry=registry,
+        )
+        registry.register(ResyncCollector(replicas))
+
+
+class ResyncCollector(Collector):
+    """Per-disk resync gauges, from the committed progress at scrape time."""
+
+    def __init__(self, replicas: Callable[[], Iterable[Replica]]) -> None:
+        self._replicas = replicas
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ratio = GaugeMetricFamily(
+            "mtagent_resync_progress_ratio",
+            "Part of the disk a resync has made equal to its source: 1 when ok, 0 when a "
+            "resync is required and has not started.",
+            labels=["disk"],
+        )
+        sent = GaugeMetricFamily(
+            "mtagent_resync_sent_bytes",
+            "Disk bytes (DATA and ZERO) acknowledged in the current or last resync.",
+            labels=["disk"],
+        )
+        for replica in self._replicas():
+            progress = replica.progress
+            sent.add_metric([replica.id], progress.resync.sent_bytes)
+            if progress.state == OK:
+                ratio.add_metric([replica.id], 1.0)
+            elif progress.state != RESYNCING:
+                ratio.add_metric([replica.id], 0.0)
+            elif replica.target is not None and replica.target.size_bytes > 0:
+                size = replica.target.size_bytes
+                ratio.add_metric([replica.id], min(1.0, progress.resync.offset / size))
+        yield from (ratio, sent)
+
+
+RESYNC_METRICS = web.AppKey("resync_metrics", ResyncMetrics)
