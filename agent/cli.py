@@ -7,30 +7,37 @@ Exit codes (DESIGN.md "Command line"): 0 on success, 2 on usage errors
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
-from agent.commands import certs, check, disks, points, push, recover, serve, status
 from agent.failure import CommandFailed
 
-COMMAND_MODULES = (serve, certs, push, disks, status, points, recover, check)
+# Each names a module of agent/commands with `register(subparsers)`.
+COMMANDS = ("serve", "certs", "push", "disks", "status", "points", "recover", "check")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser, every subcommand registered."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every subcommand, or with just `only`.
+
+    Importing a command pulls in what it needs (aiohttp, cryptography, ...): a run
+    of one command imports only that one, which saves most of a second per run.
+    """
     parser = argparse.ArgumentParser(
         prog="mtagent",
         description="Master target for block-level disaster recovery.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMAND_MODULES:
-        module.register(subparsers)
+    for name in COMMANDS if only is None else (only,):
+        importlib.import_module(f"agent.commands.{name}").register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    parser = build_parser(only=chosen)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
