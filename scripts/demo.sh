@@ -113,6 +113,15 @@ echo "source  $SOURCE_DIGEST"
 echo "target  $TARGET_DIGEST"
 "$MTAGENT" status --config "$WORK/agent.toml"
 
+step "Point-in-time recovery: the disk as it was before the change, exported while the agent runs"
+"$MTAGENT" points --config "$WORK/agent.toml" --group vm1
+"$MTAGENT" recover --config "$WORK/agent.toml" --group vm1 --point vm1-disk0@6 \
+    --output "$WORK/restored"
+BASE_DIGEST=$(digest "$WORK/base.img")
+RESTORED_DIGEST=$(digest "$WORK/restored/vm1-disk0.img")
+echo "before the change  $BASE_DIGEST"
+echo "restored           $RESTORED_DIGEST"
+
 step "Stopping the agent"
 kill -TERM "$AGENT_PID"
 wait "$AGENT_PID"
@@ -123,5 +132,10 @@ if [ "$SOURCE_DIGEST" != "$TARGET_DIGEST" ]; then
     tail -n 20 "$WORK/agent.log" >&2
     exit 1
 fi
+if [ "$BASE_DIGEST" != "$RESTORED_DIGEST" ]; then
+    echo "demo: FAILED: the restored point differs from the image it was taken of" >&2
+    exit 1
+fi
 echo
-echo "demo: OK: the target is identical to the source ($BYTES bytes)"
+echo "demo: OK: the target is identical to the source ($BYTES bytes),"
+echo "      and the point before the change was restored exactly"
