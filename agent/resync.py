@@ -44,17 +44,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
-
-import aiohttp
+from typing import Any
 
 from agent.sender import (
-    RETRY_FIRST_DELAY,
-    RETRY_MAX_DELAY,
     TRANSPORT_ERRORS,
     BatchRefused,
     PushFailed,
-    describe_failure,
+    RetryBudget,
     is_transient,
     source_problem,
 )
@@ -72,8 +68,6 @@ from protocol.encoder import BatchEncoder
 from protocol.errors import ProtocolError, SequenceGap
 from protocol.events import Begin, Data, Zero
 from protocol.wire import BEGIN_FLAG_RESYNC, BEGIN_FLAG_RESYNC_DONE
-
-T = TypeVar("T")
 
 MODES = ("resync", "verify")
 
@@ -237,57 +231,11 @@ async def verify_image(
     return await comparison.verify(progress=progress)
 
 
-class _Retries:
-    """The failures in a row of one run, across all its requests; `limit` bounds them."""
-
-    def __init__(self, limit: int, disk: str, base_url: str) -> None:
-        self.limit = limit
-        self.disk = disk
-        self.base_url = base_url
-        self.in_a_row = 0
-        self.total = 0
-
-    def succeeded(self) -> None:
-        self.in_a_row = 0
-
-    async def back_off(self, exc: BaseException) -> None:
-        """Count `exc` and wait before trying again; PushFailed if retrying is pointless
-        (a TLS failure) or the budget is spent."""
-        if isinstance(exc, aiohttp.ClientSSLError):
-            # A certificate the other side refuses stays refused.
-            raise PushFailed(
-                f"disk {self.disk}: TLS with {self.base_url} failed: {exc}", disk=self.disk
-            ) from exc
-        self.in_a_row += 1
-        self.total += 1
-        if self.in_a_row > self.limit:
-            retries = f"{self.limit} retr{'y' if self.limit == 1 else 'ies'}"
-            raise PushFailed(
-                f"disk {self.disk}: gave up after {retries}: {describe_failure(exc)}",
-                disk=self.disk,
-            ) from exc
-        await asyncio.sleep(min(RETRY_FIRST_DELAY * 2 ** (self.in_a_row - 1), RETRY_MAX_DELAY))
-
-    async def call(self, request: Callable[[], Awaitable[T]]) -> T:
-        """`request()`, again after transient failures. PushFailed for any other error."""
-        while True:
-            try:
-                result = await request()
-            except ProtocolError as exc:
-                if not is_transient(exc):
-                    raise PushFailed(f"disk {self.disk}: {exc}", disk=self.disk) from exc
-                await self.back_off(exc)
-            except TRANSPORT_ERRORS as exc:
-                await self.back_off(exc)
-            else:
-                return result
-
-
 class _TargetDigests:
     """The target's digest stream, asked again from the first missing chunk after a failure."""
 
     def __init__(
-        self, client: AgentClient, disk: str, end: int, chunk_bytes: int, retries: _Retries
+        self, client: AgentClient, disk: str, end: int, chunk_bytes: int, retries: RetryBudget
     ) -> None:
         self._client = client
         self._disk = disk
@@ -347,7 +295,7 @@ class _Comparison:
         self.source = source
         self.chunk_bytes = chunk_bytes
         self.window_bytes = max(window_bytes, chunk_bytes)
-        self.retries = _Retries(retries, disk, client.base_url)
+        self.retries = RetryBudget(retries, disk, client.base_url)
         self.started = time.monotonic()
         self.size = 0
         self.source_time_ns = 0

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -31,6 +31,8 @@ from protocol.client import AgentClient
 from protocol.encoder import BatchEncoder
 from protocol.errors import ProtocolError, SequenceGap, Stalled, TargetUnavailable
 from protocol.events import Begin, Data, End, Tag, Zero
+
+T = TypeVar("T")
 
 MODES = ("full", "delta")
 
@@ -260,13 +262,10 @@ class _Push:
         self.batch_bytes = batch_bytes
         self.compress = compress
         self.tag = tag
-        self.max_failures = retries
+        self.budget = RetryBudget(retries, disk, client.base_url)
         self.progress = progress
         self.size = 0
         self.source_time_ns = 0
-        # Failures since the last acknowledged batch, and in all.
-        self.failures = 0
-        self.retries = 0
         self.acked = 0
         self.data_bytes = 0
         self.zero_bytes = 0
@@ -277,8 +276,8 @@ class _Push:
 
     async def run(self) -> PushResult:
         started = time.monotonic()
-        info = await self._retrying(self.client.info)
-        disk = await self._retrying(lambda: self.client.disk(self.disk))
+        info = await self.budget.call(self.client.info)
+        disk = await self.budget.call(lambda: self.client.disk(self.disk))
         await asyncio.to_thread(self._measure_source)
         self._check_fits(info, disk)
         self.acked = int(disk["last_seq"])
@@ -302,16 +301,15 @@ class _Push:
                 if not isinstance(expected, int) or expected <= seq:
                     raise BatchRefused(self.disk, seq, exc) from exc
                 # Our batch is already there (its answer was lost): go on after it.
-                self._count_failure(exc)
+                self.budget.count(exc)
                 self._learn_acked(expected - 1)
             except ProtocolError as exc:
                 if not is_transient(exc):
                     raise BatchRefused(self.disk, self._failed_seq, exc) from exc
-                await self._back_off(exc)
+                await self.budget.back_off(exc)
                 self._learn_acked(await self._last_seq())
             except TRANSPORT_ERRORS as exc:
-                self._refuse_tls_failure(exc)
-                await self._back_off(exc)
+                await self.budget.back_off(exc)
                 self._learn_acked(await self._last_seq())
         if self.progress is not None:
             self.progress(self.size, self.size)
@@ -326,7 +324,7 @@ class _Push:
             zero_bytes=self.zero_bytes,
             wire_bytes=self.wire_bytes,
             seconds=time.monotonic() - started,
-            retries=self.retries,
+            retries=self.budget.total,
         )
 
     def _measure_source(self) -> None:
@@ -389,7 +387,7 @@ class _Push:
                         self._unanswered[item.seq] = closed[0]
                     raise
                 self.acked = item.seq
-                self.failures = 0
+                self.budget.succeeded()
                 self._count(closed[0])
         finally:
             pipe.close()
@@ -532,44 +530,59 @@ class _Push:
             else:
                 parts.append(encoder.encode(event))
 
-    async def _retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
-        """`call()`, again after transient failures, within the retry budget."""
-        while True:
-            try:
-                return await call()
-            except ProtocolError as exc:
-                if not is_transient(exc):
-                    raise PushFailed(f"disk {self.disk}: {exc}", disk=self.disk) from exc
-                await self._back_off(exc)
-            except TRANSPORT_ERRORS as exc:
-                self._refuse_tls_failure(exc)
-                await self._back_off(exc)
-
-    def _refuse_tls_failure(self, exc: BaseException) -> None:
-        # A certificate the other side refuses stays refused: retrying only delays the news.
-        if isinstance(exc, aiohttp.ClientSSLError):
-            raise PushFailed(
-                f"disk {self.disk}: TLS with {self.client.base_url} failed: {exc}", disk=self.disk
-            ) from exc
-
     async def _last_seq(self) -> int:
-        disk = await self._retrying(lambda: self.client.disk(self.disk))
+        disk = await self.budget.call(lambda: self.client.disk(self.disk))
         return int(disk["last_seq"])
 
-    def _count_failure(self, exc: BaseException) -> None:
-        self.failures += 1
-        self.retries += 1
-        if self.failures > self.max_failures:
-            retries = f"{self.max_failures} retr{'y' if self.max_failures == 1 else 'ies'}"
+
+class RetryBudget:
+    """The failures in a row of one run, across all its requests; `limit` bounds them."""
+
+    def __init__(self, limit: int, disk: str, base_url: str) -> None:
+        self.limit = limit
+        self.disk = disk
+        self.base_url = base_url
+        self.in_a_row = 0
+        self.total = 0
+
+    def succeeded(self) -> None:
+        self.in_a_row = 0
+
+    def count(self, exc: BaseException) -> None:
+        """Count `exc` as a failure; PushFailed once the budget is spent."""
+        self.in_a_row += 1
+        self.total += 1
+        if self.in_a_row > self.limit:
+            retries = f"{self.limit} retr{'y' if self.limit == 1 else 'ies'}"
             raise PushFailed(
                 f"disk {self.disk}: gave up after {retries}: {describe_failure(exc)}",
                 disk=self.disk,
             ) from exc
 
-    async def _back_off(self, exc: BaseException) -> None:
-        self._count_failure(exc)
-        delay = min(RETRY_FIRST_DELAY * 2 ** (self.failures - 1), RETRY_MAX_DELAY)
-        await asyncio.sleep(delay)
+    async def back_off(self, exc: BaseException) -> None:
+        """Count `exc` and wait before trying again; PushFailed if retrying is pointless
+        (a TLS failure) or the budget is spent."""
+        if isinstance(exc, aiohttp.ClientSSLError):
+            # A certificate the other side refuses stays refused.
+            raise PushFailed(
+                f"disk {self.disk}: TLS with {self.base_url} failed: {exc}", disk=self.disk
+            ) from exc
+        self.count(exc)
+        await asyncio.sleep(min(RETRY_FIRST_DELAY * 2 ** (self.in_a_row - 1), RETRY_MAX_DELAY))
+
+    async def call(self, request: Callable[[], Awaitable[T]]) -> T:
+        """`request()`, again after transient failures. PushFailed for any other error."""
+        while True:
+            try:
+                result = await request()
+            except ProtocolError as exc:
+                if not is_transient(exc):
+                    raise PushFailed(f"disk {self.disk}: {exc}", disk=self.disk) from exc
+                await self.back_off(exc)
+            except TRANSPORT_ERRORS as exc:
+                await self.back_off(exc)
+            else:
+                return result
 
 
 def source_problem(

@@ -10,6 +10,8 @@ from typing import Protocol
 
 import pytest
 
+from tests.agent_harness import AgentProcess
+
 
 class LoopDeviceFactory(Protocol):
     def __call__(
@@ -72,3 +74,22 @@ def file_target(tmp_path: Path) -> Callable[[bytes], Path]:
         return path
 
     return make
+
+
+@pytest.fixture(scope="module")
+def shared_agent(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AgentProcess]:
+    """One agent for a whole test module, with a disk of `DISK_BYTES` for each name in the
+    module's `DISKS`: starting an agent takes most of a second, a disk per test is cheap."""
+    disks = dict.fromkeys(request.module.DISKS, request.module.DISK_BYTES)
+    agent = AgentProcess.create(tmp_path_factory.mktemp("agent"), disks)
+    agent.start()
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture(scope="module")
+def unused_disks(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The module's `DISKS`, each handed out once (take one with `next`)."""
+    return iter(request.module.DISKS)

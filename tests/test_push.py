@@ -80,21 +80,6 @@ class Target:
         return self.agent.target_bytes(self.disk)[:size]
 
 
-@pytest.fixture(scope="module")
-def shared_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    # One agent for the module and a disk of its own for each test: starting an agent
-    # takes most of a second.
-    agent = AgentProcess.create(tmp_path_factory.mktemp("agent"), dict.fromkeys(DISKS, DISK_BYTES))
-    agent.start()
-    yield agent
-    agent.stop()
-
-
-@pytest.fixture(scope="module")
-def unused_disks() -> Iterator[str]:
-    return iter(DISKS)
-
-
 @pytest.fixture
 def target(shared_agent: AgentProcess, unused_disks: Iterator[str]) -> Target:
     """A disk of the shared agent that no other test has touched."""

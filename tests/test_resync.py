@@ -94,19 +94,6 @@ class Pair:
             return await client.put_batch(self.disk, seq, body)
 
 
-@pytest.fixture(scope="module")
-def shared_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    agent = AgentProcess.create(tmp_path_factory.mktemp("agent"), dict.fromkeys(DISKS, DISK_BYTES))
-    agent.start()
-    yield agent
-    agent.stop()
-
-
-@pytest.fixture(scope="module")
-def unused_disks() -> Iterator[str]:
-    return iter(DISKS)
-
-
 @pytest.fixture
 def pair(shared_agent: AgentProcess, unused_disks: Iterator[str], tmp_path: Path) -> Pair:
     """A disk of the shared agent that no other test has touched, and a source beside it."""

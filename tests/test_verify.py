@@ -79,19 +79,6 @@ class Replicated:
             return int((await client.disk(self.disk))["last_seq"])
 
 
-@pytest.fixture(scope="module")
-def shared_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    agent = AgentProcess.create(tmp_path_factory.mktemp("agent"), dict.fromkeys(DISKS, DISK_BYTES))
-    agent.start()
-    yield agent
-    agent.stop()
-
-
-@pytest.fixture(scope="module")
-def unused_disks() -> Iterator[str]:
-    return iter(DISKS)
-
-
 @pytest.fixture
 async def replicated(
     shared_agent: AgentProcess, unused_disks: Iterator[str], tmp_path: Path
