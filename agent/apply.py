@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
@@ -20,13 +21,13 @@ from typing import Protocol, TypeVar
 
 import xxhash
 
-from agent.metrics import AgentMetrics
+from agent.metrics import ROLLBACK_FAILED, AgentMetrics
 from agent.replica import Replica
 from agent.retention_gate import RetentionGate, commit_record
 from agent.state import OK, BatchCommit, StateStore
 from blockio.batch_writer import BatchWriter, Write
 from blockio.target import TargetError
-from blockio.undo_journal import JournalIOError
+from blockio.undo_journal import JournalIOError, UndoLost
 from protocol.decoder import BatchDecoder
 from protocol.errors import (
     ChecksumMismatch,
@@ -223,7 +224,7 @@ class _BatchApplication:
             await self._settle()
             return await self._commit()
         except BaseException as exc:
-            await self._rollback()
+            await self._rollback(exc)
             raise _as_protocol_error(exc, self.replica.id) from exc
         finally:
             # Committed or rolled back: what it wrote is settled content now.
@@ -319,8 +320,9 @@ class _BatchApplication:
             replayed=False,
         )
 
-    async def _rollback(self) -> None:
-        """Undo whatever reached the target; survives cancellation of the request."""
+    async def _rollback(self, failure: BaseException) -> None:
+        """Undo whatever reached the target after `failure`; survives cancellation of the
+        request. When the undo records cannot be read back, the disk needs a resync."""
         if self.in_flight is not None:
             await _uncancelled(_swallow(self.in_flight))
             self.in_flight = None
@@ -333,9 +335,33 @@ class _BatchApplication:
             log.info(
                 "disk %s: batch %d rolled back (%d undo records)", self.replica.id, self.seq, undone
             )
+        except UndoLost as lost:
+            await _uncancelled(self._give_up(writer, lost, failure))
         except (OSError, TargetError, JournalIOError) as exc:
             # The undo records stay in the journal; reopening replays them.
             self.replica.mark_unavailable(f"rollback of batch {self.seq} failed: {exc}")
+
+    async def _give_up(self, writer: BatchWriter, lost: UndoLost, failure: BaseException) -> None:
+        """The batch cannot be rolled back: part of it may stay on the target, and no record
+        tells which part. The disk is made `resync_required` first (durably), then the unusable
+        records are dropped. Should either fail, the records stay for reopening to find."""
+        replica = self.replica
+        try:
+            await replica.run(
+                partial(
+                    replica.require_resync,
+                    ROLLBACK_FAILED,
+                    f"{lost}; the batch had failed ({_one_line(failure)}), and the target may "
+                    "hold part of it",
+                )
+            )
+            await replica.run(writer.discard, lost)
+        except (OSError, JournalIOError, sqlite3.Error) as exc:
+            replica.mark_unavailable(f"batch {self.seq} could not be rolled back ({lost}): {exc}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _as_protocol_error(exc: BaseException, disk: str) -> BaseException:

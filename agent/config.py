@@ -37,6 +37,10 @@ DEFAULT_LISTEN = ("0.0.0.0", 9443)
 DEFAULT_METRICS_LISTEN = ("127.0.0.1", 9444)
 DEFAULT_STATE_DIR = Path("/var/lib/mtagent")
 DEFAULT_STALL_TIMEOUT_SECONDS = 60.0
+DEFAULT_HASH_READ_BYTES = 256 * MiB
+"""Memory for reading targets for hash requests (resync, verify): two large direct-read
+windows (blockio.chunk_digests.SCAN_WINDOW_BYTES) at once; more requests read in small
+windows through the page cache."""
 DEFAULT_RETENTION_WINDOW_SECONDS = 24 * 3600.0
 DEFAULT_RETENTION_MAX_BYTES = 500 * GiB
 DEFAULT_RETENTION_HIGH_WATER = 0.9
@@ -104,6 +108,7 @@ class ServerConfig:
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     stall_timeout_seconds: float = DEFAULT_STALL_TIMEOUT_SECONDS
+    hash_read_bytes: int = DEFAULT_HASH_READ_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +304,7 @@ class _ConfigReader:
                 "max_frame_bytes",
                 "max_batch_bytes",
                 "stall_timeout",
+                "hash_read_bytes",
             ),
         )
         listen_host, listen_port = self.address(table, "server", "listen", DEFAULT_LISTEN)
@@ -331,6 +337,7 @@ class _ConfigReader:
             stall_timeout_seconds=self.duration(
                 table, "server", "stall_timeout", DEFAULT_STALL_TIMEOUT_SECONDS
             ),
+            hash_read_bytes=self.size(table, "server", "hash_read_bytes", DEFAULT_HASH_READ_BYTES),
         )
 
     def read_tls(self, table: dict[str, Any]) -> TlsConfig:

@@ -19,7 +19,7 @@ from typing import Any
 import pyudev
 
 from agent.config import AgentConfig, DiskConfig
-from agent.state import DiskProgress, StateStore
+from agent.state import RESYNCING, DiskProgress, StateStore
 from blockio.discovery import (
     BlockDisk,
     candidate_disks,
@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
 class DiskReport:
     """One configured disk as an operator sees it. `target` is what the config names (a path
     or `scsi_uuid <id>`); `device` where it is now (None when not found); `scsi_id` the
-    canonical id (None for a `path` target)."""
+    canonical id (None for a `path` target). `reason`: why it is `protected` or `missing`, or
+    why it needs a resync when the agent found a gap. While it is `resyncing`, `resync_offset`
+    is how far the resync reached (the Disk JSON's `resync_offset`) and `resync_progress` that
+    part of the size (None in other states, or when the size is not known)."""
 
     id: str
     group: str
@@ -53,6 +56,8 @@ class DiskReport:
     undo_bytes: int
     scsi_id: str | None = None
     device: str | None = None
+    resync_offset: int = 0
+    resync_progress: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,7 +123,7 @@ def _report(
     disks_on_host: Sequence[BlockDisk] | None,
 ) -> DiskReport:
     size = sector = None
-    state, reason = progress.state, ""
+    state, reason = progress.state, progress.resync_reason
     target = str(disk.path) if disk.path is not None else f"scsi_uuid {disk.scsi_uuid}"
     node: Path | None = disk.path
     disk_dir: Path | None = None
@@ -147,6 +152,10 @@ def _report(
                 # In use here says more than "cannot be opened here" (which may follow from it).
                 state, reason = "protected", "; ".join(reasons)
     last_time = progress.last_source_time_ns
+    resync_offset = progress.resync.offset if progress.state == RESYNCING else 0
+    resync_progress = None
+    if progress.state == RESYNCING and size:
+        resync_progress = min(1.0, resync_offset / size)
     return DiskReport(
         id=disk.id,
         group=disk.group,
@@ -162,6 +171,8 @@ def _report(
         undo_bytes=_tree_bytes(config.retention.path / disk.id),
         scsi_id=disk.scsi_uuid,
         device=None if node is None else str(node),
+        resync_offset=resync_offset,
+        resync_progress=resync_progress,
     )
 
 
@@ -198,18 +209,6 @@ def _tree_bytes(directory: Path) -> int:
     if not directory.is_dir():
         return 0
     return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
-
-
-def human_bytes(n: int | None) -> str:
-    """1536 -> '1.5 KiB'; None -> '-'."""
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def human_age(seconds: float | None) -> str:

@@ -9,13 +9,18 @@ Where the reading runs: on a thread of the request's own, not on the disk's I/O 
 a read-only descriptor of its own (the replica may close its target after an I/O error
 while the stream runs, and a closed descriptor number can be reused by another file),
 in windows of whole chunks (blockio/chunk_digests.py). Memory per request is one window
-and at most two windows of digests waiting for the socket, whatever the range.
+and at most two windows of digests waiting for the socket, whatever the range. A window is
+SCAN_WINDOW_BYTES read with O_DIRECT (a pass over a disk is then as fast as the device
+allows) while `[server] hash_read_bytes` lasts, shared by all requests; a request beyond it
+reads DEFAULT_WINDOW_BYTES at a time through the page cache (`ReadWindows`).
 
 Why no digest describes data that a rollback takes back: a window is read without the
 disk's lock, and kept only if no batch wrote into it meanwhile (agent/inflight_writes.py: the
 apply path reports each group of writes before the I/O thread can write it, and the end of each
 batch). Otherwise it is read again holding the lock, which a batch holds from its first byte to
-its commit or rollback, so the second reading sees committed content. The case that matters: a
+its commit or rollback, so the second reading sees committed content; it reads in windows of
+DEFAULT_WINDOW_BYTES, taking the lock for each, so that batches wait milliseconds, not the
+time of a large window. The case that matters: a
 resync cut off mid-batch is resumed at once while the agent is still rolling back the cut-off
 batch, whose data is the source's; a digest of that data matches the source, the resync skips
 the chunk, and the rollback then puts the old data back behind its back. Batches that write
@@ -28,10 +33,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
@@ -44,7 +48,9 @@ from agent.state import OK, RESYNCING
 from blockio.chunk_digests import (
     DEFAULT_WINDOW_BYTES,
     DIGEST_BYTES,
-    ChunkReader,
+    SCAN_READERS,
+    SCAN_WINDOW_BYTES,
+    WindowReaders,
     chunk_bytes_problem,
     chunk_count,
     windows,
@@ -110,8 +116,45 @@ def check_inside(request: HashRequest, disk_bytes: int) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class WindowGrant:
+    """How one hash request reads: `readers` windows of `window_bytes`, direct or not."""
+
+    window_bytes: int
+    readers: int
+    direct: bool
+
+    @property
+    def counted_bytes(self) -> int:
+        """What it takes from `ReadWindows`: its windows if large, else nothing."""
+        return self.window_bytes * self.readers if self.direct else 0
+
+
+@dataclass
+class ReadWindows:
+    """The memory that hash requests read the target into, shared by all of them."""
+
+    total_bytes: int
+    taken_bytes: int = field(default=0, init=False)
+
+    def take(self, chunk_bytes: int) -> WindowGrant:
+        """How a new request reads: SCAN_READERS large windows with O_DIRECT while
+        `total_bytes` has room for them, else one small window through the page cache (not
+        counted: a request always gets one). Give it back with `give_back`."""
+        large = WindowGrant(max(SCAN_WINDOW_BYTES, chunk_bytes), SCAN_READERS, direct=True)
+        if self.taken_bytes + large.counted_bytes <= self.total_bytes:
+            self.taken_bytes += large.counted_bytes
+            return large
+        return WindowGrant(max(DEFAULT_WINDOW_BYTES, chunk_bytes), 1, direct=False)
+
+    def give_back(self, grant: WindowGrant) -> None:
+        """Return what `take` gave."""
+        self.taken_bytes -= grant.counted_bytes
+
+
 def add_routes(app: web.Application) -> None:
     """Serve the hashes endpoint on `app`, and report resync metrics in its registry."""
+    app[READ_WINDOWS] = ReadWindows(app[keys.CONFIG].server.hash_read_bytes)
     app[RESYNC_METRICS] = ResyncMetrics(
         app[keys.REGISTRY], lambda: app[keys.REPLICAS].values() if keys.REPLICAS in app else ()
     )
@@ -132,21 +175,25 @@ async def post_hashes(request: web.Request) -> web.StreamResponse:
         async with replica.lock:  # opening runs on the disk's I/O thread, between batches
             target = await replica.ensure_open()
     check_inside(wanted, target.size_bytes)
-    executor = ThreadPoolExecutor(1, thread_name_prefix=f"hashes-{disk}")
-    loop = asyncio.get_running_loop()
-    window_bytes = max(DEFAULT_WINDOW_BYTES, wanted.chunk_bytes)
+    read_windows = request.app[READ_WINDOWS]
+    grant = read_windows.take(wanted.chunk_bytes)
     try:
-        reader = await loop.run_in_executor(
-            executor, partial(ChunkReader.open, target.path, window_bytes=window_bytes)
+        readers = await asyncio.to_thread(
+            WindowReaders.open,
+            target.path,
+            window_bytes=grant.window_bytes,
+            count=grant.readers,
+            direct=grant.direct,
+            name=f"hashes-{disk}",
         )
     except OSError as exc:
-        executor.shutdown(wait=False)
+        read_windows.give_back(grant)
         raise TargetUnavailable(f"disk {disk}: cannot open {target.path}: {exc}") from exc
     try:
         response = web.StreamResponse(headers={"Content-Type": DIGESTS_CONTENT_TYPE})
         response.content_length = chunk_count(wanted.length, wanted.chunk_bytes) * DIGEST_BYTES
         await response.prepare(request)
-        stream = _DigestStream(replica, target, reader, executor, wanted)
+        stream = _DigestStream(replica, target, readers, wanted)
         compared = request.app[RESYNC_METRICS].compared_bytes.labels(disk)
         try:
             async for window, digests in stream:
@@ -162,26 +209,21 @@ async def post_hashes(request: web.Request) -> web.StreamResponse:
         await response.write_eof()
         return response
     finally:
-        # After any read still running on the thread: the descriptor outlives its use.
-        executor.submit(reader.close)
-        executor.shutdown(wait=False)
+        # After any read still running: the descriptors outlive their use.
+        readers.close()
+        read_windows.give_back(grant)
 
 
 class _DigestStream:
-    """The windows of one request, read ahead by one task while the handler writes."""
+    """The windows of one request, read ahead (one window per reader) by one task while the
+    handler writes."""
 
     def __init__(
-        self,
-        replica: Replica,
-        target: TargetDisk,
-        reader: ChunkReader,
-        executor: ThreadPoolExecutor,
-        wanted: HashRequest,
+        self, replica: Replica, target: TargetDisk, readers: WindowReaders, wanted: HashRequest
     ) -> None:
         self._replica = replica
         self._target = target
-        self._reader = reader
-        self._executor = executor
+        self._readers = readers
         self._wanted = wanted
         # Digests of two windows at most wait for the socket: memory stays bounded.
         self._ready: asyncio.Queue[tuple[range, bytes] | BaseException | None] = asyncio.Queue(2)
@@ -198,18 +240,31 @@ class _DigestStream:
             await asyncio.gather(producer, return_exceptions=True)
 
     async def _produce(self) -> None:
-        replica, wanted = self._replica, self._wanted
-        try:
-            for window in windows(
-                wanted.offset, wanted.length, wanted.chunk_bytes, self._reader.window_bytes
-            ):
+        replica, wanted, readers = self._replica, self._wanted, self._readers
+        todo = windows(wanted.offset, wanted.length, wanted.chunk_bytes, readers.window_bytes)
+        # (window, the in-flight mark taken before its read began, its digests)
+        ahead: deque[tuple[range, int, asyncio.Future[bytes]]] = deque()
+
+        def read_ahead() -> None:
+            while len(ahead) < readers.count:
+                window = next(todo, None)
+                if window is None:
+                    return
                 mark = replica.inflight.mark()
-                digests = await self._digests(window)
+                digests = readers.digests(window, wanted.chunk_bytes)
+                ahead.append((window, mark, asyncio.wrap_future(digests)))
+
+        try:
+            read_ahead()
+            while ahead:
+                window, mark, pending = ahead.popleft()
+                digests = await pending
+                self._check_target()
+                read_ahead()
                 if not replica.inflight.settled(mark, window.start, window.stop):
-                    # A batch wrote here while we read: wait until it is committed or rolled
-                    # back (it holds the lock until then), and read again.
-                    async with replica.lock:
-                        digests = await self._digests(window)
+                    # A batch wrote here while we read: read again once it is committed or
+                    # rolled back (it holds the lock until then).
+                    digests = await self._settled_digests(window)
                 await self._ready.put((window, digests))
             await self._ready.put(None)
         except asyncio.CancelledError:
@@ -220,21 +275,29 @@ class _DigestStream:
             await self._ready.put(
                 TargetUnavailable(f"disk {replica.id}: reading the target failed: {exc}")
             )
+        finally:
+            for _, _, pending in ahead:
+                pending.cancel()
 
-    async def _digests(self, window: range) -> bytes:
-        """The digests of `window`, read on the request's thread; TargetUnavailable if the
-        replica closed its target (after an I/O error) or reopened it meanwhile."""
-        loop = asyncio.get_running_loop()
-        digests = await loop.run_in_executor(
-            self._executor, self._reader.digests, window, self._wanted.chunk_bytes
-        )
+    async def _settled_digests(self, window: range) -> bytes:
+        """The digests of `window`, read in small pieces, each holding the disk's lock."""
+        pieces = []
+        chunk = self._wanted.chunk_bytes
+        for piece in windows(window.start, len(window), chunk, DEFAULT_WINDOW_BYTES):
+            async with self._replica.lock:
+                pieces.append(await asyncio.wrap_future(self._readers.digests(piece, chunk)))
+                self._check_target()
+        return b"".join(pieces)
+
+    def _check_target(self) -> None:
+        """Raises TargetUnavailable if the replica closed its target (after an I/O error) or
+        reopened it since the stream began: what was read may not be the target's."""
         replica = self._replica
         if replica.target is not self._target:
             raise TargetUnavailable(
                 f"disk {replica.id}: the target was closed during the hash stream"
                 f" ({replica.unavailable_reason or 'reopened'})"
             )
-        return digests
 
 
 class ResyncMetrics:
@@ -285,3 +348,4 @@ class ResyncCollector(Collector):
 
 
 RESYNC_METRICS = web.AppKey("resync_metrics", ResyncMetrics)
+READ_WINDOWS = web.AppKey("read_windows", ReadWindows)

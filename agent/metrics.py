@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,13 +20,23 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from agent.tls_handshakes import REASONS as HANDSHAKE_FAILURE_REASONS
 from protocol.wire import PROTOCOL_VERSION
 
 DISK_STATES = ("ok", "resync_required", "resyncing", "missing", "protected", "recovered")
+
+# Gaps the agent detects between what it acknowledged and what a target holds, each of which
+# makes the disk `resync_required` (the `reason` label of mtagent_resync_required_total):
+# a failed batch whose rollback could not read its undo records back; a batch cut off by a crash
+# that start-up could not roll back, for the same cause; a journal that committed batches the
+# state store does not know (state.db restored from an old backup, or lost).
+ROLLBACK_FAILED = "rollback_failed"
+CRASH_RECOVERY_FAILED = "crash_recovery_failed"
+STATE_BEHIND_JOURNAL = "state_behind_journal"
+GAP_CAUSES = (ROLLBACK_FAILED, CRASH_RECOVERY_FAILED, STATE_BEHIND_JOURNAL)
 
 # Batches take from a millisecond (64 KiB) to tens of seconds (256 MiB on a slow disk).
 APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -42,6 +52,8 @@ class DiskSnapshot:
     last_seq: int
     last_source_time_ns: int
     size_bytes: int
+    # Gaps detected since the agent started, by cause (GAP_CAUSES).
+    gaps: Mapping[str, int] = field(default_factory=dict)
 
 
 class AgentMetrics:
@@ -199,6 +211,12 @@ class DiskCollector(Collector):
         disks = GaugeMetricFamily(
             "mtagent_disks", "Configured disks in each state.", labels=["state"]
         )
+        gaps = CounterMetricFamily(
+            "mtagent_resync_required",
+            "Gaps detected between what the agent acknowledged and what the target holds, each "
+            "of which made the disk resync_required, by cause.",
+            labels=["disk", "reason"],
+        )
         now = self._clock()
         snapshots = list(self._snapshots())
         # Every state is present, zero or not, so that an alert on a state sees it appear.
@@ -217,4 +235,7 @@ class DiskCollector(Collector):
             size.add_metric([snap.disk], snap.size_bytes)
             for name in DISK_STATES:
                 state.add_metric([snap.disk, name], 1.0 if name == snap.state else 0.0)
-        yield from (info, last_seq, rpo, size, state, disks)
+            # Every cause from zero, so that increase() sees the first gap.
+            for cause in GAP_CAUSES:
+                gaps.add_metric([snap.disk, cause], snap.gaps.get(cause, 0))
+        yield from (info, last_seq, rpo, size, state, disks, gaps)

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TextIO
 
-from agent.disk_report import human_bytes
+from agent.units import human_bytes
 
 # The rate is measured over the last few seconds, so it follows the transfer as it is
 # now rather than its average since the start.

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.config import DiskConfig
 from agent.inflight_writes import InflightWrites
-from agent.metrics import DiskSnapshot
+from agent.metrics import CRASH_RECOVERY_FAILED, STATE_BEHIND_JOURNAL, DiskSnapshot
 from agent.state import RECOVERED, RESYNC_REQUIRED, RESYNCING, DiskProgress, StateStore
 from blockio.discovery import resolve_scsi_id
 from blockio.safety import DeviceProtected, ExpectedSize, expected_size, open_for_replication
 from blockio.target import TargetDisk, TargetError
-from blockio.undo_journal import DEFAULT_SEGMENT_BYTES, JournalIOError, UndoJournal
+from blockio.undo_journal import DEFAULT_SEGMENT_BYTES, JournalIOError, UndoJournal, UndoLost
 from blockio.undo_record import JournalCorrupt
 from protocol.errors import TargetUnavailable
 
@@ -50,6 +51,8 @@ class Replica:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # What batches wrote that a rollback could still take back, for readers without the lock.
     inflight: InflightWrites = field(default_factory=InflightWrites)
+    # Gaps detected since the agent started, by cause (agent.metrics.GAP_CAUSES).
+    gaps: dict[str, int] = field(default_factory=dict)
     executor: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -90,11 +93,12 @@ class Replica:
     def open_blocking(self) -> int:
         """Find the target, check that nothing on this host uses it, open it (a block device
         exclusively), open the journal and roll back a batch cut off by a crash or by the
-        device going away.
+        device going away. A gap found on the way makes the disk `resync_required`
+        (`_recover_journal`).
 
         Returns the number of undo records rolled back. Raises DeviceProtected (the replica is
-        then `protected`), TargetError or OSError when the target or journal cannot be used
-        (the replica then stays `missing`).
+        then `protected`), TargetError, OSError or sqlite3.Error when the target, journal or
+        store cannot be used (the replica then stays `missing`).
         """
         try:
             node, disk_dir = self.locate_blocking()
@@ -115,7 +119,7 @@ class Replica:
         self.protected_reason = ""
         try:
             journal = UndoJournal.open(self.journal_dir, self.id, segment_bytes=self.segment_bytes)
-            undone = journal.recover(target, self.progress.last_seq)
+            undone = self._recover_journal(journal, target)
             if self.store is not None and self.store.target_size(self.id)[0] != target.size_bytes:
                 self.store.record_target_size(self.id, target.size_bytes, time.time_ns())
         except BaseException:
@@ -132,12 +136,71 @@ class Replica:
             )
         return undone
 
+    def _recover_journal(self, journal: UndoJournal, target: TargetDisk) -> int:
+        """`journal.recover()`, after checking the journal against the store; a gap is recorded
+        (`require_resync`) before the journal is changed, so that a crash cannot forget it.
+
+        - The journal writes a batch's COMMIT record only after the store committed it: a
+          journal that committed batches the store does not know means state.db went back (an
+          old backup restored, or lost). Those batches are on the target: they are not rolled
+          back, and the store learns the newest one's seq, so that batch numbers go on after it.
+        - A batch cut off whose undo records cannot be read back leaves part of it on the
+          target: its records are dropped, unapplied.
+
+        Returns the number of undo records rolled back. Raises what `recover()` raises (but
+        UndoLost), sqlite3.Error.
+        """
+        committed = self.progress.last_seq
+        journal_seq = journal.last_commit_seq
+        if journal_seq > committed:
+            self.require_resync(
+                STATE_BEHIND_JOURNAL,
+                f"the undo journal committed batches up to {journal_seq} but state.db knows "
+                f"only up to {committed} (state.db restored from an older copy, or lost): the "
+                "target holds writes the agent has no record of",
+                last_seq=journal_seq,
+            )
+            committed = journal_seq
+        try:
+            return journal.recover(target, committed)
+        except UndoLost as lost:
+            self.require_resync(
+                CRASH_RECOVERY_FAILED,
+                f"{lost}; it was cut off by a crash or a removal, and the target may hold part "
+                "of it",
+            )
+            journal.discard_lost(lost)
+            return journal.recover(target, committed)
+
+    def require_resync(self, cause: str, reason: str, *, last_seq: int = 0) -> None:
+        """A gap detected: the target no longer holds what the agent acknowledged, and only a
+        resync can tell what differs. Makes the disk `resync_required` with `reason` (durable on
+        return when the replica has a store), counts it under `cause` (one of
+        agent.metrics.GAP_CAUSES) and logs it. `last_seq`: see `StateStore.require_resync`.
+
+        Blocking: call it on the disk's I/O thread. Raises sqlite3.Error.
+        """
+        if self.store is not None:
+            self.progress = self.store.require_resync(
+                self.id, reason, time.time_ns(), last_seq=last_seq
+            )
+        else:
+            state = RECOVERED if self.progress.state == RECOVERED else RESYNC_REQUIRED
+            self.progress = replace(
+                self.progress,
+                last_seq=max(self.progress.last_seq, last_seq),
+                state=state,
+                resync_reason=reason,
+            )
+        self.gaps[cause] = self.gaps.get(cause, 0) + 1
+        log.warning("disk %s: RESYNC REQUIRED (%s): %s", self.id, cause, reason)
+
     async def ensure_open(self) -> TargetDisk:
         """The open target, opening it first if needed; TargetUnavailable (503) otherwise."""
         if self.target is None:
             try:
                 await self.run(self.open_blocking)
-            except (TargetError, JournalCorrupt, JournalIOError, OSError) as exc:
+            except (TargetError, JournalCorrupt, JournalIOError, OSError, sqlite3.Error) as exc:
                 self.unavailable_reason = str(exc)
                 raise TargetUnavailable(f"disk {self.id}: {exc}") from exc
         assert self.target is not None
@@ -169,7 +232,7 @@ class Replica:
     def describe(self) -> dict[str, Any]:
         """The Disk object of PROTOCOL.md section 2."""
         target = self.target
-        return {
+        described: dict[str, Any] = {
             "id": self.id,
             "group": self.config.group,
             "size_bytes": target.size_bytes if target else 0,
@@ -183,6 +246,11 @@ class Replica:
                 self.progress.resync.offset if self.progress.state == RESYNCING else 0
             ),
         }
+        if self.progress.resync_reason:
+            # Another, only while there is one (README "Detected gaps"): why the disk needs a
+            # resync when the agent found a gap.
+            described["resync_reason"] = self.progress.resync_reason
+        return described
 
     def snapshot(self) -> DiskSnapshot:
         """The metrics view of this disk."""
@@ -193,6 +261,7 @@ class Replica:
             last_seq=self.progress.last_seq,
             last_source_time_ns=self.progress.last_source_time_ns,
             size_bytes=self.target.size_bytes if self.target else 0,
+            gaps=dict(self.gaps),
         )
 
 

@@ -49,6 +49,11 @@ CREATE TABLE IF NOT EXISTS resyncs (
     done_seq INTEGER NOT NULL,
     done_ns INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS resync_reasons (
+    disk TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    detected_ns INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS target_sizes (
     disk TEXT PRIMARY KEY,
     size_bytes INTEGER NOT NULL,
@@ -95,6 +100,9 @@ class DiskProgress:
     state: str = RESYNC_REQUIRED
     committed_ns: int = 0
     resync: ResyncProgress = ResyncProgress()
+    # Why the disk needs a resync when the agent found a gap (its target no longer holds what it
+    # acknowledged): kept until a resync completes; "" otherwise (a new pair, a recovered disk).
+    resync_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +210,12 @@ class StateStore:
             except sqlite3.OperationalError:
                 # A store of an older agent, opened read-only: it has no resyncs table yet.
                 resync = None
+            try:
+                reason = self._db.execute(
+                    "SELECT reason FROM resync_reasons WHERE disk = ?", (disk,)
+                ).fetchone()
+            except sqlite3.OperationalError:
+                reason = None  # likewise
         if row is None:
             return DiskProgress(disk)
         return DiskProgress(
@@ -211,6 +225,7 @@ class StateStore:
             row[2],
             row[3],
             ResyncProgress() if resync is None else ResyncProgress(*resync),
+            "" if reason is None else reason[0],
         )
 
     def batch_digest(self, disk: str, seq: int) -> bytes | None:
@@ -256,6 +271,7 @@ class StateStore:
             state=state_after(progress, batch.flags),
             committed_ns=batch.committed_ns,
             resync=resync_after(progress, batch),
+            resync_reason="" if "resync_done" in batch.flags else progress.resync_reason,
         )
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -286,11 +302,42 @@ class StateStore:
                         "INSERT OR REPLACE INTO resyncs VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (new.disk, *astuple(new.resync)),
                     )
+                if progress.resync_reason and not new.resync_reason:
+                    self._db.execute("DELETE FROM resync_reasons WHERE disk = ?", (new.disk,))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return new
+
+    def require_resync(
+        self, disk: str, reason: str, detected_ns: int, *, last_seq: int = 0
+    ) -> DiskProgress:
+        """Record a gap found on `disk` (PROTOCOL.md section 5: a divergence the agent detects):
+        its state becomes `resync_required` (a `recovered` disk stays `recovered`, which already
+        refuses all but a resync) and `reason` says why until a `resync_done` commits. `last_seq`:
+        a batch the undo journal committed that the store does not know; the disk's last_seq
+        becomes it if it is higher, so that batch numbers go on after it. In one transaction,
+        durable on return; returns the disk's new progress. Raises sqlite3.Error."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO disks (id, last_seq, state) VALUES (?, ?, ?)"
+                    " ON CONFLICT(id) DO UPDATE SET"
+                    " last_seq = MAX(last_seq, excluded.last_seq),"
+                    " state = CASE state WHEN ? THEN state ELSE excluded.state END",
+                    (disk, last_seq, RESYNC_REQUIRED, RECOVERED),
+                )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO resync_reasons VALUES (?, ?, ?)",
+                    (disk, reason, detected_ns),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return self.progress(disk)
 
     # -- recovery points and recoveries (retention) ---------------------------------------
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from blockio.target import TargetDisk
-from blockio.undo_journal import UndoJournal
+from blockio.undo_journal import UndoJournal, UndoLost
 from blockio.undo_record import CommitRecord
 
 
@@ -65,6 +65,7 @@ class BatchWriter:
                     f"write at offset {write.offset}: {len(write.data)} bytes of data "
                     f"for length {write.length}"
                 )
+        self.target.prefetch((write.offset, write.length) for write in writes)
         old = [self.target.read(write.offset, write.length) for write in writes]
         now = self._clock()
         for write, data in zip(writes, old, strict=True):
@@ -96,6 +97,15 @@ class BatchWriter:
         """Put back the target as it was before the batch and drop the batch's undo records.
         Returns the number of records applied.
 
-        Raises JournalCorrupt, TargetError, JournalIOError.
+        Raises UndoLost when a record of the batch cannot be read back (the target then holds
+        part of the batch: see `discard`); TargetError; JournalIOError.
         """
         return self.journal.rollback(self.target)
+
+    def discard(self, lost: UndoLost) -> None:
+        """After `rollback()` raised `lost`: drop the batch's undo records unapplied and close
+        the batch in the journal. Call it only once the target is known to need a resync.
+
+        Raises JournalIOError.
+        """
+        self.journal.discard_lost(lost)

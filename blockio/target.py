@@ -17,6 +17,7 @@ import os
 import stat
 import struct
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -200,6 +201,17 @@ class TargetDisk:
                 f"extent [{offset}, {offset + length}) lies outside the disk "
                 f"of {self.size_bytes} bytes",
             )
+
+    def prefetch(self, extents: Iterable[tuple[int, int]]) -> None:
+        """Start reading the extents `(offset, length)` into the page cache, all at once: the
+        reads that follow find them there. Scattered extents are so read in parallel rather
+        than one after another (a resync's differing chunks, cold after its direct hash
+        reads, were read here at about 2 ms each). Only a hint: does nothing with direct_io."""
+        if self.direct_io or self._fd < 0:
+            return
+        for offset, length in extents:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self._fd, offset, length, os.POSIX_FADV_WILLNEED)
 
     def read(self, offset: int, length: int) -> bytes:
         """Return exactly `length` bytes from `offset`.

@@ -64,6 +64,7 @@ from blockio.undo_record import (
     encode_record_parts,
     read_record,
     scan_headers,
+    scan_headers_into,
 )
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,23 @@ _FLUSH_BYTES = 1 << 20
 # Linux IOV_MAX is 1024; each record is two buffers.
 _IOV_MAX = 1024
 _FLUSH_BUFFERS = 512
+
+
+class UndoLost(JournalCorrupt):
+    """The undo records of batch `seq`, never committed, cannot all be read back (`path`,
+    `position`, `reason`: the damage, as JournalCorrupt says it): the target may keep part of what
+    that batch wrote, and nothing tells which part. Only a resync closes that gap.
+
+    The records are left in place; `UndoJournal.discard_lost` cuts them off, unapplied, from
+    `batch_start` (their first byte in segment `path`). `str()`: `batch <seq> cannot be rolled
+    back: segment <path> at byte <position>: <reason>`.
+    """
+
+    def __init__(self, seq: int, damage: JournalCorrupt, batch_start: int) -> None:
+        super().__init__(damage.path, damage.position, damage.reason)
+        self.args = (f"batch {seq} cannot be rolled back: {damage}",)
+        self.seq = seq
+        self.batch_start = batch_start
 
 
 class JournalIOError(Exception):
@@ -506,20 +524,62 @@ class UndoJournal:
 
         A crash in the middle leaves the records in place, so `recover()` finishes the job (the
         records are the old data of one consistent state; applying them twice gives the same
-        bytes). Raises RuntimeError without an open batch; JournalCorrupt when a synced record is
-        damaged; TargetError; JournalIOError.
+        bytes). Raises RuntimeError without an open batch; UndoLost when a synced record of the
+        batch is damaged (the batch stays open: `discard_lost`); TargetError; JournalIOError.
         """
-        self._require_batch()
+        seq = self._require_batch()
         # Buffered records never reached the target: it is written only after a sync.
         self._pending = []
         self._pending_bytes = 0
         path = self.current_segment
         with open(path, "rb") as f:
             # A failed append may have left part of a record: that part was never synced.
-            headers, _torn_at = scan_headers(f, path, self._batch_start)
+            try:
+                headers, _torn_at = scan_headers(f, path, self._batch_start)
+            except JournalCorrupt as exc:
+                raise UndoLost(seq, exc, self._batch_start) from exc
             undone = self._apply_newest_first(target, f, path, headers, at_tail=True)
         self._truncate_batch()
         return undone
+
+    def discard_lost(self, lost: UndoLost) -> None:
+        """Cut the records of the batch `lost` names off the journal without applying them, and
+        sync: what `rollback()` or `recover()` could not put back. The caller must first have
+        recorded, durably, that the target needs a resync: once the records are gone, nothing
+        in the journal says so. Then the journal takes batches again (after `recover()`, which
+        still has to run at start-up and now finds nothing to roll back).
+
+        Raises ValueError when `lost` is not about the open batch, or (none open) not about the
+        journal's tail; JournalIOError.
+        """
+        if self._batch_seq is not None:
+            if lost.seq != self._batch_seq or lost.path != self.current_segment:
+                raise ValueError(
+                    f"undo journal {self.directory}: batch {self._batch_seq} is open, "
+                    f"not batch {lost.seq}"
+                )
+            self._truncate_batch()
+            return
+        numbers = [n for n in segment_numbers(self.directory) if self._segment_path(n) == lost.path]
+        if not numbers or any(
+            self._segment_path(n).stat().st_size > 0
+            for n in segment_numbers(self.directory)
+            if n > numbers[0]
+        ):
+            raise ValueError(f"undo journal {self.directory}: {lost.path} is not its tail")
+        number = numbers[0]
+        with self.exclusive():
+            fd = (
+                self._fd if number == self._number else os.open(lost.path, os.O_RDWR | os.O_CLOEXEC)
+            )
+            try:
+                self._truncate(fd, lost.path, lost.batch_start)
+            finally:
+                if fd != self._fd:
+                    os.close(fd)
+        self._size = os.fstat(self._fd).st_size
+        self._refresh(number)
+        self._publish()
 
     def recover(self, target: TargetDisk, committed_seq: int) -> int:
         """At start-up: cut a torn tail off, then roll back the records at the journal's tail
@@ -527,8 +587,9 @@ class UndoJournal:
         does. Returns the number of records applied.
 
         Committed records are left untouched and unread beyond their headers. Raises
-        RuntimeError when a batch is open; JournalCorrupt when a segment is damaged elsewhere than
-        in an unsynced tail; TargetError; JournalIOError.
+        RuntimeError when a batch is open; UndoLost when the batch cut off cannot be rolled back
+        (a synced record of it is damaged: `discard_lost`, then `recover()` again); JournalCorrupt
+        when a segment is damaged elsewhere than in an unsynced tail; TargetError; JournalIOError.
         """
         if self._batch_seq is not None:
             raise RuntimeError(
@@ -576,7 +637,7 @@ class UndoJournal:
             fd = self._fd if number == self._number else os.open(path, os.O_RDWR | os.O_CLOEXEC)
             try:
                 with open(path, "rb") as f:
-                    headers, torn_at = scan_headers(f, path)
+                    headers, torn_at = self._scan_for_recovery(f, path, committed_seq)
                     if torn_at is not None:
                         log.warning("undo journal %s: cut a torn tail at byte %d", path, torn_at)
                         self._truncate(fd, path, torn_at)
@@ -597,6 +658,24 @@ class UndoJournal:
             if first_open > 0:
                 break
         return undone, touched
+
+    @staticmethod
+    def _scan_for_recovery(
+        f: BinaryIO, path: Path, committed_seq: int
+    ) -> tuple[list[RecordHeader], int | None]:
+        """`scan_headers` of a whole segment, where a damaged header that follows records of a
+        batch above `committed_seq` is that batch's: nothing is written after a batch cut off."""
+        headers: list[RecordHeader] = []
+        try:
+            torn_at = scan_headers_into(f, path, headers)
+        except JournalCorrupt as exc:
+            if not headers or headers[-1].seq <= committed_seq:
+                raise
+            first_open = len(headers)
+            while first_open > 0 and headers[first_open - 1].seq > committed_seq:
+                first_open -= 1
+            raise UndoLost(headers[-1].seq, exc, headers[first_open].position) from exc
+        return headers, torn_at
 
     def prune(self, numbers: Sequence[int], *, wait: bool = False) -> int:
         """Delete segments `numbers`: they must be the journal's oldest, and not the one appends
@@ -650,6 +729,7 @@ class UndoJournal:
     ) -> int:
         """Write the old data of `headers` (records of the open batch, file order) to the
         target, newest first, then sync the target. Returns the number of records applied.
+        Raises UndoLost when a record that may have been synced cannot be read.
 
         at_tail: these are the journal's last records, so their last sync group may never have
         been synced; a damaged record there means the group never touched the target.
@@ -675,7 +755,7 @@ class UndoJournal:
                 record = read_record(f, header, path)
             except JournalCorrupt as exc:
                 if not at_tail or i < last_group:
-                    raise
+                    raise UndoLost(header.seq, exc, headers[0].position) from exc
                 # A damaged record in the last sync group: that group was never synced, so it
                 # never touched the target. The newer records of it already applied rewrote the
                 # bytes they were read from.

@@ -260,7 +260,7 @@ def rsync_once(workdir: Path, old: Path, source: Path) -> float:
 
 
 def bench_resync(
-    workdir: Path, size: int = 2 << 30, fraction: float = 0.01, rounds: int = 2
+    workdir: Path, size: int = 2 << 30, fraction: float = 0.01, rounds: int = 3
 ) -> dict[str, Any]:
     """Each measure is the best of `rounds`, taken in turns: on these machines the same cold
     read of 2 GiB takes from 1 to 3 s depending on what the host does meanwhile."""

@@ -101,6 +101,7 @@ def test_minimal_file_takes_documented_defaults(tmp_path: Path) -> None:
     assert server.max_frame_bytes == 4 * 2**20
     assert server.max_batch_bytes == 256 * 2**20
     assert server.stall_timeout_seconds == 60.0
+    assert server.hash_read_bytes == 256 * 2**20
     assert config.retention.window_seconds == 24 * 3600.0
     assert config.retention.max_bytes == 500 * 2**30
     assert config.retention.on_full == "shrink"
@@ -173,6 +174,8 @@ def test_listen_addresses_parse_host_and_port(
         ('max_batch_bytes = "1GiB"', "max_batch_bytes", 2**30),
         ('stall_timeout = "90s"', "stall_timeout_seconds", 90.0),
         ('stall_timeout = "500ms"', "stall_timeout_seconds", 0.5),
+        ('hash_read_bytes = "1GiB"', "hash_read_bytes", 2**30),
+        ("hash_read_bytes = 0", "hash_read_bytes", 0),
     ],
 )
 def test_server_limits_accept_sizes_and_durations(

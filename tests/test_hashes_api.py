@@ -16,6 +16,8 @@ import aiohttp
 import pytest
 import xxhash
 
+from agent.hashes_api import ReadWindows, WindowGrant
+from blockio.chunk_digests import DEFAULT_WINDOW_BYTES, SCAN_READERS, SCAN_WINDOW_BYTES
 from protocol.client import AgentClient, client_ssl_context
 from protocol.encoder import BatchEncoder
 from protocol.errors import OutOfRange, TargetUnavailable, UnknownDisk
@@ -211,20 +213,65 @@ def peak_rss_bytes(pid: int) -> int:
     raise AssertionError(f"no VmHWM for pid {pid}")
 
 
-async def test_memory_stays_bounded_over_a_512_mib_range_read_slowly(agent: AgentProcess) -> None:
+async def read_sparse_slowly(agent: AgentProcess) -> int:
+    """Peak RSS growth of the agent while a slow client reads the digests of 512 MiB."""
     assert agent.process is not None
+    async with client(agent) as agent_client:
+        # What a first request allocates once (threads, TLS, parsers) is not what is measured.
+        async for _ in agent_client.hashes("sparse", 0, 1 * MiB, 1 * MiB):
+            pass
     before = peak_rss_bytes(agent.process.pid)
     count = 0
-
     async with client(agent) as agent_client:
         async for digest in agent_client.hashes("sparse", 0, SPARSE_BYTES, 1 * MiB):
             count += 1
             if count % 256 == 0:
                 await asyncio.sleep(0.01)  # a slow reader: the agent must wait, not buffer
             assert digest == ZERO_MIB_DIGEST
-
     assert count == SPARSE_BYTES // MiB
-    assert peak_rss_bytes(agent.process.pid) - before < 32 * MiB
+    return peak_rss_bytes(agent.process.pid) - before
+
+
+async def test_memory_stays_within_the_large_windows_over_a_512_mib_range(
+    agent: AgentProcess,
+) -> None:
+    assert await read_sparse_slowly(agent) < LARGE.counted_bytes + 32 * MiB
+
+
+async def test_memory_stays_within_a_small_window_once_hash_read_bytes_is_spent(
+    tmp_path: Path,
+) -> None:
+    with open(tmp_path / "sparse.img", "wb") as f:
+        f.truncate(SPARSE_BYTES)
+    small = AgentProcess.create(
+        tmp_path / "agent", {"sparse": tmp_path / "sparse.img"}, hash_read_bytes="100MiB"
+    )
+    small.start()
+    try:
+        # Far below the large windows (128 MiB) and the range (512 MiB).
+        assert await read_sparse_slowly(small) < 48 * MiB
+    finally:
+        small.stop()
+
+
+LARGE = WindowGrant(SCAN_WINDOW_BYTES, SCAN_READERS, direct=True)
+
+
+def test_read_windows_are_large_and_direct_while_the_budget_lasts_then_small() -> None:
+    budget = ReadWindows(2 * LARGE.counted_bytes)
+
+    first, second, third = (budget.take(64 * KiB) for _ in range(3))
+    budget.give_back(first)
+    budget.give_back(third)
+    again = budget.take(64 * KiB)
+
+    assert first == second == again == LARGE
+    assert third == WindowGrant(DEFAULT_WINDOW_BYTES, 1, direct=False)
+    assert budget.taken_bytes == 2 * LARGE.counted_bytes
+
+
+def test_a_chunk_larger_than_a_small_window_gets_a_window_of_one_chunk() -> None:
+    assert ReadWindows(0).take(16 * MiB) == WindowGrant(16 * MiB, 1, direct=False)
 
 
 ZERO_MIB_DIGEST = xxhash.xxh3_128(bytes(MiB)).digest()

@@ -33,6 +33,15 @@ def local_digests(data: bytes, offset: int, length: int, chunk: int) -> list[byt
     ]
 
 
+def write_device(device: Path, data: bytes) -> None:
+    fd = os.open(device, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def split(digests: bytes) -> list[bytes]:
     return [digests[at : at + DIGEST_BYTES] for at in range(0, len(digests), DIGEST_BYTES)]
 
@@ -111,12 +120,7 @@ def test_reading_past_the_end_of_the_image_names_where_it_ended(tmp_path: Path) 
 def test_a_block_device_is_read_like_a_file(loop_device: LoopDeviceFactory, tmp_path: Path) -> None:
     data = random.Random(2).randbytes(4 * MiB)
     device = loop_device(4 * MiB, backing=tmp_path / "backing.img")
-    fd = os.open(device, os.O_WRONLY)
-    try:
-        os.pwrite(fd, data, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_device(device, data)
 
     with ChunkReader.open(device, window_bytes=1 * MiB) as reader:
         size = reader.size_bytes
@@ -136,3 +140,58 @@ def test_a_reader_closes_even_while_a_view_of_its_buffer_is_held(tmp_path: Path)
     reader.close()
 
     assert bytes(view[:4]) == b"\x07" * 4
+
+
+def direct_digests(path: Path, length: int, chunk: int, window: int) -> tuple[bool, list[bytes]]:
+    with ChunkReader.open(path, window_bytes=window, direct=True) as reader:
+        digests = b"".join(reader.digests(w, chunk) for w in windows(0, length, chunk, window))
+        return reader.direct, split(digests)
+
+
+def test_direct_reads_of_a_file_give_its_digests_with_a_short_last_chunk(tmp_path: Path) -> None:
+    # Not a whole number of pages: the last direct read asks past the end of the file.
+    length = 3 * MiB + 1000
+    data = random.Random(3).randbytes(length)
+    image = tmp_path / "image.img"
+    image.write_bytes(data)
+
+    direct, digests = direct_digests(image, length, 64 * KiB, MiB)
+
+    assert direct  # tmp_path lies on ext4 here and on CI
+    assert digests == local_digests(data, 0, length, 64 * KiB)
+
+
+def test_direct_reads_of_a_block_device_give_its_digests(
+    loop_device: LoopDeviceFactory, tmp_path: Path
+) -> None:
+    data = random.Random(4).randbytes(4 * MiB)
+    device = loop_device(4 * MiB, backing=tmp_path / "backing.img")
+    write_device(device, data)
+
+    direct, digests = direct_digests(device, 4 * MiB, 256 * KiB, 2 * MiB)
+
+    assert direct
+    assert digests == local_digests(data, 0, 4 * MiB, 256 * KiB)
+
+
+def test_a_direct_reader_reads_a_misaligned_sector_through_the_page_cache(tmp_path: Path) -> None:
+    data = random.Random(6).randbytes(1 * MiB)
+    image = tmp_path / "image.img"
+    image.write_bytes(data)
+
+    with ChunkReader.open(image, window_bytes=64 * KiB, direct=True) as reader:
+        sector = bytes(reader.read(64 * KiB - 512, 512))
+        following = bytes(reader.read(128 * KiB, 64 * KiB))
+
+    assert sector == data[64 * KiB - 512 : 64 * KiB]
+    assert following == data[128 * KiB : 192 * KiB]
+
+
+def test_a_direct_read_past_the_end_names_where_the_image_ended(tmp_path: Path) -> None:
+    image = tmp_path / "short.img"
+    image.write_bytes(bytes(100 * KiB + 100))
+
+    with pytest.raises(ImageChanged) as caught:
+        direct_digests(image, 192 * KiB, 64 * KiB, 192 * KiB)
+
+    assert caught.value.offset == 100 * KiB + 100

@@ -220,6 +220,23 @@ async def test_a_source_larger_than_the_disk_is_refused_before_anything_is_sent(
     assert (await pair.state())["last_seq"] == 0
 
 
+async def test_a_source_truncated_during_the_comparison_fails_with_where_it_ended(
+    pair: Pair,
+) -> None:
+    old = image(random.Random(9), DISK_BYTES)
+    pair.hold(old, old)
+
+    def truncate_once(progress: CompareProgress) -> None:
+        if os.path.getsize(pair.source) == DISK_BYTES:
+            os.truncate(pair.source, 8 * MiB)  # read ahead reaches 32 windows, 2 MiB, by now
+
+    with pytest.raises(PushFailed, match=r"reading the source failed: .* ended at offset"):
+        await pair.resync(progress=truncate_once, window_bytes=CHUNK)
+
+    assert (await pair.state())["last_seq"] == 0
+    assert pair.target.read_bytes() == old
+
+
 # -- resuming -------------------------------------------------------------------------------------
 
 

@@ -8,9 +8,9 @@ from functools import partial
 
 from agent.commands.table import add_config_argument
 from agent.config import load_config
-from agent.disk_report import human_bytes
 from agent.failure import CommandFailed
 from agent.state import StateStore
+from agent.units import human_bytes
 from blockio.journal_check import JournalCheck, check_journal
 from blockio.undo_journal import shared_lock
 

@@ -1,8 +1,9 @@
 """`mtagent disks --config F [--json]`: the replication targets and whether they can be used.
 
 For each configured disk: id, group, canonical SCSI id, device node, size, logical sector size,
-state, and why it is protected or missing. Then the host's disks that no `[[disks]]` entry
-names, with their SCSI ids (to copy into the config) or the reason they have none.
+state, and why it is protected or missing, or needs a resync after a gap. Then the host's disks
+that no `[[disks]]` entry names, with their SCSI ids (to copy into the config) or the reason they
+have none.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import json
 
 from agent.commands.table import add_config_argument, print_table
 from agent.config import load_config
-from agent.disk_report import disk_reports, host_disks, human_bytes, unconfigured_disks
+from agent.disk_report import disk_reports, host_disks, unconfigured_disks
+from agent.units import human_bytes
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "disks",
         help="list the target disks: SCSI id, device, size, state, why unusable",
         description="List the configured target disks with their SCSI id, device, size, "
-        "sector size and state (and why a disk is protected or missing), then the host's "
-        "disks that no [[disks]] entry names, with the SCSI id to put in the config.",
+        "sector size and state (and why a disk is protected or missing, or why it needs a "
+        "resync), then the host's disks that no [[disks]] entry names, with the SCSI id to put "
+        "in the config.",
     )
     add_config_argument(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import TextIO
 
 from agent import resync, sender
-from agent.disk_report import human_bytes
 from agent.failure import CommandFailed
 from agent.progress import ProgressBar
 from agent.resync import CompareProgress, ResyncResult, VerifyResult
 from agent.sender import PushFailed, PushResult, push_image
+from agent.units import human_bytes
 from blockio.chunk_digests import chunk_bytes_problem
 from protocol.client import AgentClient, client_ssl_context
 from protocol.events import Tag

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from agent.commands.table import add_config_argument
 from agent.config import load_config
-from agent.disk_report import human_bytes
 from agent.progress import ProgressBar
 from agent.restore import RestoreReport, export_point, restore_in_place
+from agent.units import human_bytes
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

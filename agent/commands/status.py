@@ -7,15 +7,16 @@ import json
 
 from agent.commands.table import add_config_argument, print_table
 from agent.config import load_config
-from agent.disk_report import disk_reports, human_age, human_bytes
+from agent.disk_report import DiskReport, disk_reports, human_age
+from agent.units import human_bytes
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "status",
-        help="replication progress per disk: last batch, lag (RPO), undo kept",
+        help="replication progress per disk: last batch, lag (RPO), undo kept, resync progress",
         description="Show per disk the last acknowledged batch, the lag behind the source "
-        "(RPO) and the undo data kept on the retention drive.",
+        "(RPO), the undo data kept on the retention drive and how far a resync has come.",
     )
     add_config_argument(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"disks": [r.to_json() for r in reports]}, indent=2))
         return 0
     print_table(
-        ["DISK", "GROUP", "STATE", "LAST SEQ", "RPO", "UNDO"],
+        ["DISK", "GROUP", "STATE", "LAST SEQ", "RPO", "UNDO", "RESYNC"],
         [
             [
                 r.id,
@@ -37,8 +38,20 @@ def run(args: argparse.Namespace) -> int:
                 str(r.last_seq),
                 human_age(r.rpo_seconds),
                 human_bytes(r.undo_bytes),
+                resync_column(r),
             ]
             for r in reports
         ],
     )
     return 0
+
+
+def resync_column(report: DiskReport) -> str:
+    """'42% of 2.0 GiB' while resyncing ('1.0 GiB done' when the size is not known), '-'
+    otherwise."""
+    if report.state != "resyncing":
+        return "-"
+    if report.resync_progress is None or report.size_bytes is None:
+        return f"{human_bytes(report.resync_offset)} done"
+    # Rounded down: 100% only once the resync reached the end.
+    return f"{int(report.resync_progress * 100)}% of {human_bytes(report.size_bytes)}"
