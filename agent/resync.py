@@ -45,6 +45,7 @@ import contextlib
 import mmap
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -61,12 +62,12 @@ from agent.sender import (
 )
 from blockio.chunk_digests import (
     DIGEST_BYTES,
-    SCAN_AHEAD_WINDOWS,
     SCAN_READERS,
     SCAN_WINDOW_BYTES,
     ChunkReader,
-    DigestScan,
+    WindowReaders,
     chunk_bytes_problem,
+    windows,
 )
 from blockio.source_image import ImageChanged, image_bytes
 from protocol.batching import MAX_ZERO_FRAME_BYTES
@@ -90,6 +91,8 @@ most about this much comparison; the agent's progress ratio moves at least this 
 MAX_REPORTED_RANGES = 10_000
 """A verify keeps at most this many differing ranges (it counts them all)."""
 
+# Windows of the source digested ahead of the comparison.
+_READ_AHEAD_WINDOWS = 32
 # Frames encoded per hop to the worker thread while a batch body is produced.
 _BODY_PIECE_BYTES = 256 * 1024
 # Large frames go to aiohttp in slices of this size (see agent/sender.py: _SLICE_BYTES).
@@ -186,7 +189,6 @@ async def resync_image(
     progress: Callable[[CompareProgress], None] | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     window_bytes: int = SCAN_WINDOW_BYTES,
-    early_scan: DigestScan | None = None,
 ) -> ResyncResult:
     """Make disk `disk_id` of the agent equal to `source` over `[0, size of source)`,
     sending only the chunks of `chunk_bytes` whose digests differ, in batches flagged
@@ -198,9 +200,6 @@ async def resync_image(
     (`agent.sender.push_image`): the digest stream is asked again from the first chunk
     not yet compared, a batch again after asking the agent whether it has it; `retries`
     bounds the failures in a row. `progress` is called on the event loop after each window.
-    `early_scan`, a scan of the source opened before (the push command opens it before it
-    loads its network code), is used if it starts where the comparison does; the caller
-    closes it.
 
     Raises BatchRefused for a batch refused for good, PushFailed for a source that does
     not fit or cannot be read, an error answer of the digest stream that retrying cannot
@@ -209,9 +208,7 @@ async def resync_image(
     """
     if batch_bytes < chunk_bytes:
         raise ValueError(f"batch_bytes {batch_bytes} is smaller than chunk_bytes {chunk_bytes}")
-    comparison = _Comparison(
-        client, disk_id, source, chunk_bytes, retries, window_bytes, early_scan
-    )
+    comparison = _Comparison(client, disk_id, source, chunk_bytes, retries, window_bytes)
     return await comparison.resync(
         frame_bytes=frame_bytes,
         batch_bytes=batch_bytes,
@@ -230,7 +227,6 @@ async def verify_image(
     retries: int,
     progress: Callable[[CompareProgress], None] | None = None,
     window_bytes: int = SCAN_WINDOW_BYTES,
-    early_scan: DigestScan | None = None,
 ) -> VerifyResult:
     """Compare `source` with disk `disk_id` of the agent over `[0, size of source)` by chunk
     digests, and report the chunks that differ. Sends no batch: the target is not written.
@@ -239,9 +235,7 @@ async def verify_image(
     cannot be read, an error answer that retrying cannot fix, or when retries run out;
     ValueError for a bad chunk size.
     """
-    comparison = _Comparison(
-        client, disk_id, source, chunk_bytes, retries, window_bytes, early_scan
-    )
+    comparison = _Comparison(client, disk_id, source, chunk_bytes, retries, window_bytes)
     return await comparison.verify(progress=progress)
 
 
@@ -300,7 +294,6 @@ class _Comparison:
         chunk_bytes: int,
         retries: int,
         window_bytes: int,
-        early_scan: DigestScan | None,
     ) -> None:
         problem = chunk_bytes_problem(chunk_bytes)
         if problem:
@@ -310,7 +303,6 @@ class _Comparison:
         self.source = source
         self.chunk_bytes = chunk_bytes
         self.window_bytes = max(window_bytes, chunk_bytes)
-        self.early_scan = early_scan
         self.retries = RetryBudget(retries, disk, client.base_url)
         self.started = time.monotonic()
         self.size = 0
@@ -362,13 +354,7 @@ class _Comparison:
         on the target, in order, as both sides' digests come in."""
         target = _TargetDigests(self.client, self.disk, self.size, self.chunk_bytes, self.retries)
         source = _SourceDigests(
-            self.source,
-            start,
-            self.size,
-            self.chunk_bytes,
-            self.window_bytes,
-            self.disk,
-            self.early_scan,
+            self.source, start, self.size, self.chunk_bytes, self.window_bytes, self.disk
         )
         chunk = self.chunk_bytes
         try:
@@ -488,18 +474,10 @@ class _Comparison:
 
 
 class _SourceDigests:
-    """The source's digests, window by window, read ahead of use by SCAN_READERS readers;
-    from a scan started early (`early`) when it starts where this one must."""
+    """The source's digests, window by window, read ahead of use by SCAN_READERS readers."""
 
     def __init__(
-        self,
-        source: Path,
-        start: int,
-        end: int,
-        chunk_bytes: int,
-        window_bytes: int,
-        disk: str,
-        early: DigestScan | None,
+        self, source: Path, start: int, end: int, chunk_bytes: int, window_bytes: int, disk: str
     ) -> None:
         self._source = source
         self._start = start
@@ -507,39 +485,45 @@ class _SourceDigests:
         self._chunk_bytes = chunk_bytes
         self._window_bytes = window_bytes
         self._disk = disk
-        self._early = early
 
     async def windows(self) -> AsyncIterator[tuple[range, bytes]]:
-        scan, self._early = self._early, None
+        readers: WindowReaders | None = None
+        ahead: deque[tuple[range, asyncio.Future[bytes]]] = deque()
         try:
-            if scan is not None and (scan.start, scan.end, scan.chunk_bytes) != (
-                self._start,
-                self._end,
-                self._chunk_bytes,
-            ):
-                scan.close()
-                scan = None
-            if scan is None:
-                scan = await asyncio.to_thread(
-                    DigestScan.open,
-                    self._source,
-                    start=self._start,
-                    chunk_bytes=self._chunk_bytes,
-                    window_bytes=self._window_bytes,
-                    count=SCAN_READERS,
-                    direct=True,
-                    ahead=SCAN_AHEAD_WINDOWS,
-                    name=f"source-{self._disk}",
-                    end=self._end,
-                )
-            while (item := scan.next()) is not None:
-                window, digests = item
-                yield window, await asyncio.wrap_future(digests)
+            readers = await asyncio.to_thread(
+                WindowReaders.open,
+                self._source,
+                window_bytes=self._window_bytes,
+                count=SCAN_READERS,
+                direct=True,
+                name=f"source-{self._disk}",
+            )
+            todo = windows(
+                self._start, self._end - self._start, self._chunk_bytes, self._window_bytes
+            )
+
+            def read_ahead() -> None:
+                assert readers is not None
+                while len(ahead) < _READ_AHEAD_WINDOWS:
+                    window = next(todo, None)
+                    if window is None:
+                        return
+                    digests = readers.digests(window, self._chunk_bytes)
+                    ahead.append((window, asyncio.wrap_future(digests)))
+
+            read_ahead()
+            while ahead:
+                window, digests = ahead.popleft()
+                mine = await digests
+                read_ahead()
+                yield window, mine
         except (OSError, ImageChanged) as exc:
             raise _source_failed(self._disk, self._source, exc) from exc
         finally:
-            if scan is not None:
-                scan.close()
+            for _, digests in ahead:
+                digests.cancel()
+            if readers is not None:
+                readers.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,6 @@ import errno
 import fcntl
 import mmap
 import os
-from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,11 +53,6 @@ SCAN_WINDOW_BYTES = 64 << 20
 readers (`WindowReaders`). Less in flight reads markedly slower on the benchmark machine
 (one reader of 64 MiB: 1.1 to 1.8 times the time of two, over the same two cold 2 GiB
 images)."""
-
-SCAN_AHEAD_WINDOWS = 32
-"""Windows a scan reads ahead of its consumer (a resync waiting for the target's digests):
-their digests are small (16 bytes a chunk), and reads not yet started are dropped when the
-scan is closed."""
 
 SCAN_READERS = 2
 """Readers taking a pass's windows in turn: while one digests its window, the other's read
@@ -274,83 +268,10 @@ class WindowReaders:
         return self._threads[turn].submit(self._readers[turn].digests, window, chunk_bytes)
 
     def close(self) -> None:
-        """Close each reader once the reads already running on it are done; does not wait.
-        Safe to call twice."""
-        threads, self._threads = self._threads, []
-        for reader, thread in zip(self._readers, threads, strict=False):
+        """Close each reader once the reads already running on it are done; does not wait."""
+        for reader, thread in zip(self._readers, self._threads, strict=True):
             thread.submit(reader.close)
             thread.shutdown(wait=False)
-
-
-class DigestScan:
-    """The digests of an image's windows from `start` to its end, in order, read ahead of
-    use by `WindowReaders`: up to `ahead` windows are being read or wait to be taken.
-
-    Reading starts when it is opened, so a caller can open it first and do something else
-    meanwhile (the push command loads its network code). Build it with `DigestScan.open`;
-    `close` it.
-    """
-
-    def __init__(
-        self, readers: WindowReaders, start: int, end: int, chunk_bytes: int, ahead: int
-    ) -> None:
-        self.start = start
-        self.end = end
-        self.chunk_bytes = chunk_bytes
-        self._readers = readers
-        self._todo = windows(start, self.end - start, chunk_bytes, readers.window_bytes)
-        self._ahead: deque[tuple[range, Future[bytes]]] = deque()
-        self._depth = ahead
-        self._read_ahead()
-
-    @classmethod
-    def open(
-        cls,
-        path: Path | str,
-        *,
-        start: int,
-        chunk_bytes: int,
-        window_bytes: int,
-        count: int,
-        direct: bool,
-        ahead: int,
-        name: str,
-        end: int | None = None,
-    ) -> DigestScan:
-        """Start reading `path` from `start` (a multiple of `chunk_bytes`) to `end` (by
-        default its size now) with `count` readers of `window_bytes` (see
-        `WindowReaders.open`).
-
-        Raises like `ChunkReader.open`.
-        """
-        readers = WindowReaders.open(
-            path, window_bytes=window_bytes, count=count, direct=direct, name=name
-        )
-        return cls(readers, start, readers.size_bytes if end is None else end, chunk_bytes, ahead)
-
-    def next(self) -> tuple[range, Future[bytes]] | None:
-        """The next window and the future of its digests (raising like
-        `ChunkReader.digests`), or None past the end."""
-        if not self._ahead:
-            return None
-        item = self._ahead.popleft()
-        self._read_ahead()
-        return item
-
-    def close(self) -> None:
-        """Drop the reads not yet started and close the readers; does not wait. Safe to
-        call twice."""
-        for _, digests in self._ahead:
-            digests.cancel()
-        self._ahead.clear()
-        self._readers.close()
-
-    def _read_ahead(self) -> None:
-        while len(self._ahead) < self._depth:
-            window = next(self._todo, None)
-            if window is None:
-                return
-            self._ahead.append((window, self._readers.digests(window, self.chunk_bytes)))
 
 
 def _open_read_only(path: Path, direct: bool) -> int:

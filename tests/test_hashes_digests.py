@@ -12,7 +12,6 @@ import xxhash
 from blockio.chunk_digests import (
     DIGEST_BYTES,
     ChunkReader,
-    DigestScan,
     chunk_bytes_problem,
     chunk_count,
     range_digests,
@@ -196,32 +195,3 @@ def test_a_direct_read_past_the_end_names_where_the_image_ended(tmp_path: Path) 
         direct_digests(image, 192 * KiB, 64 * KiB, 192 * KiB)
 
     assert caught.value.offset == 100 * KiB + 100
-
-
-def test_a_scan_gives_the_digests_of_every_window_from_its_start(tmp_path: Path) -> None:
-    data = random.Random(7).randbytes(3 * MiB + 4 * KiB)
-    image = tmp_path / "image.img"
-    image.write_bytes(data)
-
-    scan = DigestScan.open(
-        image,
-        start=1 * MiB,
-        chunk_bytes=64 * KiB,
-        window_bytes=512 * KiB,
-        count=2,
-        direct=True,
-        ahead=3,
-        name="test-scan",
-    )
-    got = []
-    try:
-        while (item := scan.next()) is not None:
-            window, digests = item
-            got.append((window, split(digests.result(timeout=10))))
-    finally:
-        scan.close()
-        scan.close()
-
-    assert [w for w, _ in got] == list(windows(1 * MiB, len(data) - 1 * MiB, 64 * KiB, 512 * KiB))
-    expected = local_digests(data, 1 * MiB, len(data) - 1 * MiB, 64 * KiB)
-    assert [d for _, ds in got for d in ds] == expected

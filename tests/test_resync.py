@@ -510,22 +510,3 @@ def test_cli_resync_usage_errors_exit_2(
 
     assert caught.value.code == 2
     assert complaint in capsys.readouterr().err
-
-
-def test_the_push_command_loads_no_network_code_before_it_starts_reading() -> None:
-    # A resync reads its source while aiohttp loads (agent/commands/push.py).
-    code = (
-        "import sys, agent.commands.push; print(sorted({'aiohttp', 'asyncio'} & set(sys.modules)))"
-    )
-    loaded = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    assert loaded.stdout.strip() == "[]"
-
-
-def test_the_push_command_knows_every_mode_of_the_sender_and_of_resync() -> None:
-    from agent import resync, sender
-    from agent.commands import push
-
-    assert push.MODES == sender.MODES + resync.MODES
-    assert push._DEFAULT_CHUNK_BYTES == resync.DEFAULT_CHUNK_BYTES

@@ -9,48 +9,36 @@ verify` compares the same way without writing (`agent.resync`).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import io
 import json
 import os
 import re
+import ssl
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
+from agent import resync, sender
 from agent.failure import CommandFailed
 from agent.progress import ProgressBar
+from agent.resync import CompareProgress, ResyncResult, VerifyResult
+from agent.sender import PushFailed, PushResult, push_image
 from agent.units import human_bytes
-from blockio.chunk_digests import (
-    SCAN_AHEAD_WINDOWS,
-    SCAN_READERS,
-    SCAN_WINDOW_BYTES,
-    DigestScan,
-    chunk_bytes_problem,
-)
+from blockio.chunk_digests import chunk_bytes_problem
+from protocol.client import AgentClient, client_ssl_context
+from protocol.events import Tag
 from protocol.wire import TAG_KINDS
-
-if TYPE_CHECKING:
-    import ssl
-
-    # Loaded when used: the network code (asyncio, ssl, aiohttp) takes a large part of a
-    # second to load cold, which a resync spends reading its source instead
-    # (_run_comparison).
-    from agent.resync import CompareProgress, ResyncResult, VerifyResult
-    from agent.sender import PushResult
-    from protocol.events import Tag
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20}
 _UNITS |= {"g": 1 << 30, "gib": 1 << 30}
 _TAG_OPTIONS = ("tag", "tag_kind", "tag_group", "tag_id")
-# agent.sender.MODES and agent.resync.MODES (tests check they agree).
-_SENDING = ("full", "delta")
-_COMPARING = ("resync", "verify")
-MODES = _SENDING + _COMPARING
+MODES = sender.MODES + resync.MODES
 _ERASE_LINE = "\r\x1b[2K"
-_DEFAULT_CHUNK_BYTES = 64 * 1024  # agent.resync.DEFAULT_CHUNK_BYTES
+_COMPARING = frozenset(resync.MODES)
 
 
 def parse_size(text: str) -> int:
@@ -168,7 +156,7 @@ def usage_problem(args: argparse.Namespace) -> str | None:
 
 
 def _chunk_bytes(args: argparse.Namespace) -> int:
-    return _DEFAULT_CHUNK_BYTES if args.chunk_bytes is None else int(args.chunk_bytes)
+    return resync.DEFAULT_CHUNK_BYTES if args.chunk_bytes is None else int(args.chunk_bytes)
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -177,12 +165,6 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(problem)  # exits 2
     if args.mode in _COMPARING:
         return _run_comparison(args)
-    import asyncio
-
-    from agent.sender import PushFailed
-    from protocol.client import client_ssl_context
-    from protocol.events import Tag
-
     try:
         source_time_ns = os.stat(args.source).st_mtime_ns
     except OSError as exc:
@@ -215,9 +197,6 @@ async def _push(
     tag: Tag | None,
     progress: ProgressBar | None,
 ) -> PushResult:
-    from agent.sender import push_image
-    from protocol.client import AgentClient
-
     async with AgentClient(args.server, context) as client:
         return await push_image(
             client,
@@ -236,46 +215,13 @@ async def _push(
 
 def _run_comparison(args: argparse.Namespace) -> int:
     """`--mode resync` and `--mode verify`: 0 when done (verify: identical), 1 otherwise."""
-    early_scan = _start_scan(args)
-    try:
-        return _compare_and_report(args, early_scan)
-    finally:
-        if early_scan is not None:
-            early_scan.close()
-
-
-def _start_scan(args: argparse.Namespace) -> DigestScan | None:
-    """Start reading the source from its start, as a comparison mostly does, before the
-    network code is loaded; None if it cannot be opened (the comparison then says why)."""
-    try:
-        return DigestScan.open(
-            args.source,
-            start=0,
-            chunk_bytes=_chunk_bytes(args),
-            window_bytes=SCAN_WINDOW_BYTES,
-            count=SCAN_READERS,
-            direct=True,
-            ahead=SCAN_AHEAD_WINDOWS,
-            name="early-scan",
-        )
-    except OSError:
-        return None
-
-
-def _compare_and_report(args: argparse.Namespace, early_scan: DigestScan | None) -> int:
-    import asyncio
-
-    from agent.resync import VerifyResult
-    from agent.sender import PushFailed
-    from protocol.client import client_ssl_context
-
     try:
         context = client_ssl_context(args.cert, args.key, args.ca)
     except OSError as exc:  # ssl.SSLError included
         raise CommandFailed(f"cannot load the TLS certificate, key or CA: {exc}") from exc
     bar = CompareBar(sys.stderr, label=args.disk) if sys.stderr.isatty() else None
     try:
-        result = asyncio.run(_compare(args, context, bar, early_scan))
+        result = asyncio.run(_compare(args, context, bar))
     except PushFailed as exc:
         raise CommandFailed(str(exc)) from exc
     finally:
@@ -291,14 +237,8 @@ def _compare_and_report(args: argparse.Namespace, early_scan: DigestScan | None)
 
 
 async def _compare(
-    args: argparse.Namespace,
-    context: ssl.SSLContext,
-    bar: CompareBar | None,
-    early_scan: DigestScan | None,
+    args: argparse.Namespace, context: ssl.SSLContext, bar: CompareBar | None
 ) -> ResyncResult | VerifyResult:
-    from agent import resync
-    from protocol.client import AgentClient
-
     async with AgentClient(args.server, context) as client:
         if args.mode == "verify":
             return await resync.verify_image(
@@ -308,7 +248,6 @@ async def _compare(
                 chunk_bytes=_chunk_bytes(args),
                 retries=args.retries,
                 progress=bar,
-                early_scan=early_scan,
             )
         return await resync.resync_image(
             client,
@@ -320,7 +259,6 @@ async def _compare(
             compress=not args.no_compress,
             retries=args.retries,
             progress=bar,
-            early_scan=early_scan,
         )
 
 
