@@ -294,6 +294,15 @@ def _open_for_rollback(
     )
     stack.enter_context(journal.exclusive())
     progress = store.progress(disk)
+    if journal.last_commit_seq > progress.last_seq:
+        # recover() would take the batches state.db does not know for cut off, and roll back
+        # what was acknowledged; the points listed from state.db would miss them too.
+        raise CommandFailed(
+            f"disk {disk}: its undo journal committed batches up to {journal.last_commit_seq} "
+            f"but state.db knows only up to {progress.last_seq} (restored from an older copy, "
+            "or lost); start the agent once, which records the gap and the journal's batches, "
+            "then list the points again"
+        )
     journal.recover(target, progress.last_seq)
     complete_commit_records(journal, store, progress.last_seq)
     return _OpenDisk(target, journal, progress.state, progress.last_seq)

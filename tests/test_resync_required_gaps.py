@@ -239,23 +239,30 @@ async def test_a_batch_cut_off_by_a_crash_with_damaged_undo_requires_a_resync(
     await assert_resync_closes_the_gap(agent, tmp_path)
 
 
-@pytest.mark.parametrize("state_db", ["restored from an older copy", "lost"])
-async def test_a_state_db_behind_the_journal_requires_a_resync_and_rolls_nothing_back(
-    agent: AgentProcess, tmp_path: Path, state_db: str
-) -> None:
+async def put_behind_a_backup(agent: AgentProcess, backup: Path) -> bytes:
+    """Batches 2 and 3, a copy of the state directory into `backup`, batches 4 and 5; the agent
+    stopped and its state directory removed. Returns the target's acknowledged bytes."""
     state_dir = agent.workdir / "state"
     for seq in (2, 3):
         status, _ = await put(agent, seq, batch("d0", seq, [(seq * MiB, bytes([seq]) * 8192)]))
         assert status == 200
     agent.stop()
-    shutil.copytree(state_dir, tmp_path / "backup")
+    shutil.copytree(state_dir, backup)
     agent.start()
     for seq in (4, 5):
         status, _ = await put(agent, seq, batch("d0", seq, [(seq * MiB, bytes([seq]) * 8192)]))
         assert status == 200
     agent.stop()
-    acknowledged = agent.target_bytes("d0")
     shutil.rmtree(state_dir)
+    return agent.target_bytes("d0")
+
+
+@pytest.mark.parametrize("state_db", ["restored from an older copy", "lost"])
+async def test_a_state_db_behind_the_journal_requires_a_resync_and_rolls_nothing_back(
+    agent: AgentProcess, tmp_path: Path, state_db: str
+) -> None:
+    state_dir = agent.workdir / "state"
+    acknowledged = await put_behind_a_backup(agent, tmp_path / "backup")
     if state_db == "restored from an older copy":
         shutil.copytree(tmp_path / "backup", state_dir)
     agent.start()
@@ -276,3 +283,21 @@ async def test_a_state_db_behind_the_journal_requires_a_resync_and_rolls_nothing
     assert (await disk(agent))["state"] == "ok"
     assert gap_counts(agent) == dict.fromkeys(CAUSES, 0.0)
     assert os.path.exists(state_dir / "state.db")
+
+
+async def test_an_in_place_recovery_refuses_a_state_db_behind_the_journal(
+    agent: AgentProcess, tmp_path: Path
+) -> None:
+    state_dir = agent.workdir / "state"
+    acknowledged = await put_behind_a_backup(agent, tmp_path / "backup")
+    shutil.copytree(tmp_path / "backup", state_dir)
+
+    done = mtagent(
+        "recover", "--config", agent.config_path, "--group", "g1", "--point", "latest",
+        "--in-place",
+    )  # fmt: skip
+
+    assert done.returncode == 1
+    assert "committed batches up to 5 but state.db knows only up to 3" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert agent.target_bytes("d0") == acknowledged  # batches 4 and 5 were not rolled back
