@@ -117,12 +117,16 @@ class Replica:
             self.protected_reason = ""
             raise
         self.protected_reason = ""
+        journal: UndoJournal | None = None
         try:
             journal = UndoJournal.open(self.journal_dir, self.id, segment_bytes=self.segment_bytes)
             undone = self._recover_journal(journal, target)
             if self.store is not None and self.store.target_size(self.id)[0] != target.size_bytes:
                 self.store.record_target_size(self.id, target.size_bytes, time.time_ns())
         except BaseException:
+            # A disk that cannot be opened is tried again at its next batch: nothing may leak.
+            if journal is not None:
+                journal.close()
             target.close()
             raise
         self.target, self.journal = target, journal

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import DiskConfig
+from agent.replica import Replica
+from agent.state import DiskProgress
 from blockio.batch_writer import BatchWriter, Write
 from blockio.target import TargetDisk
 from blockio.undo_journal import UndoJournal, UndoLost
@@ -144,3 +147,25 @@ def test_damage_among_committed_records_is_not_taken_for_a_lost_batch(
         with pytest.raises(JournalCorrupt) as damaged:
             reopened.recover(target, committed_seq=3)
         assert not isinstance(damaged.value, UndoLost)
+
+
+def test_a_disk_whose_journal_cannot_be_recovered_leaves_no_descriptor_open(
+    target: TargetDisk, journal: UndoJournal
+) -> None:
+    for seq in (1, 2, 3):
+        committed(target, journal, seq)
+    flip_byte(journal.current_segment, undo_headers(journal, 2)[0][0] + 24)
+    journal.close()
+    replica = Replica(
+        DiskConfig(DISK, "g1", target.path, None),
+        journal.directory,
+        DiskProgress(DISK, last_seq=3, state="ok"),
+    )
+    before = len(os.listdir("/proc/self/fd"))
+
+    for _ in range(3):  # the agent tries again at each batch
+        with pytest.raises(JournalCorrupt):
+            replica.open_blocking()
+
+    assert len(os.listdir("/proc/self/fd")) == before
+    replica.executor.shutdown()
