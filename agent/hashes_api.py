@@ -4,28 +4,27 @@ The endpoint streams the XXH3-128 digest of each chunk of a range of the target,
 they are computed: a sender compares them with its source's (agent/resync.py) while
 the agent is still reading.
 
-Where the reading runs: on a thread of the request's own, not on the disk's I/O thread
-(a pass over a large disk takes minutes, and batches must not queue behind it), through
-a read-only descriptor of its own (the replica may close its target after an I/O error
-while the stream runs, and a closed descriptor number can be reused by another file),
-in windows of whole chunks (blockio/chunk_digests.py). Memory per request is one window
-and at most two windows of digests waiting for the socket, whatever the range. A window is
-SCAN_WINDOW_BYTES read with O_DIRECT (a pass over a disk is then as fast as the device
-allows) while `[server] hash_read_bytes` lasts, shared by all requests; a request beyond it
-reads DEFAULT_WINDOW_BYTES at a time through the page cache (`ReadWindows`).
+Where the reading runs: on threads of the request's own, not on the disk's I/O thread (a
+pass over a large disk takes minutes, and batches must not queue behind it), through
+read-only descriptors of its own (the replica may close its target after an I/O error while
+the stream runs, and a closed descriptor number can be reused by another file), in windows of
+whole chunks (blockio/chunk_digests.py). While `[server] hash_read_bytes` lasts (shared by
+all requests, `ReadWindows`), a request reads SCAN_READERS windows of SCAN_WINDOW_BYTES at
+once with O_DIRECT, the fastest way through a disk; beyond it, one window of
+DEFAULT_WINDOW_BYTES through the page cache. Memory per request is its windows and at most two
+windows of digests waiting for the socket, whatever the range.
 
-Why no digest describes data that a rollback takes back: a window is read without the
-disk's lock, and kept only if no batch wrote into it meanwhile (agent/inflight_writes.py: the
-apply path reports each group of writes before the I/O thread can write it, and the end of each
+Why no digest describes data that a rollback takes back: a window is read without the disk's
+lock, and kept only if no batch wrote into it meanwhile (agent/inflight_writes.py: the apply
+path reports each group of writes before the I/O thread can write it, and the end of each
 batch). Otherwise it is read again holding the lock, which a batch holds from its first byte to
 its commit or rollback, so the second reading sees committed content; it reads in windows of
-DEFAULT_WINDOW_BYTES, taking the lock for each, so that batches wait milliseconds, not the
-time of a large window. The case that matters: a
-resync cut off mid-batch is resumed at once while the agent is still rolling back the cut-off
-batch, whose data is the source's; a digest of that data matches the source, the resync skips
-the chunk, and the rollback then puts the old data back behind its back. Batches that write
-elsewhere (a resync's batches write behind the windows being read) cost the stream nothing,
-and the stream costs batches nothing.
+DEFAULT_WINDOW_BYTES, taking the lock for each, so that batches wait milliseconds, not the time
+of a large window. The case that matters: a resync cut off mid-batch is resumed at once while
+the agent is still rolling back the cut-off batch, whose data is the source's; a digest of that
+data matches the source, the resync skips the chunk, and the rollback then puts the old data
+back behind its back. Batches that write elsewhere (a resync's batches write behind the windows
+being read) cost the stream nothing, and the stream costs batches nothing.
 """
 
 from __future__ import annotations
