@@ -218,6 +218,13 @@ def compile_bytecode() -> None:
     )
 
 
+# KEEP_COPIES: the copies each round makes of the old image are deleted with the work
+# directory at the end, not after their round. This machine's root file system is mounted
+# with `discard`: a deletion sends the host discards of 2 GiB, which the host may still be
+# working through while the next tool reads. (Keeping them did not end the swings between
+# rounds: they come from the host.)
+
+
 def resync_once(workdir: Path, old: Path, source: Path) -> tuple[float, dict[str, Any]]:
     """Seconds of `mtagent push --mode resync` from a cold page cache onto a new copy of
     `old` (a new pair), and its JSON result; checks that the target equals the source."""
@@ -239,13 +246,12 @@ def resync_once(workdir: Path, old: Path, source: Path) -> tuple[float, dict[str
         raise RuntimeError(f"resync failed: {done.stderr.strip()}")
     if file_digest(target) != file_digest(source):
         raise RuntimeError("the target differs from the source after the resync")
-    target.unlink()
-    return seconds, json.loads(done.stdout)
+    return seconds, json.loads(done.stdout)  # the target stays until the end (KEEP_COPIES)
 
 
-def rsync_once(workdir: Path, old: Path, source: Path) -> float:
+def rsync_once(workdir: Path, old: Path, source: Path, round_number: int) -> float:
     """Seconds of `rsync --inplace --no-whole-file` from a cold page cache onto a copy of `old`."""
-    copy = workdir / "rsync.img"
+    copy = workdir / f"rsync-{round_number}.img"  # stays until the end (KEEP_COPIES)
     shutil.copyfile(old, copy)
     drop_caches()
     seconds = timed(
@@ -255,7 +261,6 @@ def rsync_once(workdir: Path, old: Path, source: Path) -> float:
             capture_output=True,
         )
     )
-    copy.unlink()
     return seconds
 
 
@@ -282,7 +287,7 @@ def bench_resync(
         seconds, result = resync_once(workdir / f"round-{round_number}", old, source)
         resyncs.append(seconds)
         say(f"resync: round {round_number}: rsync --inplace --no-whole-file")
-        rsyncs.append(rsync_once(workdir, old, source))
+        rsyncs.append(rsync_once(workdir, old, source, round_number))
     seconds, rsync_seconds, floor_seconds = min(resyncs), min(rsyncs), min(floors)
     return {
         "bytes": size,
