@@ -18,9 +18,9 @@ import re
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO, TypeVar
 
 from agent import resync, sender
 from agent.failure import CommandFailed
@@ -39,6 +39,7 @@ _TAG_OPTIONS = ("tag", "tag_kind", "tag_group", "tag_id")
 MODES = sender.MODES + resync.MODES
 _ERASE_LINE = "\r\x1b[2K"
 _COMPARING = frozenset(resync.MODES)
+T = TypeVar("T")
 
 
 def parse_size(text: str) -> int:
@@ -172,23 +173,33 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     tag = None
     if args.tag is not None:
         tag = Tag(args.tag_id, args.tag, args.tag_kind, args.tag_group, source_time_ns)
-    try:
-        context = client_ssl_context(args.cert, args.key, args.ca)
-    except OSError as exc:  # ssl.SSLError included
-        raise CommandFailed(f"cannot load the TLS certificate, key or CA: {exc}") from exc
+    context = _tls_context(args)
     progress = ProgressBar(sys.stderr, label=args.disk) if sys.stderr.isatty() else None
-    try:
-        result = asyncio.run(_push(args, context, tag, progress))
-    except PushFailed as exc:
-        raise CommandFailed(str(exc)) from exc
-    finally:
-        if progress is not None:
-            progress.close()
+    result = _run_shown(_push(args, context, tag, progress), progress)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
         print(summary_line(result))
     return 0
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext:
+    try:
+        return client_ssl_context(args.cert, args.key, args.ca)
+    except OSError as exc:  # ssl.SSLError included
+        raise CommandFailed(f"cannot load the TLS certificate, key or CA: {exc}") from exc
+
+
+def _run_shown(work: Coroutine[Any, Any, T], display: ProgressBar | CompareBar | None) -> T:
+    """Run `work`, closing its progress display whatever happens; a push that failed is a
+    one-line CommandFailed."""
+    try:
+        return asyncio.run(work)
+    except PushFailed as exc:
+        raise CommandFailed(str(exc)) from exc
+    finally:
+        if display is not None:
+            display.close()
 
 
 async def _push(
@@ -215,18 +226,9 @@ async def _push(
 
 def _run_comparison(args: argparse.Namespace) -> int:
     """`--mode resync` and `--mode verify`: 0 when done (verify: identical), 1 otherwise."""
-    try:
-        context = client_ssl_context(args.cert, args.key, args.ca)
-    except OSError as exc:  # ssl.SSLError included
-        raise CommandFailed(f"cannot load the TLS certificate, key or CA: {exc}") from exc
+    context = _tls_context(args)
     bar = CompareBar(sys.stderr, label=args.disk) if sys.stderr.isatty() else None
-    try:
-        result = asyncio.run(_compare(args, context, bar))
-    except PushFailed as exc:
-        raise CommandFailed(str(exc)) from exc
-    finally:
-        if bar is not None:
-            bar.close()
+    result = _run_shown(_compare(args, context, bar), bar)
     if args.json:
         print(json.dumps(result.to_json()))
     elif isinstance(result, VerifyResult):
