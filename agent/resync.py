@@ -95,7 +95,7 @@ MAX_REPORTED_RANGES = 10_000
 _READ_AHEAD_WINDOWS = 32
 # Frames encoded per hop to the worker thread while a batch body is produced.
 _BODY_PIECE_BYTES = 256 * 1024
-# Large frames go to aiohttp in slices of this size (see agent/sender.py: _SLICE_BYTES).
+# Large frames go to the client in slices of this size (see agent/sender.py: _SLICE_BYTES).
 _SLICE_BYTES = 64 * 1024
 _STATE_RESYNCING = "resyncing"
 
@@ -680,8 +680,8 @@ class _BatchSender:
                 try:
                     piece = await pending
                 except Exception as exc:
-                    # aiohttp reports a failing body as a connection error; send() raises
-                    # this instead, and does not retry.
+                    # send() raises this rather than what the client makes of it, and
+                    # does not retry.
                     if isinstance(exc, OSError | ImageChanged):
                         exc = _source_failed(self.disk, self.comparison.source, exc)
                     failure.append(exc)
@@ -742,7 +742,7 @@ class _BatchSender:
                 if zero_start is not None:
                     yield from _zero_frames(encoder, zero_start, end, tally)
         end = encoder.end()
-        # Complete before the yield: once the agent has END it may answer, and aiohttp
+        # Complete before the yield: once the agent has END it may answer, and the client
         # then stops asking the body for more.
         tally.complete = True
         yield end

@@ -23,11 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
-
 from blockio.source_image import BLOCK_BYTES, delta_extents, full_extents, image_bytes
 from protocol.batching import batch_events
-from protocol.client import AgentClient
+from protocol.client import AgentClient, TlsRefused, TransportError
 from protocol.encoder import BatchEncoder
 from protocol.errors import ProtocolError, SequenceGap, Stalled, TargetUnavailable
 from protocol.events import Begin, Data, End, Tag, Zero
@@ -45,7 +43,7 @@ RETRY_MAX_DELAY = 10.0
 _CHUNK_BYTES = 64 * 1024
 # Bytes of frames that may wait between the producer thread and the event loop.
 _PIPE_BYTES = 16 * 1024 * 1024
-# Large frames go to aiohttp in slices of this size. Each slice is copied (chunked
+# Large frames go to the client in slices of this size. Each slice is copied (chunked
 # framing), encrypted and copied again (TLS) before the socket takes it; slices that
 # stay in the CPU cache through those steps made the event loop ~30% faster than
 # whole 1 MiB frames on the benchmark machine.
@@ -180,7 +178,7 @@ class _Failed:
 _FINISHED = object()
 
 # Failures of the connection rather than answers of the agent.
-TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
+TRANSPORT_ERRORS = (TransportError, TimeoutError, ConnectionError)
 
 
 class _Stopped(Exception):
@@ -406,7 +404,7 @@ class _Push:
                     self.progress(position, self.size)
                 if end is not None:
                     # Noted before the yield: once the agent has END it may answer, and
-                    # aiohttp then stops asking this generator for more.
+                    # the client then stops asking this generator for more.
                     closed.append(end)
                 if len(chunk) > _SLICE_BYTES:
                     view = memoryview(chunk)
@@ -562,7 +560,7 @@ class RetryBudget:
     async def back_off(self, exc: BaseException) -> None:
         """Count `exc` and wait before trying again; PushFailed if retrying is pointless
         (a TLS failure) or the budget is spent."""
-        if isinstance(exc, aiohttp.ClientSSLError):
+        if isinstance(exc, TlsRefused):
             # A certificate the other side refuses stays refused.
             raise PushFailed(
                 f"disk {self.disk}: TLS with {self.base_url} failed: {exc}", disk=self.disk

@@ -4,25 +4,47 @@ This is the one module of `protocol/` with I/O. `AgentClient` speaks the endpoin
 section 2 over mutual TLS and turns error bodies into the typed errors of
 `protocol.errors`. What to send (reading images, batching, retrying) is the sender's
 business, in `agent.sender`.
+
+HTTP/1.1 is spoken with h11 (sans-I/O) over asyncio streams rather than with aiohttp's
+client: every `mtagent push` is a new process, and importing aiohttp's client cost about
+0.3 s of a cold start, a tenth of a whole 2 GiB resync.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
+import time
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-import aiohttp
+import h11
 
 from protocol.errors import ERRORS_BY_CODE, ProtocolError
 from protocol.wire import BATCH_CONTENT_TYPE
 
 # One chunk digest of the hashes stream: XXH3-128.
 DIGEST_BYTES = 16
+# Bytes asked of the socket per read.
+_READ_BYTES = 256 * 1024
+# An idle connection older than this is closed rather than used again: the agent (aiohttp)
+# closes idle connections after 75 s, and a request on one it has just closed would fail
+# with nothing to show for it.
+_IDLE_SECONDS = 15.0
+
+
+class TransportError(ConnectionError):
+    """The connection to the agent failed or broke before a whole answer came: the
+    agent may or may not have acted on the request. Trying again may help."""
+
+
+class TlsRefused(TransportError):
+    """The TLS handshake failed: one side refuses the other's certificate. Trying again
+    will not help until the certificates change."""
 
 
 def client_ssl_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
@@ -72,33 +94,160 @@ def _with_code(exc: ProtocolError, code: str, status: int) -> ProtocolError:
     return exc
 
 
+class _Connection:
+    """One HTTP/1.1 connection to the agent: a TLS stream and its h11 state."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.where = where
+        self.http = h11.Connection(h11.CLIENT)
+        self.idle_since = time.monotonic()
+        self._heard = False  # any byte of any answer
+        self._eof = False
+
+    async def send(self, event: h11.Event) -> None:
+        """Send `event`, waiting while the socket's buffer is full."""
+        data = self.http.send(event)
+        if data:
+            self.writer.write(data)
+            try:
+                await self.writer.drain()
+            except ssl.SSLError as exc:
+                raise _tls_or_transport(exc, self.where) from exc
+            except OSError as exc:
+                raise TransportError(f"the connection to {self.where} broke: {exc}") from exc
+
+    async def next_event(self) -> h11.Event:
+        """The next event of the response, reading the socket as needed."""
+        while True:
+            try:
+                event = self.http.next_event()
+            except h11.RemoteProtocolError as exc:
+                if self._eof:
+                    raise TransportError(
+                        f"{self.where} closed the connection before the end of its answer"
+                    ) from exc
+                raise TransportError(f"{self.where} answered with bad HTTP: {exc}") from exc
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
+            try:
+                data = await self.reader.read(_READ_BYTES)
+            except ssl.SSLError as exc:
+                raise _tls_or_transport(exc, self.where) from exc
+            except OSError as exc:
+                raise TransportError(
+                    f"the connection to {self.where} broke: {exc}{self._hint()}"
+                ) from exc
+            if not data and self.http.their_state is h11.SEND_RESPONSE:
+                raise TransportError(
+                    f"{self.where} closed the connection without answering{self._hint()}"
+                )
+            self._eof = not data
+            self._heard = True
+            self.http.receive_data(data)
+
+    def _hint(self) -> str:
+        # Under TLS 1.3 our side of the handshake is over before the agent checks our
+        # certificate; an agent that refuses it just drops the connection.
+        if self._heard:
+            return ""
+        return " (before a single byte came back: does the agent accept this sender's certificate?)"
+
+    def reusable(self) -> bool:
+        """Whether the exchange ended cleanly and the agent keeps the connection open."""
+        if self.http.our_state is not h11.DONE or self.http.their_state is not h11.DONE:
+            return False
+        try:
+            self.http.start_next_cycle()
+        except h11.LocalProtocolError:
+            return False
+        self.idle_since = time.monotonic()
+        return not self.reader.at_eof()
+
+    def close(self) -> None:
+        # abort(): a TLS close_notify exchange with an agent that may be gone would only
+        # add a wait.
+        self.writer.transport.abort()
+
+
+def _tls_or_transport(exc: ssl.SSLError, where: str) -> TransportError:
+    # A fatal alert from the agent is its refusal of our certificate (under TLS 1.3 it
+    # comes after our side of the handshake is done); anything else may be the network.
+    if "ALERT" in (exc.reason or "").upper():
+        return TlsRefused(f"the TLS handshake with {where} failed: {exc}")
+    return TransportError(f"the connection to {where} broke: {exc}")
+
+
+class _Answer:
+    """A response being read: its status, and its body to read in whole or in pieces."""
+
+    def __init__(self, connection: _Connection, response: h11.Response) -> None:
+        self.status = response.status_code
+        self._connection = connection
+        self._ended = False
+
+    async def read_some(self) -> bytes:
+        """The next piece of the body that has arrived; b"" once it is all read. Raises
+        TransportError if the connection ends before the body does."""
+        while not self._ended:
+            event = await self._connection.next_event()
+            if isinstance(event, h11.Data):
+                if event.data:
+                    return bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self._ended = True
+            else:
+                raise TransportError(
+                    f"the answer of {self._connection.where} ended early ({type(event).__name__})"
+                )
+        return b""
+
+    async def read(self) -> bytes:
+        """The whole (rest of the) body."""
+        pieces = []
+        while piece := await self.read_some():
+            pieces.append(piece)
+        return b"".join(pieces)
+
+
 class AgentClient:
-    """An async context manager around one aiohttp session to one agent.
+    """An async context manager around the connections to one agent.
 
     `timeout` bounds connecting, each wait for the agent's answer, and any stall of a
     streamed request body (no chunk accepted for that long); a whole upload may take
-    longer. Timeouts raise TimeoutError; connection failures aiohttp.ClientError.
+    longer. Timeouts raise TimeoutError; failures of the connection TransportError
+    (TlsRefused when a certificate is refused). Requests may run at the same time: each
+    takes a connection of its own, and a connection is used again once its exchange has
+    ended cleanly.
     """
 
     def __init__(self, base_url: str, ssl_context: ssl.SSLContext, *, timeout: float = 300) -> None:
         self.base_url = base_url.rstrip("/")
-        self._ssl = ssl_context
+        url = urlsplit(self.base_url)
+        if url.scheme not in ("https", "http") or not url.hostname:
+            raise ValueError(f"not an https:// URL of an agent: {base_url}")
+        self._host = url.hostname
+        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._ssl = ssl_context if url.scheme == "https" else None
+        self._where = f"{self._host}:{self._port}"
         self._timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._idle: list[_Connection] = []
+        self._busy: set[_Connection] = set()
+        self._open = False
 
     async def __aenter__(self) -> AgentClient:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._ssl),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=self._timeout, sock_read=self._timeout
-            ),
-        )
+        self._open = True
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._open = False
+        for connection in [*self._idle, *self._busy]:
+            connection.close()
+        self._idle.clear()
+        self._busy.clear()
 
     async def info(self) -> dict[str, Any]:
         """`GET /v1/info`. Raises the ProtocolError of an error answer."""
@@ -119,32 +268,14 @@ class AgentClient:
         """`PUT /v1/disks/{disk}/batches/{seq}`: send one batch, return the agent's answer.
 
         A 200 means the batch is durable on the target. An iterable body is streamed
-        (chunked), one request-body chunk per item. An error answer raises the
-        ProtocolError of its code (see `error_from_response`).
+        (chunked), one request-body chunk per item; an exception it raises is raised here
+        as is. An agent that answers before the body ends (an error) is heard at once and
+        the rest of the body is not sent. An error answer raises the ProtocolError of its
+        code (see `error_from_response`).
         """
-        url = f"{self.base_url}/v1/disks/{quote(disk_id, safe='')}/batches/{seq}"
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self._timeout) as deadline:
-
-            async def watched(
-                chunks: AsyncIterable[bytes | memoryview],
-            ) -> AsyncIterator[bytes | memoryview]:
-                # Moving the deadline costs a timer; once a second is precise enough.
-                moved = loop.time()
-                async for chunk in chunks:
-                    now = loop.time()
-                    if now - moved >= 1.0:
-                        deadline.reschedule(now + self._timeout)
-                        moved = now
-                    yield chunk
-                deadline.reschedule(loop.time() + self._timeout)
-
-            data = body if isinstance(body, bytes | bytearray | memoryview) else watched(body)
-            async with self._open().put(
-                url, data=data, headers={"Content-Type": BATCH_CONTENT_TYPE}
-            ) as response:
-                deadline.reschedule(loop.time() + self._timeout)
-                return await _answer(response)
+        path = f"/v1/disks/{quote(disk_id, safe='')}/batches/{seq}"
+        async with self._exchange("PUT", path, BATCH_CONTENT_TYPE, body) as answer:
+            return await self._timed(_json_answer(answer))  # type: ignore[no-any-return]
 
     async def hashes(
         self, disk_id: str, offset: int, length: int, chunk_bytes: int
@@ -155,45 +286,177 @@ class AgentClient:
 
         An error answer raises its ProtocolError (BadRequest, OutOfRange, UnknownDisk,
         TargetUnavailable...) before the first digest. A stream that stops before its last
-        digest raises aiohttp.ClientPayloadError: the digests yielded so far are good, so a
-        caller can ask again from the first missing chunk.
+        digest raises TransportError: the digests yielded so far are good, so a caller can
+        ask again from the first missing chunk.
         """
-        url = f"{self.base_url}/v1/disks/{quote(disk_id, safe='')}/hashes"
+        path = f"/v1/disks/{quote(disk_id, safe='')}/hashes"
         request = {"offset": offset, "length": length, "chunk_bytes": chunk_bytes}
+        body = json.dumps(request).encode()
         missing = -(-length // chunk_bytes) if length > 0 and chunk_bytes > 0 else 0
-        async with self._open().post(url, json=request) as response:
-            if response.status != 200:
-                raise error_from_response(response.status, await response.read())
+        async with self._exchange("POST", path, "application/json", body) as answer:
+            if answer.status != 200:
+                raise error_from_response(answer.status, await self._timed(answer.read()))
             carry = b""
             while missing:
                 # Whatever has arrived, so that digests reach the caller as the agent
                 # produces them rather than in fixed blocks.
-                block = await response.content.read(min(missing * DIGEST_BYTES, 1 << 16))
+                block = await self._timed(answer.read_some())
                 if not block:
-                    raise aiohttp.ClientPayloadError(
+                    raise TransportError(
                         f"the digest stream of disk {disk_id} ended {missing} digests early"
                     )
                 if carry:
                     block, carry = carry + block, b""
-                whole = len(block) - len(block) % DIGEST_BYTES
+                whole = min(len(block) - len(block) % DIGEST_BYTES, missing * DIGEST_BYTES)
                 for at in range(0, whole, DIGEST_BYTES):
                     yield block[at : at + DIGEST_BYTES]
                 missing -= whole // DIGEST_BYTES
                 carry = block[whole:]
+            if carry or await self._timed(answer.read()):
+                raise TransportError(f"the digest stream of disk {disk_id} is longer than asked")
 
     async def _get(self, path: str) -> dict[str, Any]:
-        async with self._open().get(self.base_url + path) as response:
-            return await _answer(response)
+        async with self._exchange("GET", path, None, b"") as answer:
+            return await self._timed(_json_answer(answer))  # type: ignore[no-any-return]
 
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    async def _timed(self, waiting: Any) -> Any:
+        async with asyncio.timeout(self._timeout):
+            return await waiting
+
+    @contextlib.asynccontextmanager
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        content_type: str | None,
+        body: bytes | AsyncIterable[bytes | memoryview],
+    ) -> AsyncIterator[_Answer]:
+        """Send a request and give its answer once its head has come; the connection
+        goes back to the pool if the whole exchange ends cleanly, and is closed if not."""
+        connection = await self._connection()
+        headers = [("Host", self._where), ("User-Agent", "mtagent")]
+        if content_type is not None:
+            headers.append(("Content-Type", content_type))
+        streamed = not isinstance(body, bytes | bytearray | memoryview)
+        if streamed:
+            headers.append(("Transfer-Encoding", "chunked"))
+        elif method != "GET":
+            headers.append(("Content-Length", str(len(body))))  # type: ignore[arg-type]
+        reusable = False
+        try:
+            request = h11.Request(method=method, target=path, headers=headers)
+            async with asyncio.timeout(self._timeout):
+                await connection.send(request)
+            if streamed:
+                response = await self._stream_body(connection, body)  # type: ignore[arg-type]
+            else:
+                async with asyncio.timeout(self._timeout):
+                    if body:
+                        await connection.send(h11.Data(data=body))
+                    await connection.send(h11.EndOfMessage())
+                    response = await self._response(connection)
+            answer = _Answer(connection, response)
+            yield answer
+            reusable = connection.reusable()
+        finally:
+            self._busy.discard(connection)
+            if reusable and self._open:
+                self._idle.append(connection)
+            else:
+                connection.close()
+
+    async def _stream_body(
+        self, connection: _Connection, body: AsyncIterable[bytes | memoryview]
+    ) -> h11.Response:
+        """Send `body` chunk by chunk while listening for an early answer; the answer's
+        head. The body's own exceptions are raised as they are."""
+        loop = asyncio.get_running_loop()
+
+        async def send_all() -> None:
+            async with asyncio.timeout(self._timeout) as deadline:
+                # Moving the deadline costs a timer; once a second is precise enough.
+                moved = loop.time()
+                async for chunk in body:
+                    if chunk:
+                        await connection.send(h11.Data(data=chunk))
+                    now = loop.time()
+                    if now - moved >= 1.0:
+                        deadline.reschedule(now + self._timeout)
+                        moved = now
+                deadline.reschedule(loop.time() + self._timeout)
+                await connection.send(h11.EndOfMessage())
+
+        sending = asyncio.ensure_future(send_all())
+        answering = asyncio.ensure_future(connection.next_event())
+        try:
+            await asyncio.wait([sending, answering], return_when=asyncio.FIRST_COMPLETED)
+            if sending.done() and sending.exception() is not None:
+                failure = sending.exception()
+                if not isinstance(failure, TransportError) or answering.done():
+                    raise failure  # type: ignore[misc]
+                # The agent may have answered and closed (an error before the body's end):
+                # that answer says more than the broken pipe.
+                with contextlib.suppress(TransportError, TimeoutError):
+                    async with asyncio.timeout(min(self._timeout, 5.0)):
+                        await asyncio.wait([answering])
+                if not answering.done() or answering.exception() is not None:
+                    raise failure  # type: ignore[misc]
+            if not answering.done():
+                await sending
+                async with asyncio.timeout(self._timeout):
+                    await answering
+            # An answer before the body's end stops the body: the connection is not used
+            # again (its request is unfinished), so it is closed with the exchange.
+            return _expect_response(answering.result(), connection.where)
+        finally:
+            for task in (sending, answering):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+
+    async def _response(self, connection: _Connection) -> h11.Response:
+        return _expect_response(await connection.next_event(), connection.where)
+
+    async def _connection(self) -> _Connection:
+        if not self._open:
             raise RuntimeError("AgentClient is used outside `async with`")
-        return self._session
+        now = time.monotonic()
+        while self._idle:
+            connection = self._idle.pop()
+            if now - connection.idle_since < _IDLE_SECONDS and not connection.reader.at_eof():
+                self._busy.add(connection)
+                return connection
+            connection.close()
+        try:
+            async with asyncio.timeout(self._timeout):
+                reader, writer = await asyncio.open_connection(
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl else None,
+                    limit=_READ_BYTES,
+                )
+        except ssl.SSLError as exc:
+            raise TlsRefused(f"the TLS handshake with {self._where} failed: {exc}") from exc
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise TransportError(f"cannot connect to {self._where}: {reason}") from exc
+        connection = _Connection(reader, writer, self._where)
+        self._busy.add(connection)
+        return connection
 
 
-async def _answer(response: aiohttp.ClientResponse) -> dict[str, Any]:
-    body = await response.read()
-    if 200 <= response.status < 300:
-        answer: dict[str, Any] = json.loads(body)
-        return answer
-    raise error_from_response(response.status, body)
+def _expect_response(event: h11.Event, where: str) -> h11.Response:
+    # 1xx answers (100 Continue) are not sent by the agent, which is the only server here.
+    if not isinstance(event, h11.Response):
+        raise TransportError(f"{where} sent {type(event).__name__} where an answer was due")
+    return event
+
+
+async def _json_answer(answer: _Answer) -> dict[str, Any]:
+    body = await answer.read()
+    if 200 <= answer.status < 300:
+        result: dict[str, Any] = json.loads(body)
+        return result
+    raise error_from_response(answer.status, body)
