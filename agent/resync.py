@@ -251,6 +251,14 @@ class _TargetDigests:
         self._chunk_bytes = chunk_bytes
         self._retries = retries
         self._stream: AsyncIterator[bytes] | None = None
+        self._first: asyncio.Future[bytes] | None = None
+
+    def begin(self, offset: int) -> None:
+        """Ask for the digests from `offset` now, before the first `take`: the comparison
+        waits on the slower side, and the agent need not wait for the source's first window
+        to start reading. Its failures surface in `take`, which asks again."""
+        self._stream = self._open(offset)
+        self._first = asyncio.ensure_future(anext(self._stream))
 
     async def take(self, offset: int, count: int) -> bytes:
         """The digests of the `count` chunks from `offset`, concatenated. Successive calls
@@ -259,11 +267,9 @@ class _TargetDigests:
         while len(got) < count:
             try:
                 if self._stream is None:
-                    at = offset + len(got) * self._chunk_bytes
-                    self._stream = aiter(
-                        self._client.hashes(self._disk, at, self._end - at, self._chunk_bytes)
-                    )
-                got.append(await anext(self._stream))
+                    self._stream = self._open(offset + len(got) * self._chunk_bytes)
+                first, self._first = self._first, None
+                got.append(await (first if first is not None else anext(self._stream)))
             except ProtocolError as exc:
                 await self.close()
                 if not is_transient(exc):
@@ -277,10 +283,18 @@ class _TargetDigests:
         return b"".join(got)
 
     async def close(self) -> None:
+        first, self._first = self._first, None
+        if first is not None:
+            # The stream cannot be closed while a task is inside it.
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
         stream, self._stream = self._stream, None
         if stream is not None:
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
+
+    def _open(self, at: int) -> AsyncIterator[bytes]:
+        return aiter(self._client.hashes(self._disk, at, self._end - at, self._chunk_bytes))
 
 
 class _Comparison:
@@ -358,6 +372,8 @@ class _Comparison:
         )
         chunk = self.chunk_bytes
         try:
+            if start < self.size:
+                target.begin(start)
             async with contextlib.aclosing(source.windows()) as source_windows:
                 async for window, mine in source_windows:
                     theirs = await target.take(window.start, len(mine) // DIGEST_BYTES)
