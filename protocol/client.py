@@ -118,7 +118,9 @@ class _Connection:
             except ssl.SSLError as exc:
                 raise _tls_or_transport(exc, self.where) from exc
             except OSError as exc:
-                raise TransportError(f"the connection to {self.where} broke: {exc}") from exc
+                raise TransportError(
+                    f"the connection to {self.where} broke: {exc}{self._hint()}"
+                ) from exc
 
     async def next_event(self) -> h11.Event:
         """The next event of the response, reading the socket as needed."""
@@ -146,7 +148,7 @@ class _Connection:
                     f"{self.where} closed the connection without answering{self._hint()}"
                 )
             self._eof = not data
-            self._heard = True
+            self._heard = self._heard or bool(data)
             self.http.receive_data(data)
 
     def _hint(self) -> str:
