@@ -4,10 +4,13 @@ The CLI works beside a running agent (SQLite WAL allows a reader) and without
 one; it never opens a target for writing. `scsi_uuid` targets are resolved as
 the agent resolves them (pyudev), and checked for use on this host the same
 way, so `protected` and `missing` say here what they would say in the agent.
+A disk's recovery window comes from the points `mtagent points` lists
+(`agent.points.stored_points`): the state store and the journals' summaries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -19,6 +22,7 @@ from typing import Any
 import pyudev
 
 from agent.config import AgentConfig, DiskConfig
+from agent.points import RecoveryPoint, group_disk_ids, stored_points
 from agent.state import RESYNCING, DiskProgress, StateStore
 from blockio.discovery import (
     BlockDisk,
@@ -29,6 +33,7 @@ from blockio.discovery import (
 )
 from blockio.safety import check_target, expected_size
 from blockio.target import TargetDisk, TargetError
+from blockio.undo_journal import shared_lock
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +45,12 @@ class DiskReport:
     canonical id (None for a `path` target). `reason`: why it is `protected` or `missing`, or
     why it needs a resync when the agent found a gap. While it is `resyncing`, `resync_offset`
     is how far the resync reached (the Disk JSON's `resync_offset`) and `resync_progress` that
-    part of the size (None in other states, or when the size is not known)."""
+    part of the size (None in other states, or when the size is not known).
+
+    The recovery window, from the disk's own points (`<disk>@<seq>`, as `mtagent points`
+    lists them): `oldest_point_ns` is the source time of the oldest one and `window_seconds`
+    the newest one's time minus that (0.0 with a single point); both None when the disk has
+    no point (never copied, resyncing, not `ok`, or its journal could not be read)."""
 
     id: str
     group: str
@@ -58,6 +68,8 @@ class DiskReport:
     device: str | None = None
     resync_offset: int = 0
     resync_progress: float | None = None
+    oldest_point_ns: int | None = None
+    window_seconds: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,16 +100,26 @@ def disk_reports(
     config: AgentConfig,
     now_ns: int | None = None,
     disks_on_host: Sequence[BlockDisk] | None = None,
+    *,
+    with_windows: bool = False,
 ) -> list[DiskReport]:
     """A report for every disk of `config`, in config order. `disks_on_host` is the udev
     enumeration to resolve `scsi_uuid` targets against (enumerated here when not given and
-    some disk needs it)."""
+    some disk needs it).
+
+    With `with_windows` (`status` shows them, `disks` does not), each disk's recovery window
+    is filled in. Each group's recovery points are listed once, as `mtagent points` lists
+    them: from the state store and the journals' summaries (their sidecar; only a segment it
+    no longer matches is walked), each journal held shared meanwhile. A group whose journals
+    cannot be read is logged and its disks get no window: the rest of the report does not
+    need them."""
     now_ns = time.time_ns() if now_ns is None else now_ns
     if disks_on_host is None and any(disk.scsi_uuid for disk in config.disks):
         disks_on_host = host_disks()
     store_path = config.server.state_dir / "state.db"
     store = StateStore.open_readonly(config.server.state_dir) if store_path.exists() else None
     try:
+        times = _point_times(config, store) if with_windows else {}
         return [
             _report(
                 disk,
@@ -106,12 +128,44 @@ def disk_reports(
                 config,
                 now_ns,
                 disks_on_host,
+                times.get(disk.id, []),
             )
             for disk in config.disks
         ]
     finally:
         if store is not None:
             store.close()
+
+
+def _point_times(config: AgentConfig, store: StateStore | None) -> dict[str, list[int]]:
+    """The source times of each disk's own points (`<disk>@<seq>`), by disk; a disk without
+    a point is left out."""
+    times: dict[str, list[int]] = {}
+    for group in dict.fromkeys(disk.group for disk in config.disks):
+        try:
+            with contextlib.ExitStack() as held:
+                # Held shared, no journal is truncated or pruned under the walk of its summaries.
+                for disk in group_disk_ids(config, group):
+                    held.enter_context(shared_lock(config.retention.path / disk))
+                points = stored_points(config, store, group)
+        except OSError as exc:
+            log.warning("cannot read the retention journals of group %s: %s", group, exc)
+            continue
+        times.update(_own_point_times(points))
+    return times
+
+
+def _own_point_times(points: Sequence[RecoveryPoint]) -> dict[str, list[int]]:
+    """The times of the per-disk points among `points`, by disk. A tag point of a one-disk
+    group covers that disk alone too, but its time is the tag's, not a batch's: left out."""
+    own: dict[str, list[int]] = {}
+    for point in points:
+        if len(point.disks) != 1:
+            continue
+        [(disk, seq)] = point.disks.items()
+        if point.id == f"{disk}@{seq}":
+            own.setdefault(disk, []).append(point.time_ns)
+    return own
 
 
 def _report(
@@ -121,6 +175,7 @@ def _report(
     config: AgentConfig,
     now: int,
     disks_on_host: Sequence[BlockDisk] | None,
+    point_times: Sequence[int],
 ) -> DiskReport:
     size = sector = None
     state, reason = progress.state, progress.resync_reason
@@ -173,6 +228,8 @@ def _report(
         device=None if node is None else str(node),
         resync_offset=resync_offset,
         resync_progress=resync_progress,
+        oldest_point_ns=min(point_times) if point_times else None,
+        window_seconds=(max(point_times) - min(point_times)) / 1e9 if point_times else None,
     )
 
 

@@ -1,4 +1,5 @@
-"""Recovery points of a consistency group (PROTOCOL.md section 6), for the API and the CLI.
+"""Recovery points of a consistency group (PROTOCOL.md section 6), for the API (served by
+`agent.points_api`) and the CLI.
 
 A point is `{"id", "kind", "name", "time_ns", "disks": {disk: seq}}`: restoring it puts each of
 its disks back as it was at the end of that batch. Ids are stable: a point keeps its id for as
@@ -25,20 +26,15 @@ Points are listed oldest first (by time, then by when they became complete). Pic
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
-
-from agent import keys
 from agent.config import AgentConfig
 from agent.replica import Replica
 from agent.state import OK, BatchCommit, DiskProgress, StateStore
 from blockio.retention_index import load_summaries, restorable_floor
-from protocol.errors import UnknownGroup
 
 APP = "app"
 CRASH = "crash"
@@ -232,21 +228,3 @@ def stored_points(config: AgentConfig, store: StateStore | None, group: str) -> 
         )
     rows: BatchRows = store.batch_rows if store is not None else (lambda d, a, b: [])
     return list_points(disks, histories, rows)
-
-
-async def get_recovery_points(request: web.Request) -> web.Response:
-    """GET /v1/groups/{group}/recovery-points: `{"points": [Point, ...]}`, oldest first."""
-    group = request.match_info["group"]
-    app = request.app
-    config = app[keys.CONFIG]
-    if not group_disk_ids(config, group):
-        raise UnknownGroup(f"no disk of this agent is in group {group!r}", group=group)
-    points = await asyncio.to_thread(
-        running_points, config, app[keys.REPLICAS], app[keys.STORE], group
-    )
-    return web.json_response({"points": [point.to_json() for point in points]})
-
-
-def add_routes(app: web.Application) -> None:
-    """Register the recovery-points endpoint."""
-    app.router.add_get("/v1/groups/{group}/recovery-points", get_recovery_points)

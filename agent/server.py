@@ -10,7 +10,7 @@ from dataclasses import asdict
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from agent import hashes_api, keys, points
+from agent import hashes_api, keys, points_api
 from agent.apply import ApplyLimits, apply_batch
 from agent.config import AgentConfig
 from agent.disk_watch import watch_disks
@@ -48,7 +48,7 @@ def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Applicat
     app.router.add_get("/v1/disks/{disk}", get_disk)
     app.router.add_put("/v1/disks/{disk}/batches/{seq}", put_batch)
     hashes_api.add_routes(app)
-    points.add_routes(app)
+    points_api.add_routes(app)
     return app
 
 

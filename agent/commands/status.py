@@ -1,4 +1,5 @@
-"""`mtagent status --config F [--json]`: replication progress and lag (RPO) of every disk."""
+"""`mtagent status --config F [--json]`: replication progress, lag (RPO) and recovery window of
+every disk."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from agent.units import human_bytes
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "status",
-        help="replication progress per disk: last batch, lag (RPO), undo kept, resync progress",
+        help="replication progress per disk: last batch, lag (RPO), undo kept, recovery "
+        "window, resync progress",
         description="Show per disk the last acknowledged batch, the lag behind the source "
-        "(RPO), the undo data kept on the retention drive and how far a resync has come.",
+        "(RPO), the undo data kept on the retention drive, how far back the disk can be "
+        "restored (WINDOW: from its oldest to its newest recovery point) and how far a resync "
+        "has come.",
     )
     add_config_argument(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -24,12 +28,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    reports = disk_reports(load_config(args.config))
+    reports = disk_reports(load_config(args.config), with_windows=True)
     if args.json:
         print(json.dumps({"disks": [r.to_json() for r in reports]}, indent=2))
         return 0
     print_table(
-        ["DISK", "GROUP", "STATE", "LAST SEQ", "RPO", "UNDO", "RESYNC"],
+        ["DISK", "GROUP", "STATE", "LAST SEQ", "RPO", "UNDO", "WINDOW", "RESYNC"],
         [
             [
                 r.id,
@@ -38,12 +42,21 @@ def run(args: argparse.Namespace) -> int:
                 str(r.last_seq),
                 human_age(r.rpo_seconds),
                 human_bytes(r.undo_bytes),
+                window_column(r),
                 resync_column(r),
             ]
             for r in reports
         ],
     )
     return 0
+
+
+def window_column(report: DiskReport) -> str:
+    """How far back the disk can be restored, as an age ('23h58m'; '0s' with a single point),
+    '-' when it has no recovery point."""
+    if report.window_seconds is None:
+        return "-"
+    return human_age(report.window_seconds)
 
 
 def resync_column(report: DiskReport) -> str:
