@@ -17,7 +17,7 @@ import contextlib
 import json
 import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -113,14 +113,8 @@ class _Connection:
         data = self.http.send(event)
         if data:
             self.writer.write(data)
-            try:
+            with self._failures_typed():
                 await self.writer.drain()
-            except ssl.SSLError as exc:
-                raise _tls_or_transport(exc, self.where) from exc
-            except OSError as exc:
-                raise TransportError(
-                    f"the connection to {self.where} broke: {exc}{self._hint()}"
-                ) from exc
 
     async def next_event(self) -> h11.Event:
         """The next event of the response, reading the socket as needed."""
@@ -135,14 +129,8 @@ class _Connection:
                 raise TransportError(f"{self.where} answered with bad HTTP: {exc}") from exc
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
-            try:
+            with self._failures_typed():
                 data = await self.reader.read(_READ_BYTES)
-            except ssl.SSLError as exc:
-                raise _tls_or_transport(exc, self.where) from exc
-            except OSError as exc:
-                raise TransportError(
-                    f"the connection to {self.where} broke: {exc}{self._hint()}"
-                ) from exc
             if not data and self.http.their_state is h11.SEND_RESPONSE:
                 raise TransportError(
                     f"{self.where} closed the connection without answering{self._hint()}"
@@ -150,6 +138,18 @@ class _Connection:
             self._eof = not data
             self._heard = self._heard or bool(data)
             self.http.receive_data(data)
+
+    @contextlib.contextmanager
+    def _failures_typed(self) -> Iterator[None]:
+        """Failures of the socket as TransportError (TlsRefused for the agent's TLS alert)."""
+        try:
+            yield
+        except ssl.SSLError as exc:
+            raise _tls_or_transport(exc, self.where) from exc
+        except OSError as exc:
+            raise TransportError(
+                f"the connection to {self.where} broke: {exc}{self._hint()}"
+            ) from exc
 
     def _hint(self) -> str:
         # Under TLS 1.3 our side of the handshake is over before the agent checks our
