@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,12 +45,7 @@ class DiskReport:
     canonical id (None for a `path` target). `reason`: why it is `protected` or `missing`, or
     why it needs a resync when the agent found a gap. While it is `resyncing`, `resync_offset`
     is how far the resync reached (the Disk JSON's `resync_offset`) and `resync_progress` that
-    part of the size (None in other states, or when the size is not known).
-
-    The recovery window, from the disk's own points (`<disk>@<seq>`, as `mtagent points`
-    lists them): `oldest_point_ns` is the source time of the oldest one and `window_seconds`
-    the newest one's time minus that (0.0 with a single point); both None when the disk has
-    no point (never copied, resyncing, not `ok`, or its journal could not be read)."""
+    part of the size (None in other states, or when the size is not known)."""
 
     id: str
     group: str
@@ -68,8 +63,6 @@ class DiskReport:
     device: str | None = None
     resync_offset: int = 0
     resync_progress: float | None = None
-    oldest_point_ns: int | None = None
-    window_seconds: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,26 +93,14 @@ def disk_reports(
     config: AgentConfig,
     now_ns: int | None = None,
     disks_on_host: Sequence[BlockDisk] | None = None,
-    *,
-    with_windows: bool = False,
 ) -> list[DiskReport]:
     """A report for every disk of `config`, in config order. `disks_on_host` is the udev
     enumeration to resolve `scsi_uuid` targets against (enumerated here when not given and
-    some disk needs it).
-
-    With `with_windows` (`status` shows them, `disks` does not), each disk's recovery window
-    is filled in. Each group's recovery points are listed once, as `mtagent points` lists
-    them: from the state store and the journals' summaries (their sidecar; only a segment it
-    no longer matches is walked), each journal held shared meanwhile. A group whose journals
-    cannot be read is logged and its disks get no window: the rest of the report does not
-    need them."""
+    some disk needs it)."""
     now_ns = time.time_ns() if now_ns is None else now_ns
     if disks_on_host is None and any(disk.scsi_uuid for disk in config.disks):
         disks_on_host = host_disks()
-    store_path = config.server.state_dir / "state.db"
-    store = StateStore.open_readonly(config.server.state_dir) if store_path.exists() else None
-    try:
-        times = _point_times(config, store) if with_windows else {}
+    with _read_only_store(config) as store:
         return [
             _report(
                 disk,
@@ -128,13 +109,55 @@ def disk_reports(
                 config,
                 now_ns,
                 disks_on_host,
-                times.get(disk.id, []),
             )
             for disk in config.disks
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryWindow:
+    """How far back a disk can be restored, from its own points (`<disk>@<seq>`, as `mtagent
+    points` lists them): `oldest_point_ns` is the source time of the oldest one and
+    `window_seconds` the newest one's time minus that (0.0 with a single point); both None
+    when the disk has no point (never copied, resyncing, not `ok`, or its journal could not
+    be read)."""
+
+    oldest_point_ns: int | None = None
+    window_seconds: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def recovery_windows(config: AgentConfig) -> dict[str, RecoveryWindow]:
+    """The recovery window of every disk of `config`, by id.
+
+    Each group's points are listed once, as `mtagent points` lists them: from the state
+    store and the journals' summaries (their sidecar; only a segment it no longer matches is
+    walked), each journal held shared meanwhile. A group whose journals cannot be read is
+    logged and its disks get an empty window: what else is reported does not need them."""
+    with _read_only_store(config) as store:
+        times = _point_times(config, store)
+    windows = {}
+    for disk in config.disks:
+        own = times.get(disk.id)
+        windows[disk.id] = (
+            RecoveryWindow(min(own), (max(own) - min(own)) / 1e9) if own else RecoveryWindow()
+        )
+    return windows
+
+
+@contextlib.contextmanager
+def _read_only_store(config: AgentConfig) -> Iterator[StateStore | None]:
+    """The state store, read-only; None when there is none yet."""
+    if not (config.server.state_dir / "state.db").exists():
+        yield None
+        return
+    store = StateStore.open_readonly(config.server.state_dir)
+    try:
+        yield store
     finally:
-        if store is not None:
-            store.close()
+        store.close()
 
 
 def _point_times(config: AgentConfig, store: StateStore | None) -> dict[str, list[int]]:
@@ -175,7 +198,6 @@ def _report(
     config: AgentConfig,
     now: int,
     disks_on_host: Sequence[BlockDisk] | None,
-    point_times: Sequence[int],
 ) -> DiskReport:
     size = sector = None
     state, reason = progress.state, progress.resync_reason
@@ -228,8 +250,6 @@ def _report(
         device=None if node is None else str(node),
         resync_offset=resync_offset,
         resync_progress=resync_progress,
-        oldest_point_ns=min(point_times) if point_times else None,
-        window_seconds=(max(point_times) - min(point_times)) / 1e9 if point_times else None,
     )
 
 

@@ -111,3 +111,15 @@ async def test_a_resync_cuts_the_window_back_to_its_end(agent: AgentProcess) -> 
 
     assert (d0["oldest_point_ns"], d0["window_seconds"]) == (T0 + 4100 * SECOND, 60.0)
     assert status_table(agent)["d0"]["WINDOW"] == "1m00s"
+
+
+async def test_disks_leaves_the_recovery_window_to_status(agent: AgentProcess) -> None:
+    await copy_and_update(agent, "d0", (0, 10))
+    agent.stop()
+
+    code, out, err = cli("disks", "--config", str(agent.config_path), "--json")
+
+    assert code == 0, err
+    d0 = next(disk for disk in json.loads(out)["disks"] if disk["id"] == "d0")
+    assert "window_seconds" not in d0 and "oldest_point_ns" not in d0
+    assert status_json(agent)["d0"]["window_seconds"] == 10.0

@@ -8,7 +8,7 @@ import json
 
 from agent.commands.table import add_config_argument, print_table
 from agent.config import load_config
-from agent.disk_report import DiskReport, disk_reports, human_age
+from agent.disk_report import DiskReport, RecoveryWindow, disk_reports, human_age, recovery_windows
 from agent.units import human_bytes
 
 
@@ -28,9 +28,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    reports = disk_reports(load_config(args.config), with_windows=True)
+    config = load_config(args.config)
+    reports = disk_reports(config)
+    windows = recovery_windows(config)
     if args.json:
-        print(json.dumps({"disks": [r.to_json() for r in reports]}, indent=2))
+        disks = [{**r.to_json(), **windows[r.id].to_json()} for r in reports]
+        print(json.dumps({"disks": disks}, indent=2))
         return 0
     print_table(
         ["DISK", "GROUP", "STATE", "LAST SEQ", "RPO", "UNDO", "WINDOW", "RESYNC"],
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
                 str(r.last_seq),
                 human_age(r.rpo_seconds),
                 human_bytes(r.undo_bytes),
-                window_column(r),
+                window_column(windows[r.id]),
                 resync_column(r),
             ]
             for r in reports
@@ -51,12 +54,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def window_column(report: DiskReport) -> str:
+def window_column(window: RecoveryWindow) -> str:
     """How far back the disk can be restored, as an age ('23h58m'; '0s' with a single point),
     '-' when it has no recovery point."""
-    if report.window_seconds is None:
+    if window.window_seconds is None:
         return "-"
-    return human_age(report.window_seconds)
+    return human_age(window.window_seconds)
 
 
 def resync_column(report: DiskReport) -> str:
