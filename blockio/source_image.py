@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +118,13 @@ def _full_grid(source: Path, chunk_bytes: int, start: int, end: int | None) -> I
 
 
 def delta_extents(
-    source: Path, base: Path, *, chunk_bytes: int, start: int = 0, end: int | None = None
+    source: Path,
+    base: Path,
+    *,
+    chunk_bytes: int,
+    start: int = 0,
+    end: int | None = None,
+    scanned: Callable[[int], None] | None = None,
 ) -> Iterator[Extent]:
     """The parts of `source` in `[start, end)` that differ from `base`, in offset order.
 
@@ -129,6 +135,9 @@ def delta_extents(
     extents, coalescing with adjacent ones inside a chunk of `chunk_bytes` (a multiple of
     BLOCK_BYTES aligned to offset 0), so a data extent is never longer than a chunk.
 
+    `scanned(offset)` is called after each chunk is compared, with the end of that chunk:
+    where the comparison has got to, though most chunks of a delta yield nothing.
+
     Raises ValueError for a chunk size that is not a positive multiple of BLOCK_BYTES,
     OSError for I/O errors and ImageChanged if the source ends before `end`.
     """
@@ -136,11 +145,16 @@ def delta_extents(
         raise ValueError(
             f"chunk_bytes must be a positive multiple of {BLOCK_BYTES}, got {chunk_bytes}"
         )
-    return _from(start, _delta_grid(source, base, chunk_bytes, start, end))
+    return _from(start, _delta_grid(source, base, chunk_bytes, start, end, scanned))
 
 
 def _delta_grid(
-    source: Path, base: Path, chunk_bytes: int, start: int, end: int | None
+    source: Path,
+    base: Path,
+    chunk_bytes: int,
+    start: int,
+    end: int | None,
+    scanned: Callable[[int], None] | None,
 ) -> Iterator[Extent]:
     with open(source, "rb", buffering=0) as src, open(base, "rb", buffering=0) as old:
         if end is None:
@@ -166,6 +180,8 @@ def _delta_grid(
                     yield Extent(zero_start, offset - zero_start, None)
                     zero_start = None
                 offset += size
+                if scanned is not None:
+                    scanned(offset)
                 continue
             data_start: int | None = None  # chunk-relative start of the data run
             for block in range(0, size, BLOCK_BYTES):
@@ -190,6 +206,8 @@ def _delta_grid(
                 # Data extents end with their chunk: the buffer is refilled next.
                 yield Extent(offset + data_start, size - data_start, new_view[data_start:size])
             offset += size
+            if scanned is not None:
+                scanned(offset)
         if zero_start is not None:
             yield Extent(zero_start, end - zero_start, None)
 

@@ -167,6 +167,27 @@ async def test_delta_push_sends_only_the_changed_blocks(
     assert (await target.state())["last_seq"] == 4
 
 
+async def test_delta_push_progress_moves_over_unchanged_stretches(
+    target: Target, source: Path
+) -> None:
+    await target.push(source)
+    changed = bytearray(source.read_bytes())
+    changed[-1] ^= 0xFF  # the only difference is at the very end
+    base = source.with_name("base.img")
+    base.write_bytes(source.read_bytes())
+    source.write_bytes(changed)
+    seen: list[int] = []
+
+    result = await target.push(
+        source, mode="delta", base=base, progress=lambda done, total: seen.append(done)
+    )
+
+    assert result.data_bytes == 64 * KiB
+    # Before the one frame (at the end), the comparison said where it was.
+    assert [done for done in seen if 0 < done < SOURCE_BYTES - 64 * KiB] == [8 * MiB]
+    assert seen[-1] == SOURCE_BYTES
+
+
 async def test_delta_push_with_nothing_changed_sends_nothing(target: Target, source: Path) -> None:
     await target.push(source)
 

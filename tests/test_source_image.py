@@ -186,6 +186,24 @@ def test_delta_extents_of_identical_images_are_nothing(tmp_path: Path, rng: rand
     assert collected(delta_extents(source, base, chunk_bytes=1 * MiB)) == []
 
 
+def test_delta_extents_say_how_far_they_have_compared_after_each_chunk(
+    tmp_path: Path, rng: random.Random
+) -> None:
+    content = noise(rng, 3 * MiB + 4096)
+    base = write_image(tmp_path / "base.img", content)
+    changed = bytearray(content)
+    changed[2 * MiB + 5] ^= 0xFF
+    source = write_image(tmp_path / "src.img", bytes(changed))
+    seen: list[int | tuple[int, int]] = []
+
+    for extent in delta_extents(source, base, chunk_bytes=1 * MiB, scanned=seen.append):
+        seen.append((extent.offset, extent.length))
+
+    # Unchanged chunks yield nothing but still say where the comparison is; a chunk's own
+    # extents come before its mark.
+    assert seen == [1 * MiB, 2 * MiB, (2 * MiB, 64 * KiB), 3 * MiB, 3 * MiB + 4096]
+
+
 def test_delta_extents_coalesce_adjacent_blocks_within_a_chunk(
     tmp_path: Path, rng: random.Random
 ) -> None:
