@@ -122,6 +122,17 @@ RESTORED_DIGEST=$(digest "$WORK/restored/vm1-disk0.img")
 echo "before the change  $BASE_DIGEST"
 echo "restored           $RESTORED_DIGEST"
 
+step "Failback: the machine ran on in the cloud (1% more changed); resync compares by digest, sends what differs"
+"$PY" scripts/sample_image.py mutate "$WORK/source.img" --fraction 0.01 --seed 3
+"${PUSH[@]}" --mode resync --source "$WORK/source.img"
+
+step "Online verify: source and target compared by digest, nothing written (exit 0: identical)"
+"${PUSH[@]}" --mode verify --source "$WORK/source.img"
+FAILBACK_SOURCE_DIGEST=$(digest "$WORK/source.img")
+FAILBACK_TARGET_DIGEST=$(digest "$WORK/target.img")
+echo "source  $FAILBACK_SOURCE_DIGEST"
+echo "target  $FAILBACK_TARGET_DIGEST"
+
 step "Stopping the agent"
 kill -TERM "$AGENT_PID"
 wait "$AGENT_PID"
@@ -136,6 +147,11 @@ if [ "$BASE_DIGEST" != "$RESTORED_DIGEST" ]; then
     echo "demo: FAILED: the restored point differs from the image it was taken of" >&2
     exit 1
 fi
+if [ "$FAILBACK_SOURCE_DIGEST" != "$FAILBACK_TARGET_DIGEST" ]; then
+    echo "demo: FAILED: after the resync the target differs from the source" >&2
+    exit 1
+fi
 echo
 echo "demo: OK: the target is identical to the source ($BYTES bytes),"
-echo "      and the point before the change was restored exactly"
+echo "      the point before the change was restored exactly,"
+echo "      and the failback resync made the target equal to the source again"
