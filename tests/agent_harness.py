@@ -226,3 +226,14 @@ class AgentProcess:
 
     def target_bytes(self, disk_id: str) -> bytes:
         return self.disks[disk_id].read_bytes()
+
+
+def run_mtagent(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """`python -m agent ARGS` from the repository, its output captured, never raising."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )

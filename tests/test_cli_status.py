@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.agent_harness import REPO, AgentProcess
+from tests.agent_harness import AgentProcess, run_mtagent
 from tests.batches import resync_batch
 
 MiB = 1 << 20
-
-
-def mtagent(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 @pytest.fixture
@@ -44,7 +32,7 @@ async def push_one_batch(agent: AgentProcess) -> None:
 
 async def test_disks_json_shows_size_sector_and_state(agent: AgentProcess) -> None:
     await push_one_batch(agent)
-    result = mtagent("disks", "--config", agent.config_path, "--json")
+    result = run_mtagent("disks", "--config", agent.config_path, "--json")
     assert result.returncode == 0, result.stderr
     disks = {d["id"]: d for d in json.loads(result.stdout)["disks"]}
     assert disks["d0"]["size_bytes"] == 4 * MiB and disks["d0"]["sector_bytes"] == 512
@@ -55,7 +43,7 @@ async def test_disks_json_shows_size_sector_and_state(agent: AgentProcess) -> No
 
 async def test_status_table_shows_last_seq_and_lag(agent: AgentProcess) -> None:
     await push_one_batch(agent)
-    result = mtagent("status", "--config", agent.config_path)
+    result = run_mtagent("status", "--config", agent.config_path)
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
     assert header.split()[:4] == ["DISK", "GROUP", "STATE", "LAST"]
@@ -66,17 +54,17 @@ async def test_status_table_shows_last_seq_and_lag(agent: AgentProcess) -> None:
 
 
 def test_status_of_a_config_that_does_not_exist_fails_with_one_line(tmp_path: Path) -> None:
-    result = mtagent("status", "--config", tmp_path / "nope.toml")
+    result = run_mtagent("status", "--config", tmp_path / "nope.toml")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "nope.toml" in result.stderr
 
 
 def test_a_usage_error_exits_2() -> None:
-    assert mtagent("status", "--bogus").returncode == 2
-    assert mtagent().returncode == 2
+    assert run_mtagent("status", "--bogus").returncode == 2
+    assert run_mtagent().returncode == 2
 
 
 @pytest.mark.parametrize("command", ["serve", "certs", "push", "disks", "status"])
 def test_every_command_has_help(command: str) -> None:
-    result = mtagent(command, "--help")
+    result = run_mtagent(command, "--help")
     assert result.returncode == 0 and "usage:" in result.stdout

@@ -13,8 +13,6 @@ import os
 import random
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ import pytest
 
 from protocol.encoder import BatchEncoder
 from protocol.events import Begin, Data
-from tests.agent_harness import REPO, AgentProcess
+from tests.agent_harness import AgentProcess, run_mtagent
 from tests.batches import batch, resync_batch
 
 KiB = 1 << 10
@@ -115,19 +113,9 @@ def damage_first_undo_record(agent: AgentProcess, seq: int) -> None:
     pytest.fail(f"no undo record of batch {seq}")
 
 
-def mtagent(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
 def resync(agent: AgentProcess, source: Path) -> None:
     """`mtagent push --mode resync` of `source` to d0, as an operator runs it."""
-    result = mtagent(
+    result = run_mtagent(
         "push", "--server", agent.url, "--cert", agent.cert, "--key", agent.key,
         "--ca", agent.ca, "--disk", "d0", "--source", source, "--mode", "resync", "--json",
     )  # fmt: skip
@@ -144,7 +132,7 @@ async def assert_resync_required(agent: AgentProcess, cause: str, reason: str) -
         agent.log()
     )
     assert gap_counts(agent) == {c: 1.0 if c == cause else 0.0 for c in CAUSES}
-    listed = mtagent("disks", "--config", agent.config_path, "--json")
+    listed = run_mtagent("disks", "--config", agent.config_path, "--json")
     assert listed.returncode == 0, listed.stderr
     [report] = json.loads(listed.stdout)["disks"]
     assert report["state"] == "resync_required"
@@ -292,7 +280,7 @@ async def test_an_in_place_recovery_refuses_a_state_db_behind_the_journal(
     acknowledged = await put_behind_a_backup(agent, tmp_path / "backup")
     shutil.copytree(tmp_path / "backup", state_dir)
 
-    done = mtagent(
+    done = run_mtagent(
         "recover", "--config", agent.config_path, "--group", "g1", "--point", "latest",
         "--in-place",
     )  # fmt: skip

@@ -17,6 +17,7 @@ from blockio.batch_writer import BatchWriter, Write
 from blockio.target import TargetDisk
 from blockio.undo_journal import UndoJournal, UndoLost
 from blockio.undo_record import CommitRecord, JournalCorrupt, RecordKind, scan_headers
+from tests.damage import flip_byte
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -62,14 +63,6 @@ def undo_headers(journal: UndoJournal, seq: int) -> list[tuple[int, int]]:
         for h in headers
         if h.seq == seq and h.kind == RecordKind.UNDO
     ]
-
-
-def flip_byte(path: Path, position: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(position)
-        byte = f.read(1)[0]
-        f.seek(position)
-        f.write(bytes([byte ^ 0xFF]))
 
 
 def test_a_rollback_that_cannot_read_a_synced_record_says_which_batch_was_lost(

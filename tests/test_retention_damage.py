@@ -24,6 +24,7 @@ from agent.state import StateStore
 from blockio.retention_index import load_summaries
 from blockio.undo_record import RecordHeader, RecordKind, scan_headers
 from tests.agent_harness import AgentProcess
+from tests.damage import flip_byte
 from tests.retention_scenario import KiB, MiB, SourceDisk, cli, clone, http_json, send
 
 DISK = 2 * MiB
@@ -62,14 +63,6 @@ def segments(agent: AgentProcess) -> list[Path]:
     return sorted((agent.workdir / "retention" / "d0").glob("seg-*.undo"))
 
 
-def flip(path: Path, position: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(position)
-        byte = f.read(1)[0]
-        f.seek(position)
-        f.write(bytes([byte ^ 0x20]))
-
-
 def first_undo(path: Path) -> RecordHeader:
     with open(path, "rb") as f:
         headers, _ = scan_headers(f, path)
@@ -77,11 +70,11 @@ def first_undo(path: Path) -> RecordHeader:
 
 
 def flip_payload(path: Path) -> None:
-    flip(path, first_undo(path).payload_position + 100)
+    flip_byte(path, first_undo(path).payload_position + 100, 0x20)
 
 
 def flip_header(path: Path) -> None:
-    flip(path, first_undo(path).position + 24)  # the offset field
+    flip_byte(path, first_undo(path).position + 24, 0x20)  # the offset field
 
 
 def cut_inside_a_record(path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from blockio.target import TargetDisk
 from blockio.undo_journal import UndoJournal
 from blockio.undo_record import JournalCorrupt, read_record, scan_headers
+from tests.damage import flip_byte
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -225,14 +226,6 @@ def test_recover_rolls_back_a_cut_off_batch_that_ends_in_a_torn_record(
     journal.close()
     assert target.read(0, MiB) == acknowledged
     assert journal.current_segment.stat().st_size == size_acknowledged
-
-
-def flip_byte(path: Path, position: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(position)
-        byte = f.read(1)[0]
-        f.seek(position)
-        f.write(bytes([byte ^ 0xFF]))
 
 
 def test_recover_skips_a_damaged_last_group_that_never_reached_the_target(
