@@ -18,9 +18,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from agent.failure import CommandFailed
-from blockio.identity import EXPECTED_SPELLING, canonical_scsi_uuid
-from blockio.undo_journal import DEFAULT_SEGMENT_BYTES
+from agent.errors import CommandFailed
+from blockio.disks.identity import EXPECTED_SPELLING, canonical_scsi_uuid
+from blockio.journal.undo_journal import DEFAULT_SEGMENT_BYTES
 from protocol.wire import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_FRAME_BYTES
 
 DEFAULT_CONFIG_PATH = Path("/etc/mtagent/agent.toml")
@@ -39,7 +39,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/mtagent")
 DEFAULT_STALL_TIMEOUT_SECONDS = 60.0
 DEFAULT_HASH_READ_BYTES = 256 * MiB
 """Memory for reading targets for hash requests (resync, verify): two large direct-read
-windows (blockio.chunk_digests.SCAN_WINDOW_BYTES) at once; more requests read in small
+windows (blockio.scan.chunk_digests.SCAN_WINDOW_BYTES) at once; more requests read in small
 windows through the page cache."""
 DEFAULT_RETENTION_WINDOW_SECONDS = 24 * 3600.0
 DEFAULT_RETENTION_MAX_BYTES = 500 * GiB
@@ -137,7 +137,7 @@ class RetentionConfig:
 class DiskConfig:
     """One replication target: exactly one of `path` and `scsi_uuid` is set.
 
-    `scsi_uuid` is canonical (lowercase NAA hex, `blockio.identity.canonical_scsi_uuid`),
+    `scsi_uuid` is canonical (lowercase NAA hex, `blockio.disks.identity.canonical_scsi_uuid`),
     whatever spelling the file used. `source_size_bytes`: the source disk's size when the
     operator states it; a smaller target is `protected`. `direct_io`: write with O_DIRECT.
     """

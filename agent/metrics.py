@@ -23,7 +23,6 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from agent.tls_handshakes import REASONS as HANDSHAKE_FAILURE_REASONS
 from protocol.wire import PROTOCOL_VERSION
 
 DISK_STATES = ("ok", "resync_required", "resyncing", "missing", "protected", "recovered")
@@ -40,6 +39,18 @@ GAP_CAUSES = (ROLLBACK_FAILED, CRASH_RECOVERY_FAILED, STATE_BEHIND_JOURNAL)
 
 # Batches take from a millisecond (64 KiB) to tens of seconds (256 MiB on a slow disk).
 APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+# Why a TLS handshake failed (agent.server.tls_handshakes tells them apart): label values.
+NO_CLIENT_CERTIFICATE = "no_client_certificate"  # the sender presented none
+CLIENT_CERTIFICATE_REJECTED = "client_certificate_rejected"  # not from our CA, expired...
+REJECTED_BY_CLIENT = "rejected_by_client"  # the sender refused ours (an alert)
+PROTOCOL = "protocol"  # not TLS, too old a version, no shared cipher
+HANDSHAKE_FAILURE_REASONS = (
+    NO_CLIENT_CERTIFICATE,
+    CLIENT_CERTIFICATE_REJECTED,
+    REJECTED_BY_CLIENT,
+    PROTOCOL,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +166,7 @@ class AgentMetrics:
         self.retention_max.set(retention_max_bytes)
 
     def count_handshake_failure(self, reason: str) -> None:
-        """One more failed TLS handshake (see agent.tls_handshakes)."""
+        """One more failed TLS handshake (see agent.server.tls_handshakes)."""
         self.tls_handshake_failures.labels(reason).inc()
 
     def watch_disks(self, snapshots: Callable[[], Iterable[DiskSnapshot]]) -> None:

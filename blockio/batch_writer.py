@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from blockio.target import TargetDisk
-from blockio.undo_journal import UndoJournal, UndoLost
-from blockio.undo_record import CommitRecord
+from blockio.disks.target import TargetDisk
+from blockio.journal.records import CommitRecord
+from blockio.journal.undo_journal import UndoJournal, UndoLost
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 This is the one module of `protocol/` with I/O. `AgentClient` speaks the endpoints of
 section 2 over mutual TLS and turns error bodies into the typed errors of
 `protocol.errors`. What to send (reading images, batching, retrying) is the sender's
-business, in `agent.sender`.
+business, in `agent.sender.push`.
 
 HTTP/1.1 is spoken with h11 (sans-I/O) over asyncio streams rather than with aiohttp's
 client: every `mtagent push` is a new process, and importing aiohttp's client cost about

@@ -45,8 +45,8 @@ import xxhash  # noqa: E402
 from sample_image import make_image, mutate_image, parse_size  # noqa: E402
 
 from protocol.client import AgentClient, client_ssl_context  # noqa: E402
-from tests.agent_harness import AgentProcess  # noqa: E402
-from tests.batches import batch  # noqa: E402
+from tests.support.agent_harness import AgentProcess  # noqa: E402
+from tests.support.batches import batch  # noqa: E402
 
 MiB = 1 << 20
 

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import pytest
 
-from tests.agent_harness import AgentProcess
+from tests.support.agent_harness import AgentProcess
 
 
 class LoopDeviceFactory(Protocol):

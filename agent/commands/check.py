@@ -8,11 +8,11 @@ from functools import partial
 
 from agent.commands.table import add_config_argument
 from agent.config import load_config
-from agent.failure import CommandFailed
-from agent.state import StateStore
+from agent.errors import CommandFailed
+from agent.replication.state import StateStore
 from agent.units import human_bytes
-from blockio.journal_check import JournalCheck, check_journal
-from blockio.undo_journal import shared_lock
+from blockio.journal.check import JournalCheck, check_journal
+from blockio.journal.undo_journal import shared_lock
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -13,7 +13,7 @@ import json
 
 from agent.commands.table import add_config_argument, print_table
 from agent.config import load_config
-from agent.disk_report import disk_reports, host_disks, unconfigured_disks
+from agent.reports.disk_report import disk_reports, host_disks, unconfigured_disks
 from agent.units import human_bytes
 
 

@@ -8,10 +8,10 @@ import json
 
 from agent.commands.table import add_config_argument, print_table
 from agent.config import load_config
-from agent.failure import CommandFailed
-from agent.points import format_time, group_disk_ids, stored_points
-from agent.state import StateStore
-from blockio.undo_journal import shared_lock
+from agent.errors import CommandFailed
+from agent.recovery.points import format_time, group_disk_ids, stored_points
+from agent.replication.state import StateStore
+from blockio.journal.undo_journal import shared_lock
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     store = StateStore.open_readonly(state_dir) if (state_dir / "state.db").exists() else None
     try:
         with contextlib.ExitStack() as held:
-            # Held shared, the journals are not truncated under the walk (see blockio.undo_journal).
+            # Held shared, the journals are not truncated under the walk.
             for disk in disks:
                 held.enter_context(shared_lock(config.retention.path / disk))
             points = stored_points(config, store, args.group)

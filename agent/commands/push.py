@@ -1,9 +1,9 @@
 """`mtagent push`: the sender. Sends a source image to a target disk of an agent.
 
 `--mode full` is the initial replication (every byte, flagged resync); `--mode delta`
-sends what changed since `--base`. See `agent.sender.push_image` for the guarantees.
+sends what changed since `--base`. See `agent.sender.push.push_image` for the guarantees.
 `--mode resync` sends only the chunks whose digests differ on the target, and `--mode
-verify` compares the same way without writing (`agent.resync`).
+verify` compares the same way without writing (`agent.sender.resync`).
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from agent import resync, sender
-from agent.failure import CommandFailed
-from agent.progress import ProgressBar
-from agent.resync import CompareProgress, ResyncResult, VerifyResult
-from agent.sender import PushFailed, PushResult, push_image
+from agent.commands.progress import ProgressBar
+from agent.errors import CommandFailed
+from agent.sender import push as sender
+from agent.sender import resync
+from agent.sender.push import PushFailed, PushResult, push_image
+from agent.sender.resync import CompareProgress, ResyncResult, VerifyResult
 from agent.units import human_bytes
-from blockio.chunk_digests import chunk_bytes_problem
+from blockio.scan.chunk_digests import chunk_bytes_problem
 from protocol.client import AgentClient, client_ssl_context
 from protocol.events import Tag
 from protocol.wire import TAG_KINDS

@@ -1,5 +1,5 @@
 """`mtagent recover --config F --group G --point ID (--output DIR | --in-place)`: restore a
-consistency group to a recovery point (see agent/restore.py)."""
+consistency group to a recovery point (see agent/recovery/restore.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import json
 import sys
 from pathlib import Path
 
+from agent.commands.progress import ProgressBar
 from agent.commands.table import add_config_argument
 from agent.config import load_config
-from agent.progress import ProgressBar
-from agent.restore import RestoreReport, export_point, restore_in_place
+from agent.recovery.restore import RestoreReport, export_point, restore_in_place
 from agent.units import human_bytes
 
 

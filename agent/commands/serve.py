@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from agent.commands.table import add_config_argument
 from agent.config import load_config
-from agent.daemon import run_daemon
+from agent.server.daemon import run_daemon
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

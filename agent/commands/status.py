@@ -8,7 +8,13 @@ import json
 
 from agent.commands.table import add_config_argument, print_table
 from agent.config import load_config
-from agent.disk_report import DiskReport, RecoveryWindow, disk_reports, human_age, recovery_windows
+from agent.reports.disk_report import (
+    DiskReport,
+    RecoveryWindow,
+    disk_reports,
+    human_age,
+    recovery_windows,
+)
 from agent.units import human_bytes
 
 

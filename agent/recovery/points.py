@@ -1,0 +1,230 @@
+"""Recovery points of a consistency group (PROTOCOL.md section 6), for the API (served by
+`agent.server.points_api`) and the CLI.
+
+A point is `{"id", "kind", "name", "time_ns", "disks": {disk: seq}}`: restoring it puts each of
+its disks back as it was at the end of that batch. Ids are stable: a point keeps its id for as
+long as it is listed.
+
+- `tag:<tag_id>`: a group point. TAG frames with this `tag_id` in a batch of every disk of the
+  group; listed once every disk of the group has acknowledged its tagged batch. Kind, name and
+  time come from the tag (`crash` if the disks disagree on the kind). Should a disk carry the
+  same tag_id twice, its newest batch with it counts.
+- `<disk>@<seq>`: every acknowledged batch is a crash-consistent point of its own disk (kind
+  `crash`, named `batch <seq>`, time: the batch's source time). It covers that disk only: in a
+  group of several disks, restoring it writes that disk alone. The commit of a `resync_done`
+  batch is such a point; a batch in the middle of a resync is not (the disk is half copied).
+
+A point is listed only while every disk it covers is `ok` and its undo journal reaches back to
+it (`blockio.journal.index.restorable_floor`): resync batches, pruned segments, damaged
+segments and lost undo data all cut the journal's reach.
+
+Points are listed oldest first (by time, then by when they became complete). Picking one
+(`select_point`): `latest` (the newest point that covers every disk of the group), `latest-app`
+(the same, of kind app), `time:<when>` (the newest such point at or before an ISO 8601 time, as
+`time:2026-11-26T10:00:00Z`, or nanoseconds since the epoch), or an id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.config import AgentConfig
+from agent.replication.replica import Replica
+from agent.replication.state import OK, BatchCommit, DiskProgress, StateStore
+from blockio.journal.index import load_summaries, restorable_floor
+
+APP = "app"
+CRASH = "crash"
+
+BatchRows = Callable[[str, int, int], Sequence[BatchCommit]]
+
+
+class PointNotFound(LookupError):
+    """The point asked for is not listed. `str()` is one line saying why."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryPoint:
+    """One listed point. `completed_ns` (not part of the JSON): when its last batch was
+    committed, which orders points of equal time."""
+
+    id: str
+    kind: str
+    name: str
+    time_ns: int
+    disks: Mapping[str, int]
+    completed_ns: int = field(default=0, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The Point object of PROTOCOL.md section 2."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "name": self.name,
+            "time_ns": self.time_ns,
+            "disks": dict(self.disks),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DiskHistory:
+    """What listing needs of one disk: its state, its last committed batch and the oldest batch
+    its journal can roll it back to."""
+
+    disk: str
+    state: str
+    last_seq: int
+    floor: int
+
+
+def _is_point(batch: BatchCommit) -> bool:
+    return "resync" not in batch.flags or "resync_done" in batch.flags
+
+
+def list_points(
+    group_disks: Sequence[str], histories: Mapping[str, DiskHistory], rows: BatchRows
+) -> list[RecoveryPoint]:
+    """The points of a group whose disks are `group_disks`, oldest first (see the module
+    docstring). `histories` holds the disks that can be restored at all (a disk missing from it
+    has no point); `rows(disk, first_seq, last_seq)` reads acknowledged batches."""
+    per_batch: list[RecoveryPoint] = []
+    tagged: dict[str, dict[str, BatchCommit]] = {}
+    for disk in group_disks:
+        history = histories.get(disk)
+        if history is None or history.state != OK or history.last_seq < 1:
+            continue
+        for batch in rows(disk, max(history.floor, 1), history.last_seq):
+            if not _is_point(batch):
+                continue
+            per_batch.append(
+                RecoveryPoint(
+                    id=f"{disk}@{batch.seq}",
+                    kind=CRASH,
+                    name=f"batch {batch.seq}",
+                    time_ns=batch.source_time_ns,
+                    disks={disk: batch.seq},
+                    completed_ns=batch.committed_ns,
+                )
+            )
+            tag_id = None if batch.tag is None else batch.tag.get("tag_id")
+            if isinstance(tag_id, str):
+                tagged.setdefault(tag_id, {})[disk] = batch
+    group_points = []
+    for tag_id, batches in tagged.items():
+        if set(batches) != set(group_disks):
+            continue
+        tags = [b.tag or {} for b in batches.values()]
+        kinds = {t.get("kind") for t in tags}
+        first = tags[0]
+        group_points.append(
+            RecoveryPoint(
+                id=f"tag:{tag_id}",
+                kind=APP if kinds == {APP} else CRASH,
+                name=str(first.get("name", "")),
+                time_ns=int(first.get("time_ns", 0)),  # type: ignore[call-overload]
+                disks={disk: batches[disk].seq for disk in group_disks},
+                completed_ns=max(b.committed_ns for b in batches.values()),
+            )
+        )
+    points = per_batch + group_points
+    points.sort(key=lambda p: (p.time_ns, p.completed_ns, p.id))
+    return points
+
+
+def parse_time(text: str) -> int:
+    """Nanoseconds since the epoch from an ISO 8601 time (`2026-11-26T10:00:00Z`; without a
+    zone it is UTC) or from an integer of nanoseconds. Raises ValueError."""
+    if text.isdigit():
+        return int(text)
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def format_time(time_ns: int) -> str:
+    """`2026-11-26T10:00:00.123Z` (UTC, milliseconds)."""
+    moment = datetime.fromtimestamp(time_ns / 1e9, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def select_point(
+    points: Sequence[RecoveryPoint], spec: str, group: str, group_disks: Sequence[str]
+) -> RecoveryPoint:
+    """The point `spec` names among `points` (see the module docstring).
+
+    Raises PointNotFound when there is none, or ValueError for a time that cannot be read.
+    """
+    whole = [p for p in points if set(p.disks) == set(group_disks)]
+    disks = ", ".join(group_disks)
+    if spec == "latest":
+        if whole:
+            return whole[-1]
+        raise PointNotFound(
+            f"group {group} has no recovery point that covers all its disks ({disks})"
+        )
+    if spec == "latest-app":
+        app = [p for p in whole if p.kind == APP]
+        if app:
+            return app[-1]
+        raise PointNotFound(f"group {group} has no application-consistent recovery point")
+    if spec.startswith("time:"):
+        when = parse_time(spec[len("time:") :])
+        before = [p for p in whole if p.time_ns <= when]
+        if before:
+            return before[-1]
+        raise PointNotFound(
+            f"group {group} has no recovery point covering {disks} at or before {format_time(when)}"
+        )
+    for point in points:
+        if point.id == spec:
+            return point
+    raise PointNotFound(
+        f"group {group} has no recovery point {spec!r} (mtagent points --group {group} lists them)"
+    )
+
+
+def group_disk_ids(config: AgentConfig, group: str) -> list[str]:
+    """The ids of the configured disks of `group`, in configuration order."""
+    return [disk.id for disk in config.disks if disk.group == group]
+
+
+def running_points(
+    config: AgentConfig, replicas: Mapping[str, Replica], store: StateStore, group: str
+) -> list[RecoveryPoint]:
+    """The points of `group` as the running agent sees them: its journals' summaries and its
+    disks' progress. Blocking (reads the state store)."""
+    disks = group_disk_ids(config, group)
+    histories = {}
+    for disk in disks:
+        replica = replicas.get(disk)
+        journal = None if replica is None else replica.journal
+        if replica is None or journal is None:
+            continue
+        # Summaries before progress: a commit record follows the state commit, never the other
+        # way round (restorable_floor allows the newest batch's record to be missing).
+        summaries = journal.summaries()
+        progress = replica.progress
+        histories[disk] = DiskHistory(
+            disk, replica.state, progress.last_seq, restorable_floor(summaries, progress.last_seq)
+        )
+    return list_points(disks, histories, store.batch_rows)
+
+
+def stored_points(config: AgentConfig, store: StateStore | None, group: str) -> list[RecoveryPoint]:
+    """The points of `group` from the files alone (state store and journals), read-only: what
+    the CLI lists beside a running agent or without one."""
+    disks = group_disk_ids(config, group)
+    histories = {}
+    for disk in disks:
+        summaries, _walked = load_summaries(config.retention.path / disk, disk)
+        progress = store.progress(disk) if store is not None else DiskProgress(disk)
+        histories[disk] = DiskHistory(
+            disk, progress.state, progress.last_seq, restorable_floor(summaries, progress.last_seq)
+        )
+    rows: BatchRows = store.batch_rows if store is not None else (lambda d, a, b: [])
+    return list_points(disks, histories, rows)

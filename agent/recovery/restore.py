@@ -1,0 +1,344 @@
+"""Restoring a consistency group to a recovery point: what `mtagent recover` runs.
+
+`--output DIR` (an export: a test failover) runs beside the agent, which keeps replicating. For
+each disk of the group, the journal is held shared from before the point is resolved to the end
+(`shared_lock`: the agent neither prunes nor truncates it meanwhile; a rollback of a failed batch
+waits, and so may the answer to that batch). Each disk of the point becomes `DIR/<disk>.img`
+(`<disk>.img.partial` until it is written and verified: a restore cut off leaves no `.img`).
+
+`--in-place` (the real failover back) rolls the targets themselves back. The agent must not be
+applying to them meanwhile, and that is ensured by `<state_dir>/agent.lock`, which the daemon
+holds for its whole life: the recovery takes it without waiting, or fails with "stop the agent
+first". Then, with each journal held exclusively, it does what the agent does at start-up (roll
+back a batch cut off by a crash, complete the commit records), resolves the point, records the
+recovery and makes the disks `recovered` in the state store (before writing anything: from then
+on they refuse batches until a resync), rolls back, verifies, and marks the recovery finished.
+Cut off, it is run again with the same point id, and writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.config import AgentConfig, DiskConfig
+from agent.errors import CommandFailed
+from agent.recovery.points import (
+    DiskHistory,
+    PointNotFound,
+    RecoveryPoint,
+    group_disk_ids,
+    list_points,
+    select_point,
+)
+from agent.replication.instance_lock import acquire_agent_lock
+from agent.replication.retention_gate import complete_commit_records
+from agent.replication.state import RECOVERED, StateStore
+from blockio.disks.discovery import resolve_scsi_id
+from blockio.disks.safety import open_for_replication
+from blockio.disks.target import TargetDisk, TargetError
+from blockio.journal.index import SegmentSummary, load_summaries, restorable_floor
+from blockio.journal.records import JournalCorrupt
+from blockio.journal.recovery import DiskRestore, RecoveryError, export_disk, rollback_in_place
+from blockio.journal.undo_journal import JournalIOError, UndoJournal, shared_lock
+
+# (disk, phase, bytes done, bytes in all) -> None
+RestoreProgress = Callable[[str, str, int, int], None]
+
+
+def _quiet(disk: str, phase: str, done: int, total: int) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreReport:
+    """What a recovery did: the point, and per disk the image written or rolled back."""
+
+    group: str
+    mode: str  # "output" or "in_place"
+    point: RecoveryPoint
+    disks: tuple[DiskRestore, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "mode": self.mode,
+            "point": self.point.to_json(),
+            "disks": [
+                {
+                    "disk": d.disk,
+                    "seq": d.seq,
+                    "path": str(d.output),
+                    "size_bytes": d.size_bytes,
+                    "undo_records": d.records,
+                    "undo_bytes": d.undo_bytes,
+                    "verified": True,
+                }
+                for d in self.disks
+            ],
+        }
+
+
+def _group_disks(config: AgentConfig, group: str) -> list[str]:
+    disks = group_disk_ids(config, group)
+    if not disks:
+        raise CommandFailed(f"{config.file}: no disk is in group {group!r}")
+    return disks
+
+
+def _target_location(disk: DiskConfig) -> tuple[Path, Path | None]:
+    """The target's device node or file now, and its sysfs directory when known."""
+    if disk.path is not None:
+        return disk.path, None
+    assert disk.scsi_uuid is not None
+    found = resolve_scsi_id(disk.scsi_uuid)
+    return found.node, found.sys_path
+
+
+def _histories(
+    disks: list[str],
+    store: StateStore | None,
+    summaries: Mapping[str, tuple[SegmentSummary, ...] | list[SegmentSummary]],
+) -> dict[str, DiskHistory]:
+    histories = {}
+    for disk in disks:
+        if store is None or disk not in summaries:
+            continue
+        progress = store.progress(disk)
+        floor = restorable_floor(summaries[disk], progress.last_seq)
+        histories[disk] = DiskHistory(disk, progress.state, progress.last_seq, floor)
+    return histories
+
+
+def _resolve(
+    disks: list[str],
+    group: str,
+    spec: str,
+    store: StateStore | None,
+    summaries: Mapping[str, tuple[SegmentSummary, ...] | list[SegmentSummary]],
+) -> RecoveryPoint:
+    rows = store.batch_rows if store is not None else (lambda d, a, b: [])
+    points = list_points(disks, _histories(disks, store, summaries), rows)
+    try:
+        return select_point(points, spec, group, disks)
+    except (PointNotFound, ValueError) as exc:
+        raise CommandFailed(str(exc)) from None
+
+
+def _failure(disk: str, exc: Exception) -> CommandFailed:
+    return CommandFailed(f"disk {disk}: {exc}")
+
+
+def export_point(
+    config: AgentConfig,
+    group: str,
+    spec: str,
+    output_dir: Path,
+    progress: RestoreProgress = _quiet,
+) -> RestoreReport:
+    """Write `output_dir/<disk>.img` for each disk of the point `spec` of `group`, as it was at
+    the point, beside a running agent or without one (see the module docstring).
+
+    Raises CommandFailed (one line) when the group or point does not exist, an image is already
+    there, or reading, writing or verifying fails.
+    """
+    disks = _group_disks(config, group)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    state_db = config.server.state_dir / "state.db"
+    with contextlib.ExitStack() as stack:
+        for disk in disks:
+            stack.enter_context(shared_lock(config.retention.path / disk))
+        store = StateStore.open_readonly(config.server.state_dir) if state_db.exists() else None
+        if store is not None:
+            stack.callback(store.close)
+        summaries = {disk: load_summaries(config.retention.path / disk, disk)[0] for disk in disks}
+        point = _resolve(disks, group, spec, store, summaries)
+        for disk in point.disks:
+            final = output_dir / f"{disk}.img"
+            if final.exists():
+                raise CommandFailed(f"{final} exists: remove it or choose another --output")
+        results = []
+        for disk, seq in point.disks.items():
+            disk_config = config.disk(disk)
+            assert disk_config is not None
+            final = output_dir / f"{disk}.img"
+            partial = output_dir / f"{disk}.img.partial"
+            try:
+                node, _sys_path = _target_location(disk_config)
+                with TargetDisk.open(node, writable=False) as target:
+                    result = export_disk(
+                        target,
+                        config.retention.path / disk,
+                        disk,
+                        seq,
+                        partial,
+                        summaries[disk],
+                        lambda phase, done, total, disk=disk: progress(disk, phase, done, total),
+                    )
+            except (RecoveryError, TargetError, OSError) as exc:
+                raise _failure(disk, exc) from exc
+            os.replace(partial, final)
+            _fsync_directory(output_dir)
+            results.append(
+                DiskRestore(disk, seq, final, result.size_bytes, result.records, result.undo_bytes)
+            )
+    return RestoreReport(group, "output", point, tuple(results))
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _OpenDisk:
+    target: TargetDisk
+    journal: UndoJournal
+    state: str
+    last_seq: int
+
+
+def restore_in_place(
+    config: AgentConfig, group: str, spec: str, progress: RestoreProgress = _quiet
+) -> RestoreReport:
+    """Roll the targets of the point `spec` of `group` back to it, with the agent stopped (see
+    the module docstring). Afterwards those disks are `recovered`: they take batches again only
+    after a resync.
+
+    Raises CommandFailed (one line): the agent is running ("stop the agent first"), the group
+    or point does not exist, a target is in use on this host, or writing or verifying fails.
+    """
+    disks = _group_disks(config, group)
+    state_dir = config.server.state_dir
+    lock_fd = acquire_agent_lock(
+        state_dir,
+        holder="mtagent recover --in-place",
+        refusal="the agent is running: stop the agent first",
+    )
+    try:
+        store = StateStore.open(state_dir)
+        try:
+            return _restore_in_place(config, group, disks, spec, store, progress)
+        finally:
+            store.close()
+    finally:
+        os.close(lock_fd)
+
+
+def _restore_in_place(
+    config: AgentConfig,
+    group: str,
+    disks: list[str],
+    spec: str,
+    store: StateStore,
+    progress: RestoreProgress,
+) -> RestoreReport:
+    with contextlib.ExitStack() as stack:
+        opened: dict[str, _OpenDisk] = {}
+        # A disk that cannot be opened matters only if the point covers it.
+        failed: dict[str, CommandFailed] = {}
+        for disk in disks:
+            try:
+                opened[disk] = _open_for_rollback(config, disk, store, stack)
+            except (TargetError, OSError, JournalCorrupt, JournalIOError) as exc:
+                failed[disk] = _failure(disk, exc)
+        summaries = {disk: entry.journal.summaries() for disk, entry in opened.items()}
+        point, record_id = _in_place_point(group, disks, spec, store, opened, summaries)
+        for disk in point.disks:
+            if disk in failed:
+                raise failed[disk]
+        if record_id is None:
+            record_id = store.begin_recovery(group, point.to_json(), time.time_ns()).id
+        results = []
+        for disk, seq in point.disks.items():
+            entry = opened[disk]
+            try:
+                results.append(
+                    rollback_in_place(
+                        entry.target,
+                        config.retention.path / disk,
+                        disk,
+                        seq,
+                        summaries[disk],
+                        lambda phase, done, total, disk=disk: progress(disk, phase, done, total),
+                    )
+                )
+            except (RecoveryError, TargetError, OSError) as exc:
+                raise _failure(disk, exc) from exc
+        store.finish_recovery(record_id, time.time_ns())
+    return RestoreReport(group, "in_place", point, tuple(results))
+
+
+def _open_for_rollback(
+    config: AgentConfig, disk: str, store: StateStore, stack: contextlib.ExitStack
+) -> _OpenDisk:
+    """Open `disk`'s target (checked not in use on this host) and journal (held exclusively),
+    and do what the agent does at start-up, which it may not have done since a crash: roll back
+    a batch cut off, complete the commit records."""
+    disk_config = config.disk(disk)
+    assert disk_config is not None
+    node, sys_path = _target_location(disk_config)
+    target = stack.enter_context(open_for_replication(node, disk_dir=sys_path))
+    journal = stack.enter_context(
+        UndoJournal.open(
+            config.retention.path / disk, disk, segment_bytes=config.retention.segment_bytes
+        )
+    )
+    stack.enter_context(journal.exclusive())
+    progress = store.progress(disk)
+    if journal.last_commit_seq > progress.last_seq:
+        # recover() would take the batches state.db does not know for cut off, and roll back
+        # what was acknowledged; the points listed from state.db would miss them too.
+        raise CommandFailed(
+            f"disk {disk}: its undo journal committed batches up to {journal.last_commit_seq} "
+            f"but state.db knows only up to {progress.last_seq} (restored from an older copy, "
+            "or lost); start the agent once, which records the gap and the journal's batches, "
+            "then list the points again"
+        )
+    journal.recover(target, progress.last_seq)
+    complete_commit_records(journal, store, progress.last_seq)
+    return _OpenDisk(target, journal, progress.state, progress.last_seq)
+
+
+def _in_place_point(
+    group: str,
+    disks: list[str],
+    spec: str,
+    store: StateStore,
+    opened: Mapping[str, _OpenDisk],
+    summaries: Mapping[str, tuple[SegmentSummary, ...]],
+) -> tuple[RecoveryPoint, int | None]:
+    """The point to roll back to, and the recovery to carry on (None: a new one)."""
+    rolled_back = [disk for disk in disks if store.progress(disk).state == RECOVERED]
+    if not rolled_back:
+        return _resolve(disks, group, spec, store, summaries), None
+    last = store.last_recovery(group)
+    if last is None or last.point["id"] != spec:
+        done = f" to point {last.point['id']}" if last is not None else ""
+        raise CommandFailed(
+            f"disks {', '.join(rolled_back)} of group {group} were rolled back in place{done}; "
+            "replication must resync them before another in-place recovery"
+            + (f" (run again with --point {last.point['id']} to finish that one)" if last else "")
+        )
+    point = RecoveryPoint(
+        id=last.point["id"],
+        kind=last.point["kind"],
+        name=last.point["name"],
+        time_ns=last.point["time_ns"],
+        disks={disk: int(seq) for disk, seq in last.point["disks"].items()},
+    )
+    for disk, seq in point.disks.items():
+        if disk in opened and seq < restorable_floor(summaries[disk], opened[disk].last_seq):
+            raise CommandFailed(
+                f"disk {disk}: the undo data to roll back to batch {seq} is no longer on the "
+                "retention drive"
+            )
+    return point, last.id

@@ -1,0 +1,283 @@
+"""One replicated disk at run time: its target device, undo journal, I/O thread and progress."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.config import DiskConfig
+from agent.metrics import CRASH_RECOVERY_FAILED, STATE_BEHIND_JOURNAL, DiskSnapshot
+from agent.replication.inflight_writes import InflightWrites
+from agent.replication.state import RECOVERED, RESYNC_REQUIRED, RESYNCING, DiskProgress, StateStore
+from blockio.disks.discovery import resolve_scsi_id
+from blockio.disks.safety import DeviceProtected, ExpectedSize, expected_size, open_for_replication
+from blockio.disks.target import TargetDisk, TargetError
+from blockio.journal.records import JournalCorrupt
+from blockio.journal.undo_journal import (
+    DEFAULT_SEGMENT_BYTES,
+    JournalIOError,
+    UndoJournal,
+    UndoLost,
+)
+from protocol.errors import TargetUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Replica:
+    """A configured disk and everything the agent holds open for it.
+
+    All disk I/O of a replica runs on its own single thread, in submission
+    order: a rollback queued after a write always runs after that write.
+    """
+
+    config: DiskConfig
+    journal_dir: Path
+    progress: DiskProgress
+    target: TargetDisk | None = None
+    journal: UndoJournal | None = None
+    unavailable_reason: str = "not opened yet"
+    # Why the target is `protected` (in use on this host or too small); "" when it is not.
+    protected_reason: str = ""
+    # Where the size the target had when last opened is remembered (None: not remembered).
+    store: StateStore | None = None
+    # Size at which the undo journal starts a new segment (retention.segment_bytes).
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # What batches wrote that a rollback could still take back, for readers without the lock.
+    inflight: InflightWrites = field(default_factory=InflightWrites)
+    # Gaps detected since the agent started, by cause (agent.metrics.GAP_CAUSES).
+    gaps: dict[str, int] = field(default_factory=dict)
+    executor: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"disk-{self.config.id}")
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    @property
+    def state(self) -> str:
+        """The PROTOCOL.md state: `protected` while the target is in use on this host,
+        `missing` while it cannot be found or opened, else the persisted state."""
+        if self.target is None:
+            return "protected" if self.protected_reason else "missing"
+        return self.progress.state
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking `fn(*args)` on this disk's I/O thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def locate_blocking(self) -> tuple[Path, Path | None]:
+        """Where the target is now: (device node or file, its sysfs directory when known).
+
+        A `scsi_uuid` target is looked up afresh each time (a re-attached disk may come back
+        under another node). Raises TargetUnavailable (blockio's) when no single disk has it.
+        """
+        if self.config.path is not None:
+            return self.config.path, None
+        assert self.config.scsi_uuid is not None
+        disk = resolve_scsi_id(self.config.scsi_uuid)
+        return disk.node, disk.sys_path
+
+    def _expected_size(self) -> ExpectedSize | None:
+        seen, seen_ns = self.store.target_size(self.id) if self.store is not None else (0, 0)
+        return expected_size(self.config.source_size_bytes, seen, seen_ns)
+
+    def open_blocking(self) -> int:
+        """Find the target, check that nothing on this host uses it, open it (a block device
+        exclusively), open the journal and roll back a batch cut off by a crash or by the
+        device going away. A gap found on the way makes the disk `resync_required`
+        (`_recover_journal`).
+
+        Returns the number of undo records rolled back. Raises DeviceProtected (the replica is
+        then `protected`), TargetError, OSError or sqlite3.Error when the target, journal or
+        store cannot be used (the replica then stays `missing`).
+        """
+        try:
+            node, disk_dir = self.locate_blocking()
+            target = open_for_replication(
+                node,
+                disk_dir=disk_dir,
+                expected=self._expected_size(),
+                direct_io=self.config.direct_io,
+            )
+        except DeviceProtected as exc:
+            if not self.protected_reason:
+                log.error("disk %s: PROTECTED, not written: %s", self.id, exc)
+            self.protected_reason = "; ".join(exc.reasons)
+            raise
+        except BaseException:
+            self.protected_reason = ""
+            raise
+        self.protected_reason = ""
+        journal: UndoJournal | None = None
+        try:
+            journal = UndoJournal.open(self.journal_dir, self.id, segment_bytes=self.segment_bytes)
+            undone = self._recover_journal(journal, target)
+            if self.store is not None and self.store.target_size(self.id)[0] != target.size_bytes:
+                self.store.record_target_size(self.id, target.size_bytes, time.time_ns())
+        except BaseException:
+            # A disk that cannot be opened is tried again at its next batch: nothing may leak.
+            if journal is not None:
+                journal.close()
+            target.close()
+            raise
+        self.target, self.journal = target, journal
+        self.unavailable_reason = ""
+        if undone:
+            log.warning(
+                "disk %s: rolled back %d undo records of batch %d cut off by a crash or a removal",
+                self.id,
+                undone,
+                self.progress.last_seq + 1,
+            )
+        return undone
+
+    def _recover_journal(self, journal: UndoJournal, target: TargetDisk) -> int:
+        """`journal.recover()`, after checking the journal against the store; a gap is recorded
+        (`require_resync`) before the journal is changed, so that a crash cannot forget it.
+
+        - The journal writes a batch's COMMIT record only after the store committed it: a
+          journal that committed batches the store does not know means state.db went back (an
+          old backup restored, or lost). Those batches are on the target: they are not rolled
+          back, and the store learns the newest one's seq, so that batch numbers go on after it.
+        - A batch cut off whose undo records cannot be read back leaves part of it on the
+          target: its records are dropped, unapplied.
+
+        Returns the number of undo records rolled back. Raises what `recover()` raises (but
+        UndoLost), sqlite3.Error.
+        """
+        committed = self.progress.last_seq
+        journal_seq = journal.last_commit_seq
+        if journal_seq > committed:
+            self.require_resync(
+                STATE_BEHIND_JOURNAL,
+                f"the undo journal committed batches up to {journal_seq} but state.db knows "
+                f"only up to {committed} (state.db restored from an older copy, or lost): the "
+                "target holds writes the agent has no record of",
+                last_seq=journal_seq,
+            )
+            committed = journal_seq
+        try:
+            return journal.recover(target, committed)
+        except UndoLost as lost:
+            self.require_resync(
+                CRASH_RECOVERY_FAILED,
+                f"{lost}; it was cut off by a crash or a removal, and the target may hold part "
+                "of it",
+            )
+            journal.discard_lost(lost)
+            return journal.recover(target, committed)
+
+    def require_resync(self, cause: str, reason: str, *, last_seq: int = 0) -> None:
+        """A gap detected: the target no longer holds what the agent acknowledged, and only a
+        resync can tell what differs. Makes the disk `resync_required` with `reason` (durable on
+        return when the replica has a store), counts it under `cause` (one of
+        agent.metrics.GAP_CAUSES) and logs it. `last_seq`: see `StateStore.require_resync`.
+
+        Blocking: call it on the disk's I/O thread. Raises sqlite3.Error.
+        """
+        if self.store is not None:
+            self.progress = self.store.require_resync(
+                self.id, reason, time.time_ns(), last_seq=last_seq
+            )
+        else:
+            state = RECOVERED if self.progress.state == RECOVERED else RESYNC_REQUIRED
+            self.progress = replace(
+                self.progress,
+                last_seq=max(self.progress.last_seq, last_seq),
+                state=state,
+                resync_reason=reason,
+            )
+        self.gaps[cause] = self.gaps.get(cause, 0) + 1
+        log.warning("disk %s: RESYNC REQUIRED (%s): %s", self.id, cause, reason)
+
+    async def ensure_open(self) -> TargetDisk:
+        """The open target, opening it first if needed; TargetUnavailable (503) otherwise."""
+        if self.target is None:
+            try:
+                await self.run(self.open_blocking)
+            except (TargetError, JournalCorrupt, JournalIOError, OSError, sqlite3.Error) as exc:
+                self.unavailable_reason = str(exc)
+                raise TargetUnavailable(f"disk {self.id}: {exc}") from exc
+        assert self.target is not None
+        return self.target
+
+    def mark_unavailable(self, reason: str) -> None:
+        """Drop the open target after an I/O failure; the next batch reopens and recovers."""
+        log.error("disk %s: target unavailable: %s", self.id, reason)
+        target, journal = self.target, self.journal
+        self.target = self.journal = None
+        self.unavailable_reason = reason
+        if target is not None:
+            self.executor.submit(_close_quietly, target, journal)
+
+    def detach(self, reason: str) -> None:
+        """The device went away: stop all I/O through it at once, then drop it as
+        `mark_unavailable` does. A batch in flight fails at its next read or write and its
+        rollback cannot reach the device, so its undo records stay in the journal, and
+        `open_blocking` rolls them back when the device returns."""
+        if self.target is not None:
+            self.target.revoke(reason)
+        self.mark_unavailable(reason)
+
+    def close_blocking(self) -> None:
+        """Close target and journal (on the I/O thread, after pending work)."""
+        _close_quietly(self.target, self.journal)
+        self.target = self.journal = None
+
+    def describe(self) -> dict[str, Any]:
+        """The Disk object of PROTOCOL.md section 2."""
+        target = self.target
+        described: dict[str, Any] = {
+            "id": self.id,
+            "group": self.config.group,
+            "size_bytes": target.size_bytes if target else 0,
+            "sector_bytes": target.sector_bytes if target else 0,
+            "state": self.state,
+            "last_seq": self.progress.last_seq,
+            "last_source_time_ns": self.progress.last_source_time_ns,
+            "resync": self.progress.state in (RESYNC_REQUIRED, RESYNCING, RECOVERED),
+            # An additional field (README "Resync and verify"): where a cut-off resync resumes.
+            "resync_offset": (
+                self.progress.resync.offset if self.progress.state == RESYNCING else 0
+            ),
+        }
+        if self.progress.resync_reason:
+            # Another, only while there is one (README "Detected gaps"): why the disk needs a
+            # resync when the agent found a gap.
+            described["resync_reason"] = self.progress.resync_reason
+        return described
+
+    def snapshot(self) -> DiskSnapshot:
+        """The metrics view of this disk."""
+        return DiskSnapshot(
+            disk=self.id,
+            group=self.config.group,
+            state=self.state,
+            last_seq=self.progress.last_seq,
+            last_source_time_ns=self.progress.last_source_time_ns,
+            size_bytes=self.target.size_bytes if self.target else 0,
+            gaps=dict(self.gaps),
+        )
+
+
+def _close_quietly(target: TargetDisk | None, journal: UndoJournal | None) -> None:
+    for resource in (journal, target):
+        if resource is not None:
+            try:
+                resource.close()
+            except (OSError, JournalIOError) as exc:
+                log.warning("closing %s: %s", resource, exc)

@@ -1,0 +1,6 @@
+"""The daemon: the aiohttp application of the data port (batches, hashes, points), its typed
+keys and cleanup contexts, the metrics listener, TLS, draining, health and systemd notify.
+
+The only room of mtagent that imports aiohttp. May import every room of agent/ except `sender`,
+`reports` and `commands`, and `protocol`, `blockio`.
+"""

@@ -1,0 +1,147 @@
+"""The HTTP API of PROTOCOL.md section 2, and the plain-HTTP metrics listener."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from agent.config import AgentConfig
+from agent.metrics import AgentMetrics
+from agent.replication.apply import ApplyLimits, apply_batch
+from agent.replication.replica import Replica
+from agent.server import hashes_api, keys, points_api
+from agent.server.contexts import hold_agent_lock, open_replicas, run_retention, watch_disks
+from agent.server.health import Readiness
+from protocol.errors import BadRequest, ProtocolError, UnknownDisk
+from protocol.wire import PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
+
+AGENT_VERSION = "0.1.0"
+
+
+def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Application:
+    """The data-port application; its state and disks are opened by its cleanup context."""
+    app = web.Application(middlewares=[error_middleware])
+    app[keys.CONFIG] = config
+    app[keys.REGISTRY] = registry
+    app[keys.METRICS] = AgentMetrics(registry, version=AGENT_VERSION)
+    app[keys.LIMITS] = ApplyLimits(
+        max_frame_bytes=config.server.max_frame_bytes,
+        max_batch_bytes=config.server.max_batch_bytes,
+        stall_timeout_seconds=config.server.stall_timeout_seconds,
+    )
+    app.cleanup_ctx.append(hold_agent_lock)  # before any disk is opened
+    app.cleanup_ctx.append(open_replicas)
+    app.cleanup_ctx.append(watch_disks)
+    app.cleanup_ctx.append(run_retention)
+    app.router.add_get("/v1/info", get_info)
+    app.router.add_get("/v1/disks", get_disks)
+    app.router.add_get("/v1/disks/{disk}", get_disk)
+    app.router.add_put("/v1/disks/{disk}/batches/{seq}", put_batch)
+    hashes_api.add_routes(app)
+    points_api.add_routes(app)
+    return app
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], object]
+) -> web.StreamResponse:
+    """Every error as PROTOCOL.md's JSON body, with its status."""
+    try:
+        return await handler(request)  # type: ignore[misc]
+    except ProtocolError as exc:
+        return web.json_response(exc.to_json(), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.upper().replace(" ", "_")
+        body = {
+            "error": {"code": code, "message": f"{request.method} {request.path}: {exc.reason}"}
+        }
+        return web.json_response(body, status=exc.status, headers=_allow_header(exc))
+
+
+def _allow_header(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+def _replica(request: web.Request) -> Replica:
+    disk = request.match_info["disk"]
+    replica = request.app[keys.REPLICAS].get(disk)
+    if replica is None:
+        raise UnknownDisk(f"no disk {disk!r} is configured on this agent", disk=disk)
+    return replica
+
+
+async def get_info(request: web.Request) -> web.Response:
+    limits = request.app[keys.LIMITS]
+    return web.json_response(
+        {
+            "agent": "mtagent",
+            "version": AGENT_VERSION,
+            "protocol": PROTOCOL_VERSION,
+            "max_frame_bytes": limits.max_frame_bytes,
+            "max_batch_bytes": limits.max_batch_bytes,
+        }
+    )
+
+
+async def get_disks(request: web.Request) -> web.Response:
+    replicas = request.app[keys.REPLICAS].values()
+    return web.json_response({"disks": [replica.describe() for replica in replicas]})
+
+
+async def get_disk(request: web.Request) -> web.Response:
+    return web.json_response(_replica(request).describe())
+
+
+async def put_batch(request: web.Request) -> web.Response:
+    replica = _replica(request)
+    try:
+        seq = int(request.match_info["seq"])
+    except ValueError:
+        seq = 0
+    if seq < 1:
+        raise BadRequest(f"batch sequence numbers start at 1, got {request.match_info['seq']!r}")
+    app = request.app
+    result = await apply_batch(
+        replica,
+        app[keys.STORE],
+        seq,
+        request.content,
+        app[keys.LIMITS],
+        app[keys.METRICS],
+        gate=app.get(keys.RETENTION_GATE),
+    )
+    return web.json_response(asdict(result))
+
+
+def create_metrics_app(registry: CollectorRegistry, readiness: Readiness) -> web.Application:
+    """The plain-HTTP listener: `/metrics` for Prometheus, `/healthz` for probes.
+
+    /healthz answers 200 once the agent is ready, 503 before and while it stops; its
+    JSON body says which (`status`), why not ready (`reason`) and disks by state.
+    """
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(generate_latest, registry)
+        response = web.Response(body=body)
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        response.charset = "utf-8"
+        return response
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response(readiness.describe(), status=200 if readiness.is_ready else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    return app

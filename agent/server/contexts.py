@@ -1,0 +1,130 @@
+"""Every cleanup context of the data-port application: each resource and background task set up
+before the listeners take requests and torn down after they stop, in the order `create_app`
+appends them (the lock before any disk is opened, the disks before their watch and the retention
+task)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+
+import pyudev
+from aiohttp import web
+
+from agent.replication.disk_watch import DiskWatcher
+from agent.replication.instance_lock import acquire_agent_lock
+from agent.replication.replica import Replica
+from agent.replication.retention_gate import RetentionGate
+from agent.replication.state import StateStore
+from agent.retention.keeper import RetentionKeeper
+from agent.retention.metrics import RetentionCollector, RetentionMetrics
+from agent.server import keys
+from blockio.disks.udev_monitor import DiskMonitor, udev_is_running
+
+log = logging.getLogger(__name__)
+
+
+async def hold_agent_lock(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context of the daemon: hold the lock for the application's whole life. It must
+    come before the context that opens the disks."""
+    state_dir = app[keys.CONFIG].server.state_dir
+    fd = acquire_agent_lock(
+        state_dir,
+        holder="mtagent serve",
+        refusal="an agent or an in-place recovery is already working on these disks",
+    )
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+async def open_replicas(app: web.Application) -> AsyncIterator[None]:
+    """Open the state store and every disk, rolling back batches cut off by a crash."""
+    config = app[keys.CONFIG]
+    store = await asyncio.to_thread(StateStore.open, config.server.state_dir)
+    replicas: dict[str, Replica] = {}
+    for disk in config.disks:
+        progress = await asyncio.to_thread(store.progress, disk.id)
+        replica = Replica(
+            disk,
+            config.retention.path / disk.id,
+            progress,
+            store=store,
+            segment_bytes=config.retention.segment_bytes,
+        )
+        try:
+            await replica.run(replica.open_blocking)
+        except OSError as exc:
+            replica.unavailable_reason = str(exc)
+            log.error("disk %s: target unavailable: %s", disk.id, exc)
+        except Exception as exc:
+            replica.unavailable_reason = str(exc)
+            log.error("disk %s: %s", disk.id, exc)
+        replicas[disk.id] = replica
+    app[keys.STORE] = store
+    app[keys.REPLICAS] = replicas
+    app[keys.METRICS].watch_disks(lambda: [r.snapshot() for r in replicas.values()])
+    yield
+    for replica in replicas.values():
+        async with replica.lock:
+            await replica.run(replica.close_blocking)
+        replica.executor.shutdown(wait=True)
+    await asyncio.to_thread(store.close)
+
+
+async def watch_disks(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the udev monitor on the event loop, from after the replicas are opened
+    (append it after `open_replicas`) until before they are closed.
+
+    Where no monitor can be made (no netlink), the agent runs on without it: a missing disk is
+    then opened by its next batch and a removed one fails its next I/O.
+    """
+    watcher = DiskWatcher(app[keys.REPLICAS].values())
+    try:
+        monitor = DiskMonitor.open()
+    except (OSError, pyudev.DeviceNotFoundError) as exc:
+        log.warning(
+            "no udev monitor (%s): disks are looked for again only at their next batch", exc
+        )
+        yield
+        return
+    if not udev_is_running():
+        log.warning("udevd is not running: hot-added disks are found at their next batch only")
+    loop = asyncio.get_running_loop()
+    fd = monitor.fileno()
+    loop.add_reader(fd, watcher.on_readable, monitor)
+    # Disks that came between the replicas' opening and now had no one listening.
+    watcher.schedule(watcher.open_missing())
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
+        await watcher.stop()
+        monitor.close()
+
+
+async def run_retention(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context: the retention gate, metrics and task (after the disks are open)."""
+    config = app[keys.CONFIG]
+    replicas = app[keys.REPLICAS]
+    store = app[keys.STORE]
+    registry = app[keys.REGISTRY]
+    gate = RetentionGate()
+    app[keys.RETENTION_GATE] = gate
+    try:
+        # Its free space is watched even before a disk has opened its journal there.
+        await asyncio.to_thread(config.retention.path.mkdir, parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error("retention drive %s: %s", config.retention.path, exc)
+    keeper = RetentionKeeper(config.retention, replicas, store, gate, RetentionMetrics(registry))
+    registry.register(RetentionCollector(config, replicas, store, gate, lambda: keeper.full))
+    await keeper.tick()
+    task = asyncio.create_task(keeper.run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

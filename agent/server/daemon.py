@@ -1,0 +1,147 @@
+"""`mtagent serve`: bind the listeners, run until SIGTERM/SIGINT, stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from agent.config import AgentConfig
+from agent.server import keys
+from agent.server.app import create_app, create_metrics_app
+from agent.server.draining import RequestDrain
+from agent.server.health import HealthProbe, Readiness, status_line
+from agent.server.sdnotify import SystemdNotifier, notify_while_running, watchdog_interval
+from agent.server.tls import server_ssl_context
+from agent.server.tls_handshakes import count_handshake_failures
+
+log = logging.getLogger("mtagent")
+
+# A batch in flight at SIGTERM gets this long to finish before it is cut off
+# (and rolled back): long enough for a 256 MiB batch on a slow disk.
+SHUTDOWN_GRACE_SECONDS = 30.0
+# After the grace, how long aiohttp waits for the handlers it cancels (their rollback
+# goes on after that: the disks are closed only once their batch is settled).
+CUT_OFF_SECONDS = 10.0
+# How often systemd's STATUS= line is refreshed when no watchdog sets the pace.
+STATUS_INTERVAL_SECONDS = 10.0
+
+
+async def run_daemon(config: AgentConfig) -> None:
+    """Serve until a stop signal; every resource is released on the way out."""
+    ssl_context = server_ssl_context(config.tls)
+    registry = CollectorRegistry()
+    app = create_app(config, registry)
+    count_handshake_failures(ssl_context, app[keys.METRICS].count_handshake_failure)
+    notifier = SystemdNotifier.from_environment()
+    readiness = Readiness()
+    drain = RequestDrain()
+    app.middlewares.append(drain.middleware)  # inside create_app's error middleware
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=CUT_OFF_SECONDS
+    )
+    metrics_runner = web.AppRunner(
+        create_metrics_app(registry, readiness), handle_signals=False, access_log=None
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    notifier.notify(f"STATUS={readiness.reason}")
+    await runner.setup()
+    await metrics_runner.setup()
+    supervision: asyncio.Task[None] | None = None
+    try:
+        server = config.server
+        data_site = web.TCPSite(
+            runner,
+            server.listen_host,
+            server.listen_port,
+            ssl_context=ssl_context,
+        )
+        metrics_site = web.TCPSite(metrics_runner, server.metrics_host, server.metrics_port)
+        await data_site.start()
+        await metrics_site.start()
+        assert runner.server is not None
+        http_server = runner.server
+        app[keys.METRICS].watch_connections(lambda: len(http_server.connections))
+        replicas = app[keys.REPLICAS]
+        app[keys.METRICS].declare_configuration(
+            replicas,
+            retention_window_seconds=config.retention.window_seconds,
+            retention_max_bytes=config.retention.max_bytes,
+        )
+        readiness.set_ready(lambda: [replica.snapshot() for replica in replicas.values()])
+        supervision = _supervise(notifier, app, readiness)
+        log.info(
+            "ready: %d disks, data on https://%s:%d, metrics on http://%s:%d",
+            len(config.disks),
+            server.listen_host,
+            _bound_port(data_site),
+            server.metrics_host,
+            _bound_port(metrics_site),
+        )
+        await stop.wait()
+        log.info("stopping: finishing or rolling back batches in flight")
+        readiness.set_stopping()
+        notifier.notify("STOPPING=1", f"STATUS={readiness.reason}")
+        drain.close()
+        await data_site.stop()
+        if await drain.wait(SHUTDOWN_GRACE_SECONDS):
+            # Nothing is in progress: what is left are idle connections, or ones lingering
+            # to read the rest of a refused body, which need not hold up the stop.
+            for connection in http_server.connections:
+                connection.force_close()
+        else:
+            log.warning(
+                "%d requests still in progress after %g s: cutting them off",
+                drain.in_progress,
+                SHUTDOWN_GRACE_SECONDS,
+            )
+    finally:
+        await runner.cleanup()
+        # Keep-alives go on while batches drain: a stop that takes long is no hang.
+        if supervision is not None:
+            supervision.cancel()
+        await metrics_runner.cleanup()
+        notifier.close()
+    log.info("stopped")
+
+
+def _supervise(
+    notifier: SystemdNotifier, app: web.Application, readiness: Readiness
+) -> asyncio.Task[None] | None:
+    """Tell systemd the agent is ready; keep its watchdog fed and its STATUS= line fresh."""
+
+    def status() -> str:
+        if readiness.phase == "stopping":
+            return readiness.reason
+        assert readiness.disks is not None
+        return status_line(readiness.disks())
+
+    notifier.notify("READY=1", f"STATUS={status()}")
+    if not notifier.enabled:
+        return None
+    interval = watchdog_interval()
+    probe = HealthProbe(app[keys.STORE], deadline_seconds=interval or STATUS_INTERVAL_SECONDS)
+    task = asyncio.create_task(
+        notify_while_running(
+            notifier,
+            interval=interval or STATUS_INTERVAL_SECONDS,
+            watchdog=interval is not None,
+            healthy=probe,
+            status=status,
+        )
+    )
+    task.add_done_callback(lambda _: probe.close())
+    return task
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp keeps the asyncio server here; the port may have been 0
+    if server is not None and getattr(server, "sockets", None):
+        return int(server.sockets[0].getsockname()[1])
+    return int(site._port)

@@ -1,0 +1,1 @@
+"""The suite: one folder per package it specifies, support/ for the harness."""

@@ -1,0 +1,107 @@
+"""Mutual TLS on the data port: only clients of our CA, only TLS 1.2 or newer, never plain HTTP."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from agent.certs import init_pki, issue_client
+from tests.support.agent_harness import AgentProcess, client_context
+
+REQUEST = b"GET /v1/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    agent = AgentProcess.create(tmp_path_factory.mktemp("tls"), {"d0": 1 << 20})
+    agent.start()
+    yield agent
+    agent.stop()
+
+
+def exchange(agent: AgentProcess, context: ssl.SSLContext) -> bytes:
+    """Send a GET /v1/info over TLS with `context`; what came back (b"" if nothing)."""
+    with (
+        socket.create_connection(("127.0.0.1", agent.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(REQUEST)
+        received = b""
+        while chunk := tls.recv(65536):
+            received += chunk
+        return received
+
+
+def server_trusting_context(agent: AgentProcess) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(agent.ca))
+    return context
+
+
+def test_a_client_of_our_ca_gets_an_answer(agent: AgentProcess) -> None:
+    assert exchange(agent, agent.ssl_context()).startswith(b"HTTP/1.1 200")
+
+
+def test_a_client_without_certificate_is_refused(agent: AgentProcess) -> None:
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        answer = exchange(agent, server_trusting_context(agent))
+        assert answer == b"", "no HTTP answer may reach a client without a certificate"
+        raise ConnectionError("closed without an answer")
+
+
+def test_a_certificate_from_another_ca_is_refused(agent: AgentProcess, tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign"
+    init_pki(foreign, ["127.0.0.1"])
+    cert, key = issue_client(foreign, "intruder")
+    context = client_context(cert, key, agent.ca)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        answer = exchange(agent, context)
+        assert answer == b""
+        raise ConnectionError("closed without an answer")
+
+
+def test_an_expired_client_certificate_is_refused(agent: AgentProcess, tmp_path: Path) -> None:
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    import shutil
+
+    pki = tmp_path / "pki"
+    shutil.copytree(agent.pki, pki)
+    cert, key = issue_client(pki, "stale", not_valid_after=yesterday)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        answer = exchange(agent, client_context(cert, key, agent.ca))
+        assert answer == b""
+        raise ConnectionError("closed without an answer")
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+def test_tls_1_1_is_refused(agent: AgentProcess) -> None:
+    context = agent.ssl_context()
+    # Lower the client's own floor so that it is the agent that refuses.
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    context.minimum_version = ssl.TLSVersion.TLSv1_1
+    context.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises(ssl.SSLError):
+        exchange(agent, context)
+
+
+def test_tls_1_2_is_accepted(agent: AgentProcess) -> None:
+    context = agent.ssl_context()
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert exchange(agent, context).startswith(b"HTTP/1.1 200")
+
+
+def test_plain_http_on_the_data_port_gets_no_answer(agent: AgentProcess) -> None:
+    with socket.create_connection(("127.0.0.1", agent.port), timeout=10) as raw:
+        raw.sendall(REQUEST)
+        received = b""
+        try:
+            while chunk := raw.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+    assert b"HTTP/1.1 200" not in received
+    assert b'"agent"' not in received

@@ -1,0 +1,239 @@
+"""A real agent for integration tests: certificates, config, `mtagent serve` as a subprocess.
+
+Usage:
+    agent = AgentProcess.create(tmp_path, {"d0": 8 << 20})  # id -> size (new file) or a Path
+    agent.start()                       # returns when the agent answers on both listeners
+    async with agent.client() as client: ...  # aiohttp session with the client certificate
+    agent.kill(); agent.start()         # SIGKILL and restart on the same state
+    agent.stop()                        # SIGTERM; also done by the `agent` fixture's teardown
+Everything lives under tmp_path; no global state, so tests can run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from agent.certs import init_pki, issue_client
+
+REPO = Path(__file__).resolve().parents[2]
+READY_LINE = re.compile(r"data on https://[^:]+:(\d+), metrics on http://[^:]+:(\d+)")
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """A client context that presents `cert` and trusts only `ca`."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+@dataclass
+class AgentProcess:
+    """One `mtagent serve` with its own certificates, config, state and targets."""
+
+    workdir: Path
+    disks: dict[str, Path]
+    port: int
+    metrics_port: int
+    server_options: dict[str, object] = field(default_factory=dict)
+    retention_path: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+    # Extra environment of the agent process (a umockdev testbed's: tests/support/udev_testbed.py).
+    env: dict[str, str] = field(default_factory=dict)
+    # Extra [retention] keys (window, max_bytes, ...): set, then write_config() again.
+    retention_options: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        workdir: Path,
+        disks: dict[str, int | Path],
+        *,
+        retention_path: Path | None = None,
+        **server_options: object,
+    ) -> AgentProcess:
+        """Certificates, targets (new sparse files for sizes) and a config in `workdir`."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        pki = workdir / "pki"
+        init_pki(pki, ["127.0.0.1", "localhost"])
+        issue_client(pki, "sender")
+        targets: dict[str, Path] = {}
+        for disk_id, spec in disks.items():
+            if isinstance(spec, Path):
+                targets[disk_id] = spec
+            else:
+                path = workdir / "targets" / f"{disk_id}.img"
+                path.parent.mkdir(exist_ok=True)
+                with open(path, "wb") as f:
+                    f.truncate(spec)
+                targets[disk_id] = path
+        agent = cls(workdir, targets, 0, 0, dict(server_options), retention_path)
+        agent.write_config()
+        return agent
+
+    @property
+    def pki(self) -> Path:
+        return self.workdir / "pki"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "agent.toml"
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "agent.log"
+
+    @property
+    def cert(self) -> Path:
+        return self.pki / "sender.crt"
+
+    @property
+    def key(self) -> Path:
+        return self.pki / "sender.key"
+
+    @property
+    def ca(self) -> Path:
+        return self.pki / "ca.crt"
+
+    def write_config(self) -> None:
+        retention = self.retention_path or self.workdir / "retention"
+        lines = [
+            "[server]",
+            f'listen = "127.0.0.1:{self.port}"',
+            f'metrics_listen = "127.0.0.1:{self.metrics_port}"',
+            f'state_dir = "{self.workdir / "state"}"',
+        ]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in self.server_options.items()]
+        lines += [
+            "",
+            "[tls]",
+            f'cert = "{self.pki / "server.crt"}"',
+            f'key = "{self.pki / "server.key"}"',
+            f'client_ca = "{self.pki / "ca.crt"}"',
+            "",
+            "[retention]",
+            f'path = "{retention}"',
+        ]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in self.retention_options.items()]
+        for disk_id, path in self.disks.items():
+            lines += ["", "[[disks]]", f'id = "{disk_id}"', 'group = "g1"', f'path = "{path}"']
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start `mtagent serve` and wait until it is ready.
+
+        Ports 0 let the agent pick free ports (no race with other tests); the ports it
+        bound are read from its "ready" log line and kept for later restarts.
+        """
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child from here on
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agent", "serve", "--config", str(self.config_path)],
+            cwd=REPO,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONPATH": str(REPO), **self.env},
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.process.returncode}:\n{self.log()}")
+            if 0 in (self.port, self.metrics_port):
+                self._learn_ports(log_start)
+                time.sleep(0.05)
+                continue
+            try:
+                with urllib.request.urlopen(f"{self.metrics_url}/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"agent not ready after {timeout} s:\n{self.log()}")
+
+    def _learn_ports(self, log_start: int) -> None:
+        with open(self.log_path, "rb") as f:
+            f.seek(log_start)
+            found = READY_LINE.search(f.read().decode(errors="replace"))
+        if found:
+            self.port, self.metrics_port = int(found.group(1)), int(found.group(2))
+            self.write_config()
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM and wait; returns the exit code (None if it was not running)."""
+        if self.process is None:
+            return None
+        process, self.process = self.process, None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or power loss would stop it."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return client_context(self.cert, self.key, self.ca)
+
+    def client(self, **kwargs: object) -> aiohttp.ClientSession:
+        """An aiohttp session that speaks mutual TLS to this agent."""
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context())
+        return aiohttp.ClientSession(self.url, connector=connector, **kwargs)  # type: ignore[arg-type]
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"{self.metrics_url}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+    def target_bytes(self, disk_id: str) -> bytes:
+        return self.disks[disk_id].read_bytes()
+
+
+def run_mtagent(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """`python -m agent ARGS` from the repository, its output captured, never raising."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
