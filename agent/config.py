@@ -9,25 +9,30 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import json
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from agent.errors import CommandFailed
+from agent.units import (
+    DURATION_EXAMPLE,
+    SIZE_EXAMPLE,
+    GiB,
+    InvalidValue,
+    KiB,
+    MiB,
+    describe_value,
+    parse_duration,
+    parse_size,
+)
 from blockio.disks.identity import EXPECTED_SPELLING, canonical_scsi_uuid
 from blockio.journal.undo_journal import DEFAULT_SEGMENT_BYTES
 from protocol.wire import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_FRAME_BYTES
 
 DEFAULT_CONFIG_PATH = Path("/etc/mtagent/agent.toml")
-
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
 
 # The frame header's length field is 32 bits, and a frame is held whole in memory while it is
 # verified: 64 MiB keeps one frame of each connection affordable.
@@ -54,18 +59,6 @@ ON_FULL_POLICIES: tuple[OnFull, ...] = ("shrink", "pause")
 
 # Disk ids and groups become file names and URL path segments: no slashes, no leading dot.
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-SIZE_EXAMPLE = 'a size like "500GiB", "64MiB" or 4096'
-DURATION_EXAMPLE = 'a duration like "24h" or "90m"'
-
-
-class InvalidValue(ValueError):
-    """A value that parse_size or parse_duration refuses: what was expected, what was given."""
-
-    def __init__(self, expected: str, got: str) -> None:
-        self.expected = expected
-        self.got = got
-        super().__init__(f"expected {expected}, got {got}")
 
 
 class ConfigError(CommandFailed):
@@ -166,87 +159,6 @@ class AgentConfig:
             if disk.id == disk_id:
                 return disk
         return None
-
-
-_SIZE_UNITS: dict[str, int] = {
-    "": 1,
-    "b": 1,
-    "kib": KiB,
-    "mib": MiB,
-    "gib": GiB,
-    "tib": 1024 * GiB,
-    "pib": 1024 * 1024 * GiB,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "pb": 1000**5,
-}
-_SIZE_PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
-
-
-def parse_size(text: str | int) -> int:
-    """A byte count from an int or a string like "500GiB", "64MiB", "4096", "1.5TiB", "10GB".
-
-    Units: B, KiB, MiB, GiB, TiB, PiB (powers of 1024) and KB, MB, GB, TB, PB (powers of
-    1000), case-insensitive; no unit means bytes. A fraction rounds down to a whole byte.
-    Raises InvalidValue (a ValueError with `expected` and `got`) for anything else,
-    including negative numbers and booleans.
-    """
-    if isinstance(text, bool) or not isinstance(text, int | str):
-        raise InvalidValue(SIZE_EXAMPLE, describe_value(text))
-    if isinstance(text, int):
-        if text < 0:
-            raise InvalidValue(f"{SIZE_EXAMPLE} (not negative)", str(text))
-        return text
-    match = _SIZE_PATTERN.fullmatch(text)
-    unit = match.group(2).lower() if match else ""
-    if match is None or unit not in _SIZE_UNITS:
-        raise InvalidValue(SIZE_EXAMPLE, describe_value(text))
-    return int(Decimal(match.group(1)) * _SIZE_UNITS[unit])
-
-
-_DURATION_UNITS: dict[str, float] = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
-_DURATION_PATTERN = re.compile(rf"(?:{_DURATION_PART.pattern})+")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from a string like "24h", "90m", "30s", "1h30m", "500ms", "2d", "1.5h".
-
-    Parts are a number and a unit (d, h, m, s, ms), largest unit first, each unit at most
-    once. A bare number is refused: "60" could mean seconds or minutes.
-    Raises InvalidValue (a ValueError with `expected` and `got`) for anything else.
-    """
-    if not isinstance(text, str) or _DURATION_PATTERN.fullmatch(text) is None:
-        raise InvalidValue(DURATION_EXAMPLE, describe_value(text))
-    seconds = Decimal(0)
-    previous_unit_seconds: float | None = None
-    for number, unit in _DURATION_PART.findall(text):
-        unit_seconds = _DURATION_UNITS[unit]
-        # "30m1h" or "1h1h" is more likely a typo than an intent.
-        if previous_unit_seconds is not None and unit_seconds >= previous_unit_seconds:
-            raise InvalidValue(
-                f"{DURATION_EXAMPLE} (largest unit first, each unit once)", describe_value(text)
-            )
-        previous_unit_seconds = unit_seconds
-        seconds += Decimal(number) * Decimal(str(unit_seconds))
-    return float(seconds)
-
-
-def describe_value(value: object) -> str:
-    """A TOML value as an error message shows it: strings quoted, tables and arrays named."""
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return f"a {type(value).__name__}"
 
 
 def load_config(path: Path | str) -> AgentConfig:

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TextIO
 
-from agent.units import human_bytes
+from agent.units import clock_duration, human_bytes
 
 # The rate is measured over the last few seconds, so it follows the transfer as it is
 # now rather than its average since the start.
@@ -27,15 +27,8 @@ def progress_line(label: str, done: int, total: int, rate: float | None, width: 
         return f"{line}  -- MB/s"
     line = f"{line}  {rate / 1e6:.1f} MB/s"
     if done < total:
-        line = f"{line}  ETA {_clock((total - done) / rate)}"
+        line = f"{line}  ETA {clock_duration((total - done) / rate)}"
     return line
-
-
-def _clock(seconds: float) -> str:
-    whole = int(seconds + 0.5)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class ProgressBar:

@@ -14,7 +14,6 @@ import functools
 import io
 import json
 import os
-import re
 import ssl
 import sys
 import time
@@ -28,14 +27,12 @@ from agent.sender import push as sender
 from agent.sender import resync
 from agent.sender.push import PushFailed, PushResult, push_image
 from agent.sender.resync import CompareProgress, ResyncResult, VerifyResult
-from agent.units import human_bytes
+from agent.units import InvalidValue, human_bytes, parse_size
 from blockio.scan.chunk_digests import chunk_bytes_problem
 from protocol.client import AgentClient, client_ssl_context
 from protocol.events import Tag
 from protocol.wire import TAG_KINDS
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20}
-_UNITS |= {"g": 1 << 30, "gib": 1 << 30}
 _TAG_OPTIONS = ("tag", "tag_kind", "tag_group", "tag_id")
 MODES = sender.MODES + resync.MODES
 _ERASE_LINE = "\r\x1b[2K"
@@ -43,15 +40,12 @@ _COMPARING = frozenset(resync.MODES)
 T = TypeVar("T")
 
 
-def parse_size(text: str) -> int:
-    """`4096`, `512KiB`, `1MiB`, `1M`, `2GiB` -> bytes (binary units). For argparse."""
-    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
-    unit = match.group(2).lower() if match else ""
-    if match is None or unit not in _UNITS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a size (a number of bytes, or with KiB, MiB, GiB)"
-        )
-    size = int(match.group(1)) * _UNITS[unit]
+def size_argument(text: str) -> int:
+    """A positive size in the units grammar (`4096`, `512KiB`, `1M`, `10GB`). For argparse."""
+    try:
+        size = parse_size(text)
+    except InvalidValue as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size ({exc.expected})") from exc
     if size <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: the size must be positive")
     return size
@@ -89,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--mode", choices=MODES, default="full", help="default: full")
     parser.add_argument(
         "--chunk-bytes",
-        type=parse_size,
+        type=size_argument,
         metavar="SIZE",
         help="resync, verify: the comparison's chunk, a power of two from 64KiB to 16MiB "
         "(default 64KiB)",
@@ -99,14 +93,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--frame-bytes",
-        type=parse_size,
+        type=size_argument,
         default=1 << 20,
         metavar="SIZE",
         help="largest DATA frame (default 1MiB)",
     )
     parser.add_argument(
         "--batch-bytes",
-        type=parse_size,
+        type=size_argument,
         default=64 << 20,
         metavar="SIZE",
         help="disk bytes per batch (default 64MiB)",

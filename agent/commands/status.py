@@ -12,10 +12,9 @@ from agent.reports.disk_report import (
     DiskReport,
     RecoveryWindow,
     disk_reports,
-    human_age,
     recovery_windows,
 )
-from agent.units import human_bytes
+from agent.units import human_bytes, human_duration
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                 r.group,
                 r.state,
                 str(r.last_seq),
-                human_age(r.rpo_seconds),
+                human_duration(r.rpo_seconds, days=False),
                 human_bytes(r.undo_bytes),
                 window_column(windows[r.id]),
                 resync_column(r),
@@ -65,7 +64,7 @@ def window_column(window: RecoveryWindow) -> str:
     '-' when it has no recovery point."""
     if window.window_seconds is None:
         return "-"
-    return human_age(window.window_seconds)
+    return human_duration(window.window_seconds, days=False)
 
 
 def resync_column(report: DiskReport) -> str:

@@ -286,17 +286,3 @@ def _tree_bytes(directory: Path) -> int:
     if not directory.is_dir():
         return 0
     return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
-
-
-def human_age(seconds: float | None) -> str:
-    """90 -> '1m30s'; None -> 'never'."""
-    if seconds is None:
-        return "never"
-    total = max(0, int(seconds))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"

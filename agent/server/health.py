@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import sqlite3
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ from typing import Any, Literal
 
 from agent.metrics import DiskSnapshot
 from agent.replication.state import StateStore
+from agent.units import human_duration
 
 log = logging.getLogger(__name__)
 
@@ -77,24 +77,7 @@ def status_line(snapshots: Iterable[DiskSnapshot], now_ns: int | None = None) ->
         return line + ", nothing replicated yet"
     worst = min(replicated, key=lambda snap: snap.last_source_time_ns)
     lag = max(0.0, (now_ns - worst.last_source_time_ns) / 1e9)
-    return f"{line}, worst RPO {format_seconds(lag)} on {worst.disk}"
-
-
-def format_seconds(seconds: float) -> str:
-    """A duration as people read it: "42s", "4m12s", "3h05m", "2d04h"."""
-    if math.isnan(seconds):
-        return "n/a"
-    whole = int(seconds)
-    days, rest = divmod(whole, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
+    return f"{line}, worst RPO {human_duration(lag)} on {worst.disk}"
 
 
 class HealthProbe:
