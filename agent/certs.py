@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.errors import CommandFailed
+from agent.errors import AgentError
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
@@ -50,7 +50,7 @@ MAX_COMMON_NAME = 64
 _DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
-class PkiError(CommandFailed):
+class PkiError(AgentError):
     """A certificate or key could not be made, read or written; `path` is the file at fault."""
 
     def __init__(self, path: Path | None, message: str) -> None:

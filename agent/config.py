@@ -11,12 +11,12 @@ import difflib
 import ipaddress
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from agent.errors import CommandFailed
+from agent.errors import AgentError
 from agent.units import (
     DURATION_EXAMPLE,
     SIZE_EXAMPLE,
@@ -28,6 +28,7 @@ from agent.units import (
     parse_duration,
     parse_size,
 )
+from blockio.disks.discovery import BlockDisk, locate, resolve_scsi_id
 from blockio.disks.identity import EXPECTED_SPELLING, canonical_scsi_uuid
 from blockio.journal.undo_journal import DEFAULT_SEGMENT_BYTES
 from protocol.wire import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_FRAME_BYTES
@@ -61,7 +62,7 @@ ON_FULL_POLICIES: tuple[OnFull, ...] = ("shrink", "pause")
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-class ConfigError(CommandFailed):
+class ConfigError(AgentError):
     """The configuration file is missing, is not TOML, or holds a value the agent cannot use.
 
     `file` is the configuration file, `key` the dotted key at fault (`retention.window`,
@@ -141,6 +142,26 @@ class DiskConfig:
     scsi_uuid: str | None
     source_size_bytes: int | None = None
     direct_io: bool = False
+
+
+def target_location(
+    disk: DiskConfig, disks_on_host: Sequence[BlockDisk] | None = None
+) -> tuple[Path, Path | None]:
+    """Where `disk`'s target is now: (its file or device node, its sysfs directory when known).
+
+    A `path` is taken as written (None for the sysfs directory). A `scsi_uuid` is looked up
+    afresh, among `disks_on_host` when given, else among the disks udev enumerates now: a
+    re-attached disk may come back under another node. Raises TargetUnavailable (blockio's:
+    DiskNotFound, AmbiguousDisk) when no single disk carries it or udev cannot be read.
+    """
+    if disk.path is not None:
+        return disk.path, None
+    assert disk.scsi_uuid is not None
+    if disks_on_host is None:
+        found = resolve_scsi_id(disk.scsi_uuid)
+    else:
+        found = locate(disk.scsi_uuid, disks_on_host)
+    return found.node, found.sys_path
 
 
 @dataclass(frozen=True, slots=True)

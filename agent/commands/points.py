@@ -9,7 +9,7 @@ import json
 from agent.commands.table import add_config_argument, print_table
 from agent.config import load_config
 from agent.errors import CommandFailed
-from agent.recovery.points import format_time, group_disk_ids, stored_points
+from agent.recovery.points import format_time, require_group, stored_points
 from agent.replication.state import StateStore
 from blockio.journal.undo_journal import shared_lock
 
@@ -31,9 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    disks = group_disk_ids(config, args.group)
-    if not disks:
-        raise CommandFailed(f"{config.file}: no disk is in group {args.group!r}")
+    disks = require_group(config, args.group)
     state_dir = config.server.state_dir
     store = StateStore.open_readonly(state_dir) if (state_dir / "state.db").exists() else None
     try:

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import AgentConfig
+from agent.recovery.errors import PointNotFound, UnknownGroupName
 from agent.replication.replica import Replica
 from agent.replication.state import OK, BatchCommit, DiskProgress, StateStore
 from blockio.journal.index import load_summaries, restorable_floor
@@ -40,10 +41,6 @@ APP = "app"
 CRASH = "crash"
 
 BatchRows = Callable[[str, int, int], Sequence[BatchCommit]]
-
-
-class PointNotFound(LookupError):
-    """The point asked for is not listed. `str()` is one line saying why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +188,17 @@ def select_point(
 def group_disk_ids(config: AgentConfig, group: str) -> list[str]:
     """The ids of the configured disks of `group`, in configuration order."""
     return [disk.id for disk in config.disks if disk.group == group]
+
+
+def require_group(config: AgentConfig, group: str) -> list[str]:
+    """The ids of the configured disks of `group`, in configuration order, never none.
+
+    Raises UnknownGroupName (naming the configuration file) when no disk is in `group`.
+    """
+    disks = group_disk_ids(config, group)
+    if not disks:
+        raise UnknownGroupName(config.file, group)
+    return disks
 
 
 def running_points(

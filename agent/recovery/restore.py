@@ -26,20 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, DiskConfig
-from agent.errors import CommandFailed
+from agent.config import AgentConfig, target_location
+from agent.recovery.errors import RestoreFailed
 from agent.recovery.points import (
     DiskHistory,
-    PointNotFound,
     RecoveryPoint,
-    group_disk_ids,
     list_points,
+    require_group,
     select_point,
 )
 from agent.replication.instance_lock import acquire_agent_lock
 from agent.replication.retention_gate import complete_commit_records
 from agent.replication.state import RECOVERED, StateStore
-from blockio.disks.discovery import resolve_scsi_id
 from blockio.disks.safety import open_for_replication
 from blockio.disks.target import TargetDisk, TargetError
 from blockio.journal.index import SegmentSummary, load_summaries, restorable_floor
@@ -84,22 +82,6 @@ class RestoreReport:
         }
 
 
-def _group_disks(config: AgentConfig, group: str) -> list[str]:
-    disks = group_disk_ids(config, group)
-    if not disks:
-        raise CommandFailed(f"{config.file}: no disk is in group {group!r}")
-    return disks
-
-
-def _target_location(disk: DiskConfig) -> tuple[Path, Path | None]:
-    """The target's device node or file now, and its sysfs directory when known."""
-    if disk.path is not None:
-        return disk.path, None
-    assert disk.scsi_uuid is not None
-    found = resolve_scsi_id(disk.scsi_uuid)
-    return found.node, found.sys_path
-
-
 def _histories(
     disks: list[str],
     store: StateStore | None,
@@ -126,12 +108,12 @@ def _resolve(
     points = list_points(disks, _histories(disks, store, summaries), rows)
     try:
         return select_point(points, spec, group, disks)
-    except (PointNotFound, ValueError) as exc:
-        raise CommandFailed(str(exc)) from None
+    except ValueError as exc:  # a time that cannot be read
+        raise RestoreFailed(str(exc)) from None
 
 
-def _failure(disk: str, exc: Exception) -> CommandFailed:
-    return CommandFailed(f"disk {disk}: {exc}")
+def _failure(disk: str, exc: Exception) -> RestoreFailed:
+    return RestoreFailed(f"disk {disk}: {exc}")
 
 
 def export_point(
@@ -144,10 +126,11 @@ def export_point(
     """Write `output_dir/<disk>.img` for each disk of the point `spec` of `group`, as it was at
     the point, beside a running agent or without one (see the module docstring).
 
-    Raises CommandFailed (one line) when the group or point does not exist, an image is already
-    there, or reading, writing or verifying fails.
+    Raises UnknownGroupName or PointNotFound when the group or point does not exist, and
+    RestoreFailed (one line) when an image is already there or reading, writing or verifying
+    fails.
     """
-    disks = _group_disks(config, group)
+    disks = require_group(config, group)
     output_dir.mkdir(parents=True, exist_ok=True)
     state_db = config.server.state_dir / "state.db"
     with contextlib.ExitStack() as stack:
@@ -161,7 +144,7 @@ def export_point(
         for disk in point.disks:
             final = output_dir / f"{disk}.img"
             if final.exists():
-                raise CommandFailed(f"{final} exists: remove it or choose another --output")
+                raise RestoreFailed(f"{final} exists: remove it or choose another --output")
         results = []
         for disk, seq in point.disks.items():
             disk_config = config.disk(disk)
@@ -169,7 +152,7 @@ def export_point(
             final = output_dir / f"{disk}.img"
             partial = output_dir / f"{disk}.img.partial"
             try:
-                node, _sys_path = _target_location(disk_config)
+                node, _sys_path = target_location(disk_config)
                 with TargetDisk.open(node, writable=False) as target:
                     result = export_disk(
                         target,
@@ -213,10 +196,11 @@ def restore_in_place(
     the module docstring). Afterwards those disks are `recovered`: they take batches again only
     after a resync.
 
-    Raises CommandFailed (one line): the agent is running ("stop the agent first"), the group
-    or point does not exist, a target is in use on this host, or writing or verifying fails.
+    Raises AgentLockHeld when the agent is running ("stop the agent first"), UnknownGroupName
+    or PointNotFound when the group or point does not exist, RestoreFailed (one line) when a
+    target is in use on this host or writing or verifying fails.
     """
-    disks = _group_disks(config, group)
+    disks = require_group(config, group)
     state_dir = config.server.state_dir
     lock_fd = acquire_agent_lock(
         state_dir,
@@ -244,7 +228,7 @@ def _restore_in_place(
     with contextlib.ExitStack() as stack:
         opened: dict[str, _OpenDisk] = {}
         # A disk that cannot be opened matters only if the point covers it.
-        failed: dict[str, CommandFailed] = {}
+        failed: dict[str, RestoreFailed] = {}
         for disk in disks:
             try:
                 opened[disk] = _open_for_rollback(config, disk, store, stack)
@@ -285,7 +269,7 @@ def _open_for_rollback(
     a batch cut off, complete the commit records."""
     disk_config = config.disk(disk)
     assert disk_config is not None
-    node, sys_path = _target_location(disk_config)
+    node, sys_path = target_location(disk_config)
     target = stack.enter_context(open_for_replication(node, disk_dir=sys_path))
     journal = stack.enter_context(
         UndoJournal.open(
@@ -297,7 +281,7 @@ def _open_for_rollback(
     if journal.last_commit_seq > progress.last_seq:
         # recover() would take the batches state.db does not know for cut off, and roll back
         # what was acknowledged; the points listed from state.db would miss them too.
-        raise CommandFailed(
+        raise RestoreFailed(
             f"disk {disk}: its undo journal committed batches up to {journal.last_commit_seq} "
             f"but state.db knows only up to {progress.last_seq} (restored from an older copy, "
             "or lost); start the agent once, which records the gap and the journal's batches, "
@@ -323,7 +307,7 @@ def _in_place_point(
     last = store.last_recovery(group)
     if last is None or last.point["id"] != spec:
         done = f" to point {last.point['id']}" if last is not None else ""
-        raise CommandFailed(
+        raise RestoreFailed(
             f"disks {', '.join(rolled_back)} of group {group} were rolled back in place{done}; "
             "replication must resync them before another in-place recovery"
             + (f" (run again with --point {last.point['id']} to finish that one)" if last else "")
@@ -337,7 +321,7 @@ def _in_place_point(
     )
     for disk, seq in point.disks.items():
         if disk in opened and seq < restorable_floor(summaries[disk], opened[disk].last_seq):
-            raise CommandFailed(
+            raise RestoreFailed(
                 f"disk {disk}: the undo data to roll back to batch {seq} is no longer on the "
                 "retention drive"
             )

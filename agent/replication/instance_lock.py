@@ -13,12 +13,12 @@ import fcntl
 import os
 from pathlib import Path
 
-from agent.errors import CommandFailed
+from agent.errors import AgentError
 
 LOCK_NAME = "agent.lock"
 
 
-class AgentLockHeld(CommandFailed):
+class AgentLockHeld(AgentError):
     """Another process holds the state dir's lock. `holder`: what its lock file says."""
 
     def __init__(self, path: Path, holder: str, wanted_by: str) -> None:

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.config import DiskConfig
+from agent.config import DiskConfig, target_location
 from agent.metrics import CRASH_RECOVERY_FAILED, STATE_BEHIND_JOURNAL, DiskSnapshot
 from agent.replication.inflight_writes import InflightWrites
 from agent.replication.state import RECOVERED, RESYNC_REQUIRED, RESYNCING, DiskProgress, StateStore
-from blockio.disks.discovery import resolve_scsi_id
 from blockio.disks.safety import DeviceProtected, ExpectedSize, expected_size, open_for_replication
 from blockio.disks.target import TargetDisk, TargetError
 from blockio.journal.records import JournalCorrupt
@@ -85,11 +84,7 @@ class Replica:
         A `scsi_uuid` target is looked up afresh each time (a re-attached disk may come back
         under another node). Raises TargetUnavailable (blockio's) when no single disk has it.
         """
-        if self.config.path is not None:
-            return self.config.path, None
-        assert self.config.scsi_uuid is not None
-        disk = resolve_scsi_id(self.config.scsi_uuid)
-        return disk.node, disk.sys_path
+        return target_location(self.config)
 
     def _expected_size(self) -> ExpectedSize | None:
         seen, seen_ns = self.store.target_size(self.id) if self.store is not None else (0, 0)

@@ -21,14 +21,13 @@ from typing import Any
 
 import pyudev
 
-from agent.config import AgentConfig, DiskConfig
+from agent.config import AgentConfig, DiskConfig, target_location
 from agent.recovery.points import RecoveryPoint, group_disk_ids, stored_points
 from agent.replication.state import RESYNCING, DiskProgress, StateStore
 from blockio.disks.discovery import (
     BlockDisk,
     candidate_disks,
     enumerate_disks,
-    locate,
     no_identity_message,
 )
 from blockio.disks.safety import check_target, expected_size
@@ -202,16 +201,14 @@ def _report(
     size = sector = None
     state, reason = progress.state, progress.resync_reason
     target = str(disk.path) if disk.path is not None else f"scsi_uuid {disk.scsi_uuid}"
-    node: Path | None = disk.path
+    node: Path | None = None
     disk_dir: Path | None = None
-    if disk.scsi_uuid is not None:
-        try:
-            if disks_on_host is None:
-                raise TargetError(target, "the host's disks cannot be enumerated (udev, sysfs)")
-            found = locate(disk.scsi_uuid, disks_on_host)
-            node, disk_dir = found.node, found.sys_path
-        except TargetError as exc:
-            state, reason = "missing", exc.reason
+    try:
+        if disk.scsi_uuid is not None and disks_on_host is None:
+            raise TargetError(target, "the host's disks cannot be enumerated (udev, sysfs)")
+        node, disk_dir = target_location(disk, disks_on_host)
+    except TargetError as exc:
+        state, reason = "missing", exc.reason
     if node is not None:
         try:
             reasons = check_target(

@@ -31,7 +31,7 @@ from agent.certs import (
     make_ca,
     parse_hostname,
 )
-from agent.errors import CommandFailed
+from agent.errors import AgentError
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTNAMES = ["localhost", "127.0.0.1", "::1", "mt.example.com"]
@@ -358,7 +358,7 @@ def test_client_names_refused_before_anything_is_written(pki: PkiPaths, name: st
 
 
 def test_pki_errors_fail_commands_with_exit_code_1(tmp_path: Path) -> None:
-    with pytest.raises(CommandFailed):
+    with pytest.raises(AgentError):
         issue_client(tmp_path, "ps1")
 
 

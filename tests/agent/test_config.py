@@ -12,8 +12,10 @@ from agent.config import (
     ConfigError,
     DiskConfig,
     load_config,
+    target_location,
 )
-from agent.errors import CommandFailed
+from agent.errors import AgentError
+from blockio.disks.discovery import BlockDisk, DiskNotFound
 
 TLS = """
 [tls]
@@ -469,8 +471,8 @@ def test_error_quotes_the_offending_value_as_in_the_design(tmp_path: Path) -> No
     )
 
 
-def test_config_error_is_a_command_failure_for_exit_code_1(tmp_path: Path) -> None:
-    with pytest.raises(CommandFailed):
+def test_config_error_is_an_agent_error_for_exit_code_1(tmp_path: Path) -> None:
+    with pytest.raises(AgentError):
         load_text(tmp_path, TLS)
 
 
@@ -510,3 +512,36 @@ def test_non_utf8_file_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="expected UTF-8 text"):
         load_config(path)
+
+
+# -- where a disk's target is -----------------------------------------------------------------
+
+UUID = "6000c29a1b2c3d4e5f60718293a4b5c6"
+
+
+def block_disk(node: str, scsi_id: str | None) -> BlockDisk:
+    name = Path(node).name
+    return BlockDisk(
+        Path(node), Path(f"/sys/block/{name}"), 0, scsi_id, 1 << 30, 512, "VMware", "Virtual disk",
+        (), False,
+    )  # fmt: skip
+
+
+def test_a_path_target_is_where_the_config_says() -> None:
+    disk = DiskConfig("d0", "g1", Path("/srv/d0.img"), None)
+
+    assert target_location(disk, []) == (Path("/srv/d0.img"), None)
+
+
+def test_a_scsi_uuid_target_is_the_disk_that_carries_it() -> None:
+    disk = DiskConfig("d0", "g1", None, UUID)
+    host = [block_disk("/dev/sdb", None), block_disk("/dev/sdc", UUID)]
+
+    assert target_location(disk, host) == (Path("/dev/sdc"), Path("/sys/block/sdc"))
+
+
+def test_a_scsi_uuid_no_disk_carries_is_not_found() -> None:
+    disk = DiskConfig("d0", "g1", None, UUID)
+
+    with pytest.raises(DiskNotFound, match=UUID):
+        target_location(disk, [block_disk("/dev/sdb", None)])

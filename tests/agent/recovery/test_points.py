@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from agent.recovery.errors import PointNotFound
 from agent.recovery.points import (
     DiskHistory,
-    PointNotFound,
     RecoveryPoint,
     format_time,
     list_points,
