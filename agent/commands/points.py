@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 
 from agent.commands.table import add_config_argument, print_table
@@ -11,7 +10,6 @@ from agent.config import load_config
 from agent.errors import CommandFailed
 from agent.recovery.points import format_time, require_group, stored_points
 from agent.replication.state import StateStore
-from blockio.journal.undo_journal import shared_lock
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,15 +29,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    disks = require_group(config, args.group)
+    require_group(config, args.group)
     state_dir = config.server.state_dir
     store = StateStore.open_readonly(state_dir) if (state_dir / "state.db").exists() else None
     try:
-        with contextlib.ExitStack() as held:
-            # Held shared, the journals are not truncated under the walk.
-            for disk in disks:
-                held.enter_context(shared_lock(config.retention.path / disk))
-            points = stored_points(config, store, args.group)
+        points = stored_points(config, store, args.group)
     except OSError as exc:
         raise CommandFailed(f"cannot read the retention journals: {exc}") from exc
     finally:

@@ -26,6 +26,7 @@ Points are listed oldest first (by time, then by when they became complete). Pic
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,8 +35,9 @@ from typing import Any
 from agent.config import AgentConfig
 from agent.recovery.errors import PointNotFound, UnknownGroupName
 from agent.replication.replica import Replica
-from agent.replication.state import OK, BatchCommit, DiskProgress, StateStore
-from blockio.journal.index import load_summaries, restorable_floor
+from agent.replication.state import OK, BatchCommit, StateStore
+from blockio.journal.index import SegmentSummary, load_summaries, restorable_floor
+from blockio.journal.undo_journal import shared_lock
 
 APP = "app"
 CRASH = "crash"
@@ -75,6 +77,32 @@ class DiskHistory:
     state: str
     last_seq: int
     floor: int
+
+
+def disk_history(
+    disk: str, state: str, last_seq: int, summaries: Sequence[SegmentSummary]
+) -> DiskHistory:
+    """The history of `disk` in `state` with `last_seq` committed, whose journal's segments
+    `summaries` describes: the floor is the oldest batch those segments can roll it back to
+    (`restorable_floor`). The one place a disk's history is built."""
+    return DiskHistory(disk, state, last_seq, restorable_floor(summaries, last_seq))
+
+
+def stored_histories(
+    disks: Sequence[str],
+    store: StateStore | None,
+    summaries: Mapping[str, Sequence[SegmentSummary]],
+) -> dict[str, DiskHistory]:
+    """The histories of `disks` from the state store and their journals' `summaries`. A disk
+    without summaries is left out, and so is every disk when there is no store yet (nothing
+    was committed: no disk has a point)."""
+    histories = {}
+    for disk in disks:
+        if store is None or disk not in summaries:
+            continue
+        progress = store.progress(disk)
+        histories[disk] = disk_history(disk, progress.state, progress.last_seq, summaries[disk])
+    return histories
 
 
 def _is_point(batch: BatchCommit) -> bool:
@@ -216,23 +244,36 @@ def running_points(
         # Summaries before progress: a commit record follows the state commit, never the other
         # way round (restorable_floor allows the newest batch's record to be missing).
         summaries = journal.summaries()
-        progress = replica.progress
-        histories[disk] = DiskHistory(
-            disk, replica.state, progress.last_seq, restorable_floor(summaries, progress.last_seq)
-        )
+        histories[disk] = disk_history(disk, replica.state, replica.progress.last_seq, summaries)
     return list_points(disks, histories, store.batch_rows)
 
 
 def stored_points(config: AgentConfig, store: StateStore | None, group: str) -> list[RecoveryPoint]:
     """The points of `group` from the files alone (state store and journals), read-only: what
-    the CLI lists beside a running agent or without one."""
+    the CLI lists beside a running agent or without one. Each journal of the group is held
+    shared meanwhile, so that none is truncated or pruned under the walk of its summaries.
+
+    Raises OSError when a journal cannot be locked or read.
+    """
     disks = group_disk_ids(config, group)
-    histories = {}
-    for disk in disks:
-        summaries, _walked = load_summaries(config.retention.path / disk, disk)
-        progress = store.progress(disk) if store is not None else DiskProgress(disk)
-        histories[disk] = DiskHistory(
-            disk, progress.state, progress.last_seq, restorable_floor(summaries, progress.last_seq)
-        )
-    rows: BatchRows = store.batch_rows if store is not None else (lambda d, a, b: [])
-    return list_points(disks, histories, rows)
+    with contextlib.ExitStack() as held:
+        for disk in disks:
+            held.enter_context(shared_lock(config.retention.path / disk))
+        summaries = {disk: load_summaries(config.retention.path / disk, disk)[0] for disk in disks}
+        histories = stored_histories(disks, store, summaries)
+        rows: BatchRows = store.batch_rows if store is not None else (lambda d, a, b: [])
+        return list_points(disks, histories, rows)
+
+
+def own_point_times(points: Sequence[RecoveryPoint]) -> dict[str, list[int]]:
+    """The times of the per-disk points (`<disk>@<seq>`) among `points`, by disk. A tag point
+    of a one-disk group covers that disk alone too, but its time is the tag's, not a batch's:
+    left out."""
+    own: dict[str, list[int]] = {}
+    for point in points:
+        if len(point.disks) != 1:
+            continue
+        [(disk, seq)] = point.disks.items()
+        if point.id == f"{disk}@{seq}":
+            own.setdefault(disk, []).append(point.time_ns)
+    return own

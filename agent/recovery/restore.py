@@ -29,11 +29,11 @@ from typing import Any
 from agent.config import AgentConfig, target_location
 from agent.recovery.errors import RestoreFailed
 from agent.recovery.points import (
-    DiskHistory,
     RecoveryPoint,
     list_points,
     require_group,
     select_point,
+    stored_histories,
 )
 from agent.replication.instance_lock import acquire_agent_lock
 from agent.replication.retention_gate import complete_commit_records
@@ -82,21 +82,6 @@ class RestoreReport:
         }
 
 
-def _histories(
-    disks: list[str],
-    store: StateStore | None,
-    summaries: Mapping[str, tuple[SegmentSummary, ...] | list[SegmentSummary]],
-) -> dict[str, DiskHistory]:
-    histories = {}
-    for disk in disks:
-        if store is None or disk not in summaries:
-            continue
-        progress = store.progress(disk)
-        floor = restorable_floor(summaries[disk], progress.last_seq)
-        histories[disk] = DiskHistory(disk, progress.state, progress.last_seq, floor)
-    return histories
-
-
 def _resolve(
     disks: list[str],
     group: str,
@@ -105,7 +90,7 @@ def _resolve(
     summaries: Mapping[str, tuple[SegmentSummary, ...] | list[SegmentSummary]],
 ) -> RecoveryPoint:
     rows = store.batch_rows if store is not None else (lambda d, a, b: [])
-    points = list_points(disks, _histories(disks, store, summaries), rows)
+    points = list_points(disks, stored_histories(disks, store, summaries), rows)
     try:
         return select_point(points, spec, group, disks)
     except ValueError as exc:  # a time that cannot be read

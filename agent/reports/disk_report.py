@@ -22,7 +22,7 @@ from typing import Any
 import pyudev
 
 from agent.config import AgentConfig, DiskConfig, target_location
-from agent.recovery.points import RecoveryPoint, group_disk_ids, stored_points
+from agent.recovery.points import own_point_times, stored_points
 from agent.replication.state import RESYNCING, DiskProgress, StateStore
 from blockio.disks.discovery import (
     BlockDisk,
@@ -32,7 +32,6 @@ from blockio.disks.discovery import (
 )
 from blockio.disks.safety import check_target, expected_size
 from blockio.disks.target import TargetDisk, TargetError
-from blockio.journal.undo_journal import shared_lock
 
 log = logging.getLogger(__name__)
 
@@ -165,29 +164,12 @@ def _point_times(config: AgentConfig, store: StateStore | None) -> dict[str, lis
     times: dict[str, list[int]] = {}
     for group in dict.fromkeys(disk.group for disk in config.disks):
         try:
-            with contextlib.ExitStack() as held:
-                # Held shared, no journal is truncated or pruned under the walk of its summaries.
-                for disk in group_disk_ids(config, group):
-                    held.enter_context(shared_lock(config.retention.path / disk))
-                points = stored_points(config, store, group)
+            points = stored_points(config, store, group)
         except OSError as exc:
             log.warning("cannot read the retention journals of group %s: %s", group, exc)
             continue
-        times.update(_own_point_times(points))
+        times.update(own_point_times(points))
     return times
-
-
-def _own_point_times(points: Sequence[RecoveryPoint]) -> dict[str, list[int]]:
-    """The times of the per-disk points among `points`, by disk. A tag point of a one-disk
-    group covers that disk alone too, but its time is the tag's, not a batch's: left out."""
-    own: dict[str, list[int]] = {}
-    for point in points:
-        if len(point.disks) != 1:
-            continue
-        [(disk, seq)] = point.disks.items()
-        if point.id == f"{disk}@{seq}":
-            own.setdefault(disk, []).append(point.time_ns)
-    return own
 
 
 def _report(

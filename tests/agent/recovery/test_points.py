@@ -10,8 +10,10 @@ from agent.recovery.points import (
     RecoveryPoint,
     format_time,
     list_points,
+    own_point_times,
     parse_time,
     select_point,
+    stored_histories,
 )
 from agent.replication.state import BatchCommit
 
@@ -144,3 +146,15 @@ def test_times_read_as_utc_and_print_back() -> None:
     assert format_time(T0 + 1_500_000) == "2027-01-15T08:00:00.001Z"
     with pytest.raises(ValueError):
         parse_time("yesterday")
+
+
+def test_own_point_times_are_the_per_disk_points_by_disk() -> None:
+    one_disk_tag = RecoveryPoint("tag:c", "app", "c", T0 + 5 * SECOND, {"d0": 5})
+
+    times = own_point_times([*POINTS, one_disk_tag])
+
+    assert times == {"d0": [T0 + 1 * SECOND], "d1": [T0 + 4 * SECOND]}
+
+
+def test_without_a_state_store_no_disk_has_a_history() -> None:
+    assert stored_histories(["d0", "d1"], None, {"d0": [], "d1": []}) == {}
