@@ -19,10 +19,6 @@ from tests.support.retention_scenario import (
     KiB,
     MiB,
     SourceDisk,
-    cli,
-    cli_points,
-    http_json,
-    put,
     send,
 )
 
@@ -58,7 +54,7 @@ async def replicated_agent(
 
 
 def check_passes(agent: AgentProcess) -> None:
-    code, out, _ = cli("check", "--config", str(agent.config_path))
+    code, out, _ = agent.cli("check")
     assert code == 0, out
     assert "no problem" in out
 
@@ -99,11 +95,11 @@ async def test_sigkill_in_the_middle_of_pruning_leaves_a_consistent_journal(
     agent.start()
     try:
         assert "DAMAGED" not in agent.log()
-        _, body = await http_json(agent, "/v1/groups/g1/recovery-points")
-        seqs = [p["disks"]["d0"] for p in body["points"]]
+        points = await agent.points()
+        seqs = [p["disks"]["d0"] for p in points]
         assert seqs == list(range(seqs[0], source.last_seq + 1)) and seqs[0] > 1
-        code, _, err = cli(
-            "recover", "--config", str(agent.config_path), "--group", "g1",
+        code, _, err = agent.cli(
+            "recover", "--group", "g1",
             "--point", f"d0@{seqs[0]}", "--output", str(tmp_path / "out"),
         )  # fmt: skip
         assert code == 0, err
@@ -119,7 +115,7 @@ async def test_sigkill_in_the_middle_of_an_export_leaves_the_agent_and_journal_w
     agent, source = await replicated_agent(tmp_path, 64 * MiB, batches=6, seed=2)
     out = tmp_path / "out"
     try:
-        point = cli_points(agent.config_path)[2]["id"]
+        point = agent.cli_points()[2]["id"]
         export = subprocess.Popen(
             [
                 sys.executable, "-m", "agent", "recover", "--config", str(agent.config_path),
@@ -141,14 +137,14 @@ async def test_sigkill_in_the_middle_of_an_export_leaves_the_agent_and_journal_w
         seq = source.last_seq + 1
         bad = bytearray(batch("d0", seq, [(0, os.urandom(64 * KiB))], compress=False))
         bad[-200] ^= 0x01
-        status, _ = await asyncio.wait_for(put(agent, "d0", seq, bytes(bad)), timeout=10)
+        status, _ = await asyncio.wait_for(agent.put_batch("d0", seq, bytes(bad)), timeout=10)
         assert status in (400, 422)
         await send(agent, source, [(MiB, os.urandom(64 * KiB))])
         agent.kill()
         agent.start()
         check_passes(agent)
-        code, _, err = cli(
-            "recover", "--config", str(agent.config_path), "--group", "g1", "--point", point,
+        code, _, err = agent.cli(
+            "recover", "--group", "g1", "--point", point,
             "--output", str(tmp_path / "again"),
         )  # fmt: skip
         assert code == 0, err
@@ -191,22 +187,22 @@ async def test_an_in_place_recovery_cut_off_is_finished_by_running_it_again(
     agent.start()
     try:
         seq = source.last_seq + 1
-        status, answer = await put(agent, "d0", seq, batch("d0", seq, [(0, bytes(512))]))
+        status, answer = await agent.put_batch("d0", seq, batch("d0", seq, [(0, bytes(512))]))
         assert status == 409 and answer["error"]["code"] == "RESYNC_REQUIRED"
-        code, _, err = cli(
-            "recover", "--config", str(agent.config_path), "--group", "g1", "--point", "d0@2",
+        code, _, err = agent.cli(
+            "recover", "--group", "g1", "--point", "d0@2",
             "--in-place",
         )  # fmt: skip
         assert code == 1 and "stop the agent first" in err
     finally:
         agent.stop()
-    code, _, err = cli(
-        "recover", "--config", str(agent.config_path), "--group", "g1", "--point", "d0@4",
+    code, _, err = agent.cli(
+        "recover", "--group", "g1", "--point", "d0@4",
         "--in-place",
     )  # fmt: skip
     assert code == 1 and "--point d0@2 to finish" in err
-    code, _, err = cli(
-        "recover", "--config", str(agent.config_path), "--group", "g1", "--point", "d0@2",
+    code, _, err = agent.cli(
+        "recover", "--group", "g1", "--point", "d0@2",
         "--in-place",
     )  # fmt: skip
     assert code == 0, err

@@ -21,9 +21,6 @@ from tests.support.retention_scenario import (
     KiB,
     MiB,
     SourceDisk,
-    cli,
-    http_json,
-    put,
     send,
     settled_points,
 )
@@ -77,7 +74,7 @@ def make_agent(tmp_path: Path, retention: Path, **options: object) -> AgentProce
 
 
 def check_passes(agent: AgentProcess) -> None:
-    code, out, _ = cli("check", "--config", str(agent.config_path))
+    code, out, _ = agent.cli("check")
     assert code == 0, out
 
 
@@ -111,8 +108,8 @@ async def test_shrink_prunes_the_oldest_undo_and_keeps_replicating(
         assert "ahead of the retention window" in agent.log()
         seqs = await settled_points(agent)
         assert seqs[-1] == source.last_seq and seqs[0] > 8  # the window shrank
-        code, _, err = cli(
-            "recover", "--config", str(agent.config_path), "--group", "g1",
+        code, _, err = agent.cli(
+            "recover", "--group", "g1",
             "--point", f"d0@{seqs[0]}", "--output", str(tmp_path / "out"),
         )  # fmt: skip
         assert code == 0, err
@@ -127,11 +124,11 @@ async def test_shrink_prunes_the_oldest_undo_and_keeps_replicating(
         acknowledged = agent.target_bytes("d0")
         seq = source.last_seq + 1
         writes = random_batch(rng)
-        status, answer = await put(agent, "d0", seq, batch("d0", seq, writes))
+        status, answer = await agent.put_batch("d0", seq, batch("d0", seq, writes))
         assert status == 507 and answer["error"]["code"] == "RETENTION_FULL", answer
         assert "no space left for undo data" in answer["error"]["message"]
         assert agent.target_bytes("d0") == acknowledged
-        status, disk = await http_json(agent, "/v1/disks/d0")
+        status, disk = await agent.get_json("/v1/disks/d0")
         assert status == 200 and disk["last_seq"] == source.last_seq
         filler.unlink()
         await send(agent, source, writes)
@@ -156,7 +153,7 @@ async def test_pause_answers_507_before_touching_anything_until_space_returns(
         seq = source.last_seq + 1
         writes = random_batch(rng)
         for _ in range(50):  # the policy notices within its tick
-            status, answer = await put(agent, "d0", seq, batch("d0", seq, writes))
+            status, answer = await agent.put_batch("d0", seq, batch("d0", seq, writes))
             if status == 507:
                 break
             assert status == 200, answer
@@ -167,17 +164,17 @@ async def test_pause_answers_507_before_touching_anything_until_space_returns(
         assert re.search(r"high-water mark 60%", answer["error"]["message"])
         acknowledged = agent.target_bytes("d0")
         sizes = {p.name: p.stat().st_size for p in journal.glob("seg-*")}
-        status, answer = await put(agent, "d0", seq, batch("d0", seq, writes))
+        status, answer = await agent.put_batch("d0", seq, batch("d0", seq, writes))
         assert status == 507
         assert agent.target_bytes("d0") == acknowledged
         assert {p.name: p.stat().st_size for p in journal.glob("seg-*")} == sizes
         assert metric(agent, "mtagent_retention_paused ") == 1
-        status, _ = await http_json(agent, "/v1/groups/g1/recovery-points")
+        status, _ = await agent.get_json("/v1/groups/g1/recovery-points")
         assert status == 200
 
         filler.unlink()
         for _ in range(50):
-            status, answer = await put(agent, "d0", seq, batch("d0", seq, writes))
+            status, answer = await agent.put_batch("d0", seq, batch("d0", seq, writes))
             if status == 200:
                 break
             await asyncio.sleep(0.1)

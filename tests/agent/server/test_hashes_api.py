@@ -8,7 +8,6 @@ import json
 import os
 import random
 import re
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from protocol.encoder import BatchEncoder
 from protocol.errors import OutOfRange, TargetUnavailable, UnknownDisk
 from protocol.events import Begin, Data
 from tests.support.agent_harness import AgentProcess
+from tests.support.waiting import wait_until_async
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -296,19 +296,15 @@ class StalledBatch:
         await self.release.wait()
         raise ConnectionAbortedError("the sender gives up mid-batch")
 
-    async def start(self, session: aiohttp.ClientSession) -> asyncio.Task[object]:
+    async def start(self) -> asyncio.Task[object]:
         """Send it; returns once its first group is on the target (and the batch open)."""
-        put = asyncio.create_task(
-            session.put(
-                f"/v1/disks/{self.disk}/batches/1",
-                data=self.body(),
-                headers={"Content-Type": "application/x-mtagent-batch"},
-            )
+        put = asyncio.create_task(self.agent.put_batch(self.disk, 1, self.body()))
+        await wait_until_async(
+            lambda: read_at(self.agent.disks[self.disk], 0, 4) == self.new[:4],
+            timeout=20,
+            interval=0.02,
+            what="the batch's first group to reach the target",
         )
-        deadline = time.monotonic() + 20
-        while read_at(self.agent.disks[self.disk], 0, 4) != self.new[:4]:
-            assert time.monotonic() < deadline, "the batch's first group never reached the target"
-            await asyncio.sleep(0.02)
         return put
 
 
@@ -320,11 +316,11 @@ async def test_no_digest_is_read_while_a_batch_is_open_and_a_rollback_wins(
     target = agent.disks["race"]
     stalled = StalledBatch(agent, "race")
 
-    async with agent.client() as session, client(agent) as agent_client:
-        put = await stalled.start(session)
+    async with client(agent) as agent_client:
+        put = await stalled.start()
         digests = aiter(agent_client.hashes("race", 0, DISK_BYTES, 64 * KiB))
         first = asyncio.create_task(anext(digests))
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the time a digest would take to come if nothing held it
         waited = not first.done()
         stalled.release.set()
         with pytest.raises(aiohttp.ClientError):
@@ -341,8 +337,8 @@ async def test_a_batch_writing_elsewhere_does_not_pause_the_digests(
 ) -> None:
     stalled = StalledBatch(agent, "elsewhere")
 
-    async with agent.client() as session, client(agent) as agent_client:
-        put = await stalled.start(session)
+    async with client(agent) as agent_client:
+        put = await stalled.start()
         try:
             async with asyncio.timeout(10):
                 got = [
