@@ -25,7 +25,7 @@ import ssl
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ import aiohttp
 
 from agent.certs import init_pki, issue_client
 from agent.commands.cli import main
+from protocol.client import AgentClient, client_ssl_context
 from tests.support.waiting import wait_until, wait_until_async
 
 REPO = Path(__file__).resolve().parents[2]
@@ -228,6 +229,12 @@ class AgentProcess:
         connector = aiohttp.TCPConnector(ssl=self.ssl_context())
         return aiohttp.ClientSession(self.url, connector=connector, **kwargs)  # type: ignore[arg-type]
 
+    def sender_client(self, timeout: float = 30) -> AgentClient:
+        """The project's own client (what `mtagent push` uses) for this agent, with the sender's
+        certificate; use it as an async context manager."""
+        context = client_ssl_context(self.cert, self.key, self.ca)
+        return AgentClient(self.url, context, timeout=timeout)
+
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"{self.metrics_url}/metrics", timeout=5) as resp:
             return resp.read().decode()
@@ -321,12 +328,18 @@ def cli(*argv: str | Path) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def run_mtagent(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """`python -m agent ARGS` from the repository, its output captured, never raising."""
+def run_mtagent(
+    *args: str | Path, env: Mapping[str, str] | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m agent ARGS` from the repository, its output captured, never raising on its
+    exit code (subprocess.TimeoutExpired after `timeout` seconds). `env`: the child's whole
+    environment, when it is not this process's."""
     return subprocess.run(
         [sys.executable, "-m", "agent", *map(str, args)],
         cwd=REPO,
+        env=None if env is None else dict(env),
         capture_output=True,
         text=True,
         check=False,
+        timeout=timeout,
     )

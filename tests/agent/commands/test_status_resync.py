@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.agent_harness import REPO, AgentProcess
+from tests.support.agent_harness import AgentProcess, run_mtagent
 from tests.support.batches import batch, resync_batch
 
 MiB = 1 << 20
@@ -29,13 +27,10 @@ def agent(tmp_path: Path) -> Iterator[AgentProcess]:
 
 
 async def put(agent: AgentProcess, disk: str, seq: int, body: bytes) -> dict[str, Any]:
-    async with (
-        agent.client() as session,
-        session.put(f"/v1/disks/{disk}/batches/{seq}", data=body) as response,
-    ):
-        answer = await response.json()
-        assert response.status == 200, answer
-        return dict(answer)
+    """The agent's answer to batch `seq` of `disk`, which must be acknowledged."""
+    status, answer = await agent.put_batch(disk, seq, body)
+    assert status == 200, answer
+    return answer
 
 
 async def half_way(agent: AgentProcess) -> None:
@@ -49,13 +44,7 @@ async def half_way(agent: AgentProcess) -> None:
 
 
 def status(agent: AgentProcess, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "status", "--config", str(agent.config_path), *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_mtagent("status", "--config", agent.config_path, *args)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

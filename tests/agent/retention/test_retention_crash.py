@@ -9,7 +9,6 @@ import random
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 from agent.replication.state import RECOVERED, StateStore
@@ -21,6 +20,7 @@ from tests.support.retention_scenario import (
     SourceDisk,
     send,
 )
+from tests.support.waiting import wait_until
 
 
 def python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -125,9 +125,13 @@ async def test_sigkill_in_the_middle_of_an_export_leaves_the_agent_and_journal_w
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )  # fmt: skip
         partial = out / "d0.img.partial"
-        deadline = time.monotonic() + 30
-        while not partial.exists() and export.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.001)
+        # Polled often: the export is to be killed as soon as its copy begins.
+        wait_until(
+            lambda: partial.exists() or export.poll() is not None,
+            timeout=30,
+            interval=0.001,
+            what="the export to begin its copy",
+        )
         export.kill()
         export.wait()
         assert partial.exists() and not (out / "d0.img").exists()

@@ -11,6 +11,7 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ from tests.support.retention_scenario import (
     send,
     settled_points,
 )
+from tests.support.waiting import wait_until_async
 
 FS_BYTES = 16 * MiB
 DISK = 8 * MiB
@@ -78,6 +80,12 @@ def check_passes(agent: AgentProcess) -> None:
     assert code == 0, out
 
 
+def free_share(path: Path) -> float:
+    """The share of the file system at `path` that is free."""
+    stat = os.statvfs(path)
+    return stat.f_bavail / stat.f_blocks
+
+
 def initial_copy(rng: random.Random) -> list[tuple[int, bytes]]:
     return [(offset, rng.randbytes(MiB)) for offset in range(0, DISK, MiB)]
 
@@ -98,12 +106,12 @@ async def test_shrink_prunes_the_oldest_undo_and_keeps_replicating(
             await send(agent, source, random_batch(rng))
         assert agent.target_bytes("d0") == source.at(source.last_seq)
         # Pruning runs beside replication (after commits and every second): let it catch up.
-        for _ in range(100):
-            stat = os.statvfs(retention_fs)
-            if stat.f_bavail / stat.f_blocks > 0.4:
-                break
-            await asyncio.sleep(0.1)
-        assert stat.f_bavail / stat.f_blocks > 0.4
+        await wait_until_async(
+            lambda: free_share(retention_fs) > 0.4,
+            timeout=10,
+            interval=0.1,
+            what=lambda: f"pruning to free 40% of the drive, {free_share(retention_fs):.0%} free",
+        )
         assert metric(agent, 'mtagent_retention_pruned_bytes_total{reason="high_water"}') > 0
         assert "ahead of the retention window" in agent.log()
         seqs = await settled_points(agent)
@@ -119,7 +127,9 @@ async def test_shrink_prunes_the_oldest_undo_and_keeps_replicating(
         # Now the drive is full of something else: a batch that cannot get its undo space is
         # refused, rolled back whole, and the agent goes on once space returns.
         filler = fill(retention_fs, leave_bytes=128 * KiB)
-        await asyncio.sleep(1.5)  # a round of the policy prunes all it can...
+        # A round of the policy prunes all it can (rounds run every second, and none is
+        # observable from outside, so this one is waited for by time)...
+        await asyncio.sleep(1.5)
         fill(retention_fs, leave_bytes=128 * KiB)  # ...and the space it freed is taken too
         acknowledged = agent.target_bytes("d0")
         seq = source.last_seq + 1
@@ -152,14 +162,23 @@ async def test_pause_answers_507_before_touching_anything_until_space_returns(
         journal = retention_fs / "undo" / "d0"
         seq = source.last_seq + 1
         writes = random_batch(rng)
-        for _ in range(50):  # the policy notices within its tick
-            status, answer = await agent.put_batch("d0", seq, batch("d0", seq, writes))
+        answers: list[tuple[int, dict[str, Any]]] = []
+
+        async def refused() -> bool:
+            nonlocal seq, writes
+            answers.append(await agent.put_batch("d0", seq, batch("d0", seq, writes)))
+            status, answer = answers[-1]
             if status == 507:
-                break
+                return True
             assert status == 200, answer
             source.history.append(writes)
             seq, writes = seq + 1, random_batch(rng)
-            await asyncio.sleep(0.1)
+            return False
+
+        await wait_until_async(
+            refused, timeout=10, interval=0.1, what="the policy to pause within its tick (507)"
+        )
+        status, answer = answers[-1]
         assert status == 507 and answer["error"]["code"] == "RETENTION_FULL"
         assert re.search(r"high-water mark 60%", answer["error"]["message"])
         acknowledged = agent.target_bytes("d0")
@@ -173,12 +192,17 @@ async def test_pause_answers_507_before_touching_anything_until_space_returns(
         assert status == 200
 
         filler.unlink()
-        for _ in range(50):
-            status, answer = await agent.put_batch("d0", seq, batch("d0", seq, writes))
-            if status == 200:
-                break
-            await asyncio.sleep(0.1)
-        assert status == 200, answer
+
+        async def accepted() -> bool:
+            answers.append(await agent.put_batch("d0", seq, batch("d0", seq, writes)))
+            return answers[-1][0] == 200
+
+        await wait_until_async(
+            accepted,
+            timeout=10,
+            interval=0.1,
+            what=lambda: f"batches to be accepted once space returns, last {answers[-1]}",
+        )
         source.history.append(writes)
         assert agent.target_bytes("d0") == source.at(source.last_seq)
         assert metric(agent, "mtagent_retention_paused_seconds_total") > 0

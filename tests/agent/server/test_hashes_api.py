@@ -17,7 +17,6 @@ import xxhash
 
 from agent.server.hashes_api import ReadWindows, WindowGrant
 from blockio.scan.chunk_digests import DEFAULT_WINDOW_BYTES, SCAN_READERS, SCAN_WINDOW_BYTES
-from protocol.client import AgentClient, client_ssl_context
 from protocol.encoder import BatchEncoder
 from protocol.errors import OutOfRange, TargetUnavailable, UnknownDisk
 from protocol.events import Begin, Data
@@ -65,10 +64,6 @@ def agent(tmp_path_factory: pytest.TempPathFactory, content: bytes) -> Iterator[
     agent.stop()
 
 
-def client(agent: AgentProcess) -> AgentClient:
-    return AgentClient(agent.url, client_ssl_context(agent.cert, agent.key, agent.ca), timeout=30)
-
-
 async def post(agent: AgentProcess, disk: str, body: object) -> tuple[int, str, bytes]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     async with (
@@ -81,7 +76,7 @@ async def post(agent: AgentProcess, disk: str, body: object) -> tuple[int, str, 
 async def test_digests_match_a_local_computation_with_a_short_last_chunk(
     agent: AgentProcess, content: bytes
 ) -> None:
-    async with client(agent) as agent_client:
+    async with agent.sender_client() as agent_client:
         digests = [d async for d in agent_client.hashes("d0", 1 * MiB, DISK_BYTES - MiB, 64 * KiB)]
 
     assert digests == local_digests(content, 1 * MiB, DISK_BYTES - MiB, 64 * KiB)
@@ -158,7 +153,7 @@ async def test_a_bad_request_is_400_bad_request_naming_the_field(
 
 
 async def test_a_range_past_the_end_of_the_disk_is_416_out_of_range(agent: AgentProcess) -> None:
-    async with client(agent) as agent_client:
+    async with agent.sender_client() as agent_client:
         with pytest.raises(OutOfRange) as caught:
             await anext(aiter(agent_client.hashes("d0", 16 * MiB, 128 * KiB, 64 * KiB)))
 
@@ -171,13 +166,13 @@ async def test_a_range_past_the_end_of_the_disk_is_416_out_of_range(agent: Agent
 
 
 async def test_an_unknown_disk_is_404(agent: AgentProcess) -> None:
-    async with client(agent) as agent_client:
+    async with agent.sender_client() as agent_client:
         with pytest.raises(UnknownDisk):
             await anext(aiter(agent_client.hashes("vm9-disk9", 0, 64 * KiB, 64 * KiB)))
 
 
 async def test_a_missing_target_is_503(agent: AgentProcess) -> None:
-    async with client(agent) as agent_client:
+    async with agent.sender_client() as agent_client:
         with pytest.raises(TargetUnavailable) as caught:
             await anext(aiter(agent_client.hashes("gone", 0, 64 * KiB, 64 * KiB)))
 
@@ -193,7 +188,7 @@ async def test_only_post_is_allowed(agent: AgentProcess) -> None:
 async def test_the_bytes_compared_are_counted_per_disk(agent: AgentProcess) -> None:
     before = compared_bytes(agent.metrics_text(), "d0")
 
-    async with client(agent) as agent_client:
+    async with agent.sender_client() as agent_client:
         async for _ in agent_client.hashes("d0", 0, 2 * MiB, 64 * KiB):
             pass
 
@@ -216,13 +211,13 @@ def peak_rss_bytes(pid: int) -> int:
 async def read_sparse_slowly(agent: AgentProcess) -> int:
     """Peak RSS growth of the agent while a slow client reads the digests of 512 MiB."""
     assert agent.process is not None
-    async with client(agent) as agent_client:
+    async with agent.sender_client() as agent_client:
         # What a first request allocates once (threads, TLS, parsers) is not what is measured.
         async for _ in agent_client.hashes("sparse", 0, 1 * MiB, 1 * MiB):
             pass
     before = peak_rss_bytes(agent.process.pid)
     count = 0
-    async with client(agent) as agent_client:
+    async with agent.sender_client() as agent_client:
         async for digest in agent_client.hashes("sparse", 0, SPARSE_BYTES, 1 * MiB):
             count += 1
             if count % 256 == 0:
@@ -316,7 +311,7 @@ async def test_no_digest_is_read_while_a_batch_is_open_and_a_rollback_wins(
     target = agent.disks["race"]
     stalled = StalledBatch(agent, "race")
 
-    async with client(agent) as agent_client:
+    async with agent.sender_client() as agent_client:
         put = await stalled.start()
         digests = aiter(agent_client.hashes("race", 0, DISK_BYTES, 64 * KiB))
         first = asyncio.create_task(anext(digests))
@@ -337,7 +332,7 @@ async def test_a_batch_writing_elsewhere_does_not_pause_the_digests(
 ) -> None:
     stalled = StalledBatch(agent, "elsewhere")
 
-    async with client(agent) as agent_client:
+    async with agent.sender_client() as agent_client:
         put = await stalled.start()
         try:
             async with asyncio.timeout(10):

@@ -23,7 +23,6 @@ import pytest
 
 from agent.certs import init_pki, issue_client
 from agent.sender.push import push_image
-from protocol.client import AgentClient, client_ssl_context
 from tests.support.agent_harness import REPO, AgentProcess, client_context, free_port
 from tests.support.batches import batch, resync_batch
 from tests.support.waiting import wait_until, wait_until_async
@@ -276,9 +275,8 @@ async def replicate(agent: AgentProcess, source: Path, seconds: float) -> int:
     """A full push, then a delta push every half second for `seconds`: what a process server
     does. Returns the disk bytes acknowledged."""
     base = source.with_suffix(".base")
-    context = client_ssl_context(agent.cert, agent.key, agent.ca)
     sent = 0
-    async with AgentClient(agent.url, context, timeout=30) as client:
+    async with agent.sender_client() as client:
 
         async def push(mode: str) -> int:
             result = await push_image(
