@@ -39,6 +39,8 @@ from tests.support.waiting import wait_until, wait_until_async
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH_CONTENT = {"Content-Type": "application/x-mtagent-batch"}
+SAMPLE_LINE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 READY_LINE = re.compile(r"data on https://[^:]+:(\d+), metrics on http://[^:]+:(\d+)")
 
 
@@ -238,6 +240,19 @@ class AgentProcess:
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"{self.metrics_url}/metrics", timeout=5) as resp:
             return resp.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of the sample `name` with exactly `labels` in the agent's metrics now; 0.0
+        when it is not exposed (a labelled counter that never counted)."""
+        for line in self.metrics_text().splitlines():
+            found = SAMPLE_LINE.match(line)
+            if (
+                found
+                and found["name"] == name
+                and dict(LABEL.findall(found["labels"] or "")) == labels
+            ):
+                return float(found["value"])
+        return 0.0
 
     def target_bytes(self, disk_id: str) -> bytes:
         return self.disks[disk_id].read_bytes()

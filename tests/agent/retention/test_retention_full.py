@@ -59,14 +59,6 @@ def fill(mountpoint: Path, leave_bytes: int) -> Path:
     return filler
 
 
-def metric(agent: AgentProcess, name: str) -> float:
-    total = 0.0
-    for line in agent.metrics_text().splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def make_agent(tmp_path: Path, retention: Path, **options: object) -> AgentProcess:
     agent = AgentProcess.create(tmp_path / "agent", {"d0": DISK}, retention_path=retention)
     agent.retention_options = {"segment_bytes": "256KiB", **options}
@@ -112,7 +104,7 @@ async def test_shrink_prunes_the_oldest_undo_and_keeps_replicating(
             interval=0.1,
             what=lambda: f"pruning to free 40% of the drive, {free_share(retention_fs):.0%} free",
         )
-        assert metric(agent, 'mtagent_retention_pruned_bytes_total{reason="high_water"}') > 0
+        assert agent.metric("mtagent_retention_pruned_bytes_total", reason="high_water") > 0
         assert "ahead of the retention window" in agent.log()
         seqs = await settled_points(agent)
         assert seqs[-1] == source.last_seq and seqs[0] > 8  # the window shrank
@@ -187,7 +179,7 @@ async def test_pause_answers_507_before_touching_anything_until_space_returns(
         assert status == 507
         assert agent.target_bytes("d0") == acknowledged
         assert {p.name: p.stat().st_size for p in journal.glob("seg-*")} == sizes
-        assert metric(agent, "mtagent_retention_paused ") == 1
+        assert agent.metric("mtagent_retention_paused") == 1
         status, _ = await agent.get_json("/v1/groups/g1/recovery-points")
         assert status == 200
 
@@ -205,7 +197,7 @@ async def test_pause_answers_507_before_touching_anything_until_space_returns(
         )
         source.history.append(writes)
         assert agent.target_bytes("d0") == source.at(source.last_seq)
-        assert metric(agent, "mtagent_retention_paused_seconds_total") > 0
+        assert agent.metric("mtagent_retention_paused_seconds_total") > 0
         assert "refused with 507 RETENTION_FULL" in agent.log()
         check_passes(agent)
     finally:

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import random
-import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -186,19 +185,13 @@ async def test_only_post_is_allowed(agent: AgentProcess) -> None:
 
 
 async def test_the_bytes_compared_are_counted_per_disk(agent: AgentProcess) -> None:
-    before = compared_bytes(agent.metrics_text(), "d0")
+    before = agent.metric("mtagent_resync_compared_bytes_total", disk="d0")
 
     async with agent.sender_client() as agent_client:
         async for _ in agent_client.hashes("d0", 0, 2 * MiB, 64 * KiB):
             pass
 
-    assert compared_bytes(agent.metrics_text(), "d0") == before + 2 * MiB
-
-
-def compared_bytes(metrics: str, disk: str) -> float:
-    pattern = rf'^mtagent_resync_compared_bytes_total{{disk="{disk}"}} (\S+)$'
-    match = re.search(pattern, metrics, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+    assert agent.metric("mtagent_resync_compared_bytes_total", disk="d0") == before + 2 * MiB
 
 
 def peak_rss_bytes(pid: int) -> int:

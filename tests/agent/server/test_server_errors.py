@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -175,12 +174,6 @@ async def test_the_agent_still_applies_batches_after_refusals(agent: AgentProces
     assert (await agent.disk())["last_seq"] == SEQ
 
 
-def metric(agent: AgentProcess, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    match = re.search(rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$", agent.metrics_text(), re.M)
-    return float(match.group(1)) if match else 0.0
-
-
 @pytest.fixture
 def fresh_agent(tmp_path: Path) -> Iterator[AgentProcess]:
     agent = AgentProcess.create(tmp_path, {"d0": DISK}, stall_timeout="1s")
@@ -220,7 +213,7 @@ async def test_a_disconnect_mid_batch_is_rolled_back(fresh_agent: AgentProcess) 
     with pytest.raises(Exception):  # noqa: B017 - whatever aiohttp wraps it in
         await fresh_agent.put_batch("d0", SEQ, dies())
     await wait_until_async(
-        lambda: metric(fresh_agent, "mtagent_rejected_batches_total", code="TRUNCATED", disk="d0"),
+        lambda: fresh_agent.metric("mtagent_rejected_batches_total", code="TRUNCATED", disk="d0"),
         timeout=10,
         what="the agent to count the disconnect as a TRUNCATED batch",
     )
