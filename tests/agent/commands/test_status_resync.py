@@ -26,7 +26,7 @@ def agent(tmp_path: Path) -> Iterator[AgentProcess]:
     agent.stop()
 
 
-async def put(agent: AgentProcess, disk: str, seq: int, body: bytes) -> dict[str, Any]:
+async def acknowledged(agent: AgentProcess, disk: str, seq: int, body: bytes) -> dict[str, Any]:
     """The agent's answer to batch `seq` of `disk`, which must be acknowledged."""
     status, answer = await agent.put_batch(disk, seq, body)
     assert status == 200, answer
@@ -37,10 +37,11 @@ async def half_way(agent: AgentProcess) -> None:
     """d0: two resync batches acknowledged, reaching 3 MiB of 8, no `resync_done` yet;
     d1: resynced whole (`ok`); d2: new (`resync_required`)."""
     first = batch("d0", 1, [(0, b"a" * MiB), (2 * MiB, 4096)], flags=("resync",))
-    assert (await put(agent, "d0", 1, first))["state"] == "resyncing"
+    assert (await acknowledged(agent, "d0", 1, first))["state"] == "resyncing"
     second = batch("d0", 2, [(2 * MiB, b"b" * MiB)], flags=("resync",))
-    assert (await put(agent, "d0", 2, second))["state"] == "resyncing"
-    assert (await put(agent, "d1", 1, resync_batch("d1", 1, [(0, b"c" * 4096)])))["state"] == "ok"
+    assert (await acknowledged(agent, "d0", 2, second))["state"] == "resyncing"
+    whole = resync_batch("d1", 1, [(0, b"c" * 4096)])
+    assert (await acknowledged(agent, "d1", 1, whole))["state"] == "ok"
 
 
 def status(agent: AgentProcess, *args: str) -> str:
@@ -82,7 +83,7 @@ async def test_status_json_gives_the_resync_offset_and_progress(agent: AgentProc
 async def test_the_resync_column_empties_when_resync_done_commits(agent: AgentProcess) -> None:
     await half_way(agent)
     done = batch("d0", 3, [(3 * MiB, b"d" * MiB)], flags=("resync", "resync_done"))
-    assert (await put(agent, "d0", 3, done))["state"] == "ok"
+    assert (await acknowledged(agent, "d0", 3, done))["state"] == "ok"
 
     rows = table(status(agent))
 
