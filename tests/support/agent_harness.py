@@ -51,14 +51,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
-    """A client context that presents `cert` and trusts only `ca`."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
-    return context
-
-
 @dataclass
 class AgentProcess:
     """One `mtagent serve` with its own certificates, config, state and targets."""
@@ -224,7 +216,8 @@ class AgentProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def ssl_context(self) -> ssl.SSLContext:
-        return client_context(self.cert, self.key, self.ca)
+        """A client TLS context with the sender's certificate, trusting this agent's CA."""
+        return client_ssl_context(self.cert, self.key, self.ca)
 
     def client(self, **kwargs: object) -> aiohttp.ClientSession:
         """An aiohttp session that speaks mutual TLS to this agent."""
@@ -234,8 +227,7 @@ class AgentProcess:
     def sender_client(self, timeout: float = 30) -> AgentClient:
         """The project's own client (what `mtagent push` uses) for this agent, with the sender's
         certificate; use it as an async context manager."""
-        context = client_ssl_context(self.cert, self.key, self.ca)
-        return AgentClient(self.url, context, timeout=timeout)
+        return AgentClient(self.url, self.ssl_context(), timeout=timeout)
 
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"{self.metrics_url}/metrics", timeout=5) as resp:

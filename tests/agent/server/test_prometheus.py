@@ -23,7 +23,8 @@ import pytest
 
 from agent.certs import init_pki, issue_client
 from agent.sender.push import push_image
-from tests.support.agent_harness import REPO, AgentProcess, client_context, free_port
+from protocol.client import client_ssl_context
+from tests.support.agent_harness import REPO, AgentProcess, free_port
 from tests.support.batches import batch, resync_batch
 from tests.support.waiting import wait_until, wait_until_async
 
@@ -138,9 +139,9 @@ def test_failed_handshakes_are_counted_by_reason(busy_agent: AgentProcess, tmp_p
     # A client certificate from another CA; a client that does not trust the agent; plain HTTP.
     handshake(
         busy_agent,
-        client_context(stranger / "impostor.crt", stranger / "impostor.key", busy_agent.ca),
+        client_ssl_context(stranger / "impostor.crt", stranger / "impostor.key", busy_agent.ca),
     )
-    handshake(busy_agent, client_context(busy_agent.cert, busy_agent.key, stranger / "ca.crt"))
+    handshake(busy_agent, client_ssl_context(busy_agent.cert, busy_agent.key, stranger / "ca.crt"))
     handshake(busy_agent, None)
     expected = {
         "no_client_certificate": 1,  # the busy agent's own

@@ -34,9 +34,7 @@ async def test_info_describes_the_agent_and_its_limits(agent: AgentProcess) -> N
 
 
 async def test_a_new_disk_is_listed_as_needing_a_resync(agent: AgentProcess) -> None:
-    status, body = await agent.get_json("/v1/disks")
-    assert status == 200
-    (disk,) = body["disks"]
+    (disk,) = await agent.all_disks()
     assert disk == {
         "id": "d0",
         "group": "g1",
