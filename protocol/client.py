@@ -24,7 +24,8 @@ from urllib.parse import quote, urlsplit
 
 import h11
 
-from protocol.errors import ERRORS_BY_CODE, ProtocolError
+from protocol.documents import Disk, Info, Point, disks_from_json, points_from_json
+from protocol.errors import ERRORS_BY_CODE, BadDocument, ErrorBody, ProtocolError
 from protocol.wire import BATCH_CONTENT_TYPE
 
 # One chunk digest of the hashes stream: XXH3-128.
@@ -65,25 +66,17 @@ def error_from_response(status: int, body: bytes) -> ProtocolError:
 
     A known code gives its `protocol.errors` class; an unknown code a plain
     ProtocolError that keeps the agent's code and status; a body that is not the
-    protocol's JSON (a proxy's page, say) a ProtocolError with code `HTTP_<status>`.
+    protocol's error body (a proxy's page, say) a ProtocolError with code `HTTP_<status>`.
     The message, the frame index and the other details are filled in.
     """
     try:
-        error = json.loads(body)["error"]
-        code = error["code"]
-        if not isinstance(code, str):
-            raise TypeError(code)
-    except (ValueError, KeyError, TypeError):
+        error = ErrorBody.from_json(json.loads(body))
+    except (ValueError, BadDocument):
         text = body[:200].decode("utf-8", "replace").strip() or "(empty body)"
         return _with_code(ProtocolError(f"HTTP {status}: {text}"), f"HTTP_{status}", status)
-    message = str(error.get("message", ""))
-    frame = error.get("frame")
-    details = {k: v for k, v in error.items() if k not in ("code", "message", "frame")}
-    cls = ERRORS_BY_CODE.get(code)
-    if cls is None:
-        exc = ProtocolError(message, frame=frame if isinstance(frame, int) else None, **details)
-        return _with_code(exc, code, status)
-    return cls(message, frame=frame if isinstance(frame, int) else None, **details)
+    cls = ERRORS_BY_CODE.get(error.code)
+    exc = (cls or ProtocolError)(error.message, frame=error.frame, **error.details)
+    return exc if cls is not None else _with_code(exc, error.code, status)
 
 
 def _with_code(exc: ProtocolError, code: str, status: int) -> ProtocolError:
@@ -251,18 +244,27 @@ class AgentClient:
         self._idle.clear()
         self._busy.clear()
 
-    async def info(self) -> dict[str, Any]:
-        """`GET /v1/info`. Raises the ProtocolError of an error answer."""
-        return await self._get("/v1/info")
+    async def info(self) -> Info:
+        """`GET /v1/info`. Raises the ProtocolError of an error answer, BadDocument for an
+        answer that is not an Info."""
+        return Info.from_json(await self._get("/v1/info"))
 
-    async def disks(self) -> list[dict[str, Any]]:
-        """`GET /v1/disks`: every target. Raises the ProtocolError of an error answer."""
-        disks: list[dict[str, Any]] = (await self._get("/v1/disks"))["disks"]
-        return disks
+    async def disks(self) -> list[Disk]:
+        """`GET /v1/disks`: every target. Raises the ProtocolError of an error answer,
+        BadDocument for an answer that is not a list of Disks."""
+        return disks_from_json(await self._get("/v1/disks"))
 
-    async def disk(self, disk_id: str) -> dict[str, Any]:
-        """`GET /v1/disks/{disk}`. Raises UnknownDisk for a disk the agent does not have."""
-        return await self._get(f"/v1/disks/{quote(disk_id, safe='')}")
+    async def disk(self, disk_id: str) -> Disk:
+        """`GET /v1/disks/{disk}`. Raises UnknownDisk for a disk the agent does not have,
+        BadDocument for an answer that is not a Disk."""
+        return Disk.from_json(await self._get(f"/v1/disks/{quote(disk_id, safe='')}"))
+
+    async def recovery_points(self, group: str) -> list[Point]:
+        """`GET /v1/groups/{group}/recovery-points`: the group's points, oldest first. Raises
+        UnknownGroup for a group none of the agent's disks is in, BadDocument for an answer
+        that is not a list of Points."""
+        path = f"/v1/groups/{quote(group, safe='')}/recovery-points"
+        return points_from_json(await self._get(path))
 
     async def put_batch(
         self, disk_id: str, seq: int, body: bytes | AsyncIterable[bytes | memoryview]
@@ -317,9 +319,9 @@ class AgentClient:
             if carry or await self._timed(answer.read()):
                 raise TransportError(f"the digest stream of disk {disk_id} is longer than asked")
 
-    async def _get(self, path: str) -> dict[str, Any]:
+    async def _get(self, path: str) -> object:
         async with self._exchange("GET", path, None, b"") as answer:
-            return await self._timed(_json_answer(answer))  # type: ignore[no-any-return]
+            return await self._timed(_json_answer(answer))
 
     async def _timed(self, waiting: Any) -> Any:
         async with asyncio.timeout(self._timeout):

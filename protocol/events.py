@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protocol.documents import PointKind
+
 
 @dataclass(frozen=True, slots=True)
 class Begin:
@@ -42,7 +44,7 @@ class Tag:
 
     tag_id: str
     name: str
-    kind: str  # "app" or "crash"
+    kind: PointKind
     group: str
     time_ns: int
 

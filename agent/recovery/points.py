@@ -1,9 +1,9 @@
 """Recovery points of a consistency group (PROTOCOL.md section 6), for the API (served by
 `agent.server.points_api`) and the CLI.
 
-A point is `{"id", "kind", "name", "time_ns", "disks": {disk: seq}}`: restoring it puts each of
-its disks back as it was at the end of that batch. Ids are stable: a point keeps its id for as
-long as it is listed.
+A point (`protocol.documents.Point`) is `{"id", "kind", "name", "time_ns", "disks": {disk: seq}}`:
+restoring it puts each of its disks back as it was at the end of that batch. Ids are stable: a
+point keeps its id for as long as it is listed.
 
 - `tag:<tag_id>`: a group point. TAG frames with this `tag_id` in a batch of every disk of the
   group; listed once every disk of the group has acknowledged its tagged batch. Kind, name and
@@ -29,15 +29,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from agent.config import AgentConfig
 from agent.replication.replica import Replica
-from agent.replication.state import OK, BatchCommit, DiskProgress, StateStore
+from agent.replication.state import BatchCommit, DiskProgress, StateStore
 from blockio.journal.index import load_summaries, restorable_floor
-
-APP = "app"
-CRASH = "crash"
+from protocol.documents import DiskState, Point, PointKind
+from protocol.wire import BEGIN_FLAG_RESYNC, BEGIN_FLAG_RESYNC_DONE
 
 BatchRows = Callable[[str, int, int], Sequence[BatchCommit]]
 
@@ -47,26 +45,11 @@ class PointNotFound(LookupError):
 
 
 @dataclass(frozen=True, slots=True)
-class RecoveryPoint:
-    """One listed point. `completed_ns` (not part of the JSON): when its last batch was
-    committed, which orders points of equal time."""
+class RecoveryPoint(Point):
+    """One listed point. `completed_ns` (not part of the JSON, which `Point.to_json` gives):
+    when its last batch was committed, which orders points of equal time."""
 
-    id: str
-    kind: str
-    name: str
-    time_ns: int
-    disks: Mapping[str, int]
     completed_ns: int = field(default=0, compare=False)
-
-    def to_json(self) -> dict[str, Any]:
-        """The Point object of PROTOCOL.md section 2."""
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "name": self.name,
-            "time_ns": self.time_ns,
-            "disks": dict(self.disks),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +58,13 @@ class DiskHistory:
     its journal can roll it back to."""
 
     disk: str
-    state: str
+    state: DiskState
     last_seq: int
     floor: int
 
 
 def _is_point(batch: BatchCommit) -> bool:
-    return "resync" not in batch.flags or "resync_done" in batch.flags
+    return BEGIN_FLAG_RESYNC not in batch.flags or BEGIN_FLAG_RESYNC_DONE in batch.flags
 
 
 def list_points(
@@ -94,7 +77,7 @@ def list_points(
     tagged: dict[str, dict[str, BatchCommit]] = {}
     for disk in group_disks:
         history = histories.get(disk)
-        if history is None or history.state != OK or history.last_seq < 1:
+        if history is None or history.state != DiskState.OK or history.last_seq < 1:
             continue
         for batch in rows(disk, max(history.floor, 1), history.last_seq):
             if not _is_point(batch):
@@ -102,7 +85,7 @@ def list_points(
             per_batch.append(
                 RecoveryPoint(
                     id=f"{disk}@{batch.seq}",
-                    kind=CRASH,
+                    kind=PointKind.CRASH,
                     name=f"batch {batch.seq}",
                     time_ns=batch.source_time_ns,
                     disks={disk: batch.seq},
@@ -122,7 +105,7 @@ def list_points(
         group_points.append(
             RecoveryPoint(
                 id=f"tag:{tag_id}",
-                kind=APP if kinds == {APP} else CRASH,
+                kind=PointKind.APP if kinds == {PointKind.APP} else PointKind.CRASH,
                 name=str(first.get("name", "")),
                 time_ns=int(first.get("time_ns", 0)),  # type: ignore[call-overload]
                 disks={disk: batches[disk].seq for disk in group_disks},
@@ -168,7 +151,7 @@ def select_point(
             f"group {group} has no recovery point that covers all its disks ({disks})"
         )
     if spec == "latest-app":
-        app = [p for p in whole if p.kind == APP]
+        app = [p for p in whole if p.kind == PointKind.APP]
         if app:
             return app[-1]
         raise PointNotFound(f"group {group} has no application-consistent recovery point")

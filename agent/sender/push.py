@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from blockio.scan.source_image import BLOCK_BYTES, delta_extents, full_extents, image_bytes
 from protocol.batching import batch_events
 from protocol.client import AgentClient, TlsRefused, TransportError
+from protocol.documents import Disk, Info
 from protocol.encoder import BatchEncoder
 from protocol.errors import ProtocolError, SequenceGap, Stalled, TargetUnavailable
 from protocol.events import Begin, Data, End, Tag, Zero
@@ -288,7 +289,7 @@ class _Push:
         disk = await self.budget.call(lambda: self.client.disk(self.disk))
         await asyncio.to_thread(self._measure_source)
         self._check_fits(info, disk)
-        self.acked = int(disk["last_seq"])
+        self.acked = disk.last_seq
         first_seq = self.acked + 1
         # Where the extents of each batch begin: resuming batch s reads from starts[s].
         starts = {first_seq: 0}
@@ -347,15 +348,15 @@ class _Push:
                 disk=self.disk,
             ) from exc
 
-    def _check_fits(self, info: dict[str, Any], disk: dict[str, Any]) -> None:
+    def _check_fits(self, info: Info, disk: Disk) -> None:
         problem = source_problem(
             self.source,
             self.size,
-            disk_bytes=int(disk["size_bytes"]),
-            sector=int(disk["sector_bytes"]),
+            disk_bytes=disk.size_bytes,
+            sector=disk.sector_bytes,
             sizes={
-                "frame size": (self.frame_bytes, "max_frame_bytes", info.get("max_frame_bytes")),
-                "batch size": (self.batch_bytes, "max_batch_bytes", info.get("max_batch_bytes")),
+                "frame size": (self.frame_bytes, "max_frame_bytes", info.max_frame_bytes),
+                "batch size": (self.batch_bytes, "max_batch_bytes", info.max_batch_bytes),
             },
         )
         if problem:
@@ -558,7 +559,7 @@ class _Push:
 
     async def _last_seq(self) -> int:
         disk = await self.budget.call(lambda: self.client.disk(self.disk))
-        return int(disk["last_seq"])
+        return disk.last_seq
 
 
 class RetryBudget:

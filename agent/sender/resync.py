@@ -72,6 +72,7 @@ from blockio.scan.chunk_digests import (
 from blockio.scan.source_image import ImageChanged, image_bytes
 from protocol.batching import MAX_ZERO_FRAME_BYTES
 from protocol.client import AgentClient
+from protocol.documents import Disk, DiskState
 from protocol.encoder import BatchEncoder
 from protocol.errors import ProtocolError, SequenceGap
 from protocol.events import Begin, Data, Zero
@@ -97,7 +98,6 @@ _READ_AHEAD_WINDOWS = 32
 _BODY_PIECE_BYTES = 256 * 1024
 # Large frames go to the client in slices of this size (see agent/sender/push.py: _SLICE_BYTES).
 _SLICE_BYTES = 64 * 1024
-_STATE_RESYNCING = "resyncing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +326,7 @@ class _Comparison:
         self.differing_chunks = 0
         self.differing_bytes = 0
 
-    async def _open(self, sizes: dict[str, int]) -> dict[str, Any]:
+    async def _open(self, sizes: dict[str, int]) -> Disk:
         """The agent's Disk, once the source is measured and known to fit it."""
         info = await self.retries.call(self.client.info)
         disk = await self.retries.call(lambda: self.client.disk(self.disk))
@@ -338,29 +338,30 @@ class _Comparison:
                 f"disk {self.disk}: cannot read {exc.filename or self.source}: {exc.strerror}",
                 disk=self.disk,
             ) from exc
-        self.sector = int(disk["sector_bytes"])
-        limits = {"frame size": "max_frame_bytes", "batch size": "max_batch_bytes"}
+        self.sector = disk.sector_bytes
+        limits = {
+            "frame size": ("max_frame_bytes", info.max_frame_bytes),
+            "batch size": ("max_batch_bytes", info.max_batch_bytes),
+        }
         problem = source_problem(
             self.source,
             self.size,
-            disk_bytes=int(disk["size_bytes"]),
+            disk_bytes=disk.size_bytes,
             sector=self.sector,
-            sizes={
-                name: (value, limits[name], info.get(limits[name])) for name, value in sizes.items()
-            },
+            sizes={name: (value, *limits[name]) for name, value in sizes.items()},
         )
         if problem:
             raise PushFailed(f"disk {self.disk}: {problem}", disk=self.disk)
         return disk
 
-    def _resume_offset(self, disk: dict[str, Any]) -> int:
+    def _resume_offset(self, disk: Disk) -> int:
         """Where a resync of `disk` starts comparing: its resync_offset when it is resyncing
         from this source, else 0."""
-        if disk.get("state") != _STATE_RESYNCING:
+        if disk.state != DiskState.RESYNCING:
             return 0
-        if disk.get("last_source_time_ns") != self.source_time_ns:
+        if disk.last_source_time_ns != self.source_time_ns:
             return 0  # the source changed since: what the target holds proves nothing
-        offset = min(int(disk.get("resync_offset", 0)), self.size)
+        offset = min(disk.resync_offset, self.size)
         return offset - offset % self.chunk_bytes
 
     async def _compared_windows(self, start: int) -> AsyncIterator[tuple[range, list[int]]]:
@@ -434,7 +435,7 @@ class _Comparison:
     ) -> ResyncResult:
         disk = await self._open({"frame size": frame_bytes, "batch size": batch_bytes})
         start = self._resume_offset(disk)
-        first_seq = int(disk["last_seq"]) + 1
+        first_seq = disk.last_seq + 1
         sender = _BatchSender(self, frame_bytes=frame_bytes, compress=compress)
         planner = _Planner(
             first_seq=first_seq,
@@ -668,7 +669,7 @@ class _BatchSender:
                 await retries.back_off(exc)
             finally:
                 await body.aclose()  # type: ignore[attr-defined]
-            last_seq = int((await retries.call(lambda: self.client.disk(self.disk)))["last_seq"])
+            last_seq = (await retries.call(lambda: self.client.disk(self.disk))).last_seq
             if last_seq >= plan.seq:
                 self._acknowledged(plan, tally)
                 return

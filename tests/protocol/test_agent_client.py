@@ -52,7 +52,7 @@ async def test_an_answer_before_the_body_ends_is_raised_and_the_rest_is_not_sent
             await client.put_batch("early", 1, endless_body())
         after = await client.disk("early")
 
-    assert after["last_seq"] == 0
+    assert after.last_seq == 0
     assert shared_agent.target_bytes("early") == bytes(DISK_BYTES)
 
 
@@ -70,7 +70,7 @@ async def test_requests_one_after_another_share_one_connection(
 
     assert opened == [1]
     assert len(digests) == 2
-    assert state["last_seq"] == 1 and state["state"] == "ok"
+    assert state.last_seq == 1 and state.state == "ok"
     assert shared_agent.target_bytes("reuse")[: 64 * KiB] == content
 
 
@@ -87,7 +87,7 @@ async def test_requests_at_the_same_time_each_take_a_connection(
 
     assert opened == [2]
     assert len(first) == 16 and len(rest) == DISK_BYTES // (64 * KiB) - 1
-    assert info["agent"] == "mtagent"
+    assert info.agent == "mtagent"
 
 
 async def test_a_client_certificate_the_agent_refuses_is_named_as_the_likely_cause(

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.replication.state import RECOVERED, StateStore
+from agent.replication.state import StateStore
+from protocol.documents import DiskState
 from protocol.events import Tag
 from tests.support.agent_harness import AgentProcess, cli
 from tests.support.retention_scenario import (
@@ -183,7 +184,7 @@ async def test_in_place_recovery_to_every_listed_point_is_exact(
                     target = (tmp_path / str(n) / "targets" / f"{disk}.img").read_bytes()
                     if disk in point["disks"]:
                         assert target == scenario.image(disk, point["disks"][disk]), point["id"]
-                        assert state.progress(disk).state == RECOVERED
+                        assert state.progress(disk).state == DiskState.RECOVERED
                     else:
                         last = scenario.sources[disk].last_seq
                         assert target == scenario.image(disk, last)

@@ -11,7 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from agent.replication.state import RECOVERED, StateStore
+from agent.replication.state import StateStore
+from protocol.documents import DiskState
 from tests.support.agent_harness import REPO, AgentProcess
 from tests.support.batches import batch
 from tests.support.retention_scenario import (
@@ -184,7 +185,7 @@ async def test_an_in_place_recovery_cut_off_is_finished_by_running_it_again(
     )
     assert died.returncode == -9, died.stderr
     store = StateStore.open_readonly(agent.workdir / "state")
-    assert store.progress("d0").state == RECOVERED  # recorded before any byte was written
+    assert store.progress("d0").state == DiskState.RECOVERED  # recorded before any byte was written
     store.close()
     assert agent.target_bytes("d0") != source.at(2)
 

@@ -74,7 +74,7 @@ class Target:
     async def state(self) -> dict[str, object]:
         context = client_ssl_context(self.agent.cert, self.agent.key, self.agent.ca)
         async with AgentClient(self.agent.url, context) as client:
-            return await client.disk(self.disk)
+            return (await client.disk(self.disk)).to_json()
 
     def content(self, size: int = DISK_BYTES) -> bytes:
         return self.agent.target_bytes(self.disk)[:size]

@@ -87,7 +87,7 @@ class Pair:
 
     async def state(self) -> dict[str, object]:
         async with self.client() as client:
-            return await client.disk(self.disk)
+            return (await client.disk(self.disk)).to_json()
 
     async def put(self, body: bytes, seq: int) -> dict[str, object]:
         async with self.client() as client:

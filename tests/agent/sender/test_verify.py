@@ -76,7 +76,7 @@ class Replicated:
 
     async def last_seq(self) -> int:
         async with self.client() as client:
-            return int((await client.disk(self.disk))["last_seq"])
+            return (await client.disk(self.disk)).last_seq
 
 
 @pytest.fixture
