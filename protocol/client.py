@@ -19,12 +19,19 @@ import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 import h11
 
-from protocol.documents import Disk, Info, Point, disks_from_json, points_from_json
+from protocol.documents import (
+    BatchResult,
+    Disk,
+    Info,
+    Point,
+    disks_from_json,
+    points_from_json,
+)
 from protocol.errors import ERRORS_BY_CODE, BadDocument, ErrorBody, ProtocolError
 from protocol.wire import BATCH_CONTENT_TYPE
 
@@ -268,18 +275,18 @@ class AgentClient:
 
     async def put_batch(
         self, disk_id: str, seq: int, body: bytes | AsyncIterable[bytes | memoryview]
-    ) -> dict[str, Any]:
+    ) -> BatchResult:
         """`PUT /v1/disks/{disk}/batches/{seq}`: send one batch, return the agent's answer.
 
         A 200 means the batch is durable on the target. An iterable body is streamed
         (chunked), one request-body chunk per item; an exception it raises is raised here
         as is. An agent that answers before the body ends (an error) is heard at once and
         the rest of the body is not sent. An error answer raises the ProtocolError of its
-        code (see `error_from_response`).
+        code (see `error_from_response`), an answer that is not a BatchResult BadDocument.
         """
         path = f"/v1/disks/{quote(disk_id, safe='')}/batches/{seq}"
         async with self._exchange("PUT", path, BATCH_CONTENT_TYPE, body) as answer:
-            return await self._timed(_json_answer(answer))  # type: ignore[no-any-return]
+            return BatchResult.from_json(await self._timed(_json_answer(answer)))
 
     async def hashes(
         self, disk_id: str, offset: int, length: int, chunk_bytes: int
@@ -356,7 +363,7 @@ class AgentClient:
             else:
                 async with asyncio.timeout(self._timeout):
                     if body:
-                        await connection.send(h11.Data(data=body))
+                        await connection.send(h11.Data(data=_bytes_like(body)))
                     await connection.send(h11.EndOfMessage())
                     response = await self._response(connection)
             answer = _Answer(connection, response)
@@ -382,7 +389,7 @@ class AgentClient:
                 moved = loop.time()
                 async for chunk in body:
                     if chunk:
-                        await connection.send(h11.Data(data=chunk))
+                        await connection.send(h11.Data(data=_bytes_like(chunk)))
                     now = loop.time()
                     if now - moved >= 1.0:
                         deadline.reschedule(now + self._timeout)
@@ -404,7 +411,7 @@ class AgentClient:
                     async with asyncio.timeout(min(self._timeout, 5.0)):
                         await asyncio.wait([answering])
                 if not answering.done() or answering.exception() is not None:
-                    raise failure  # type: ignore[misc]
+                    raise failure
             if not answering.done():
                 await sending
                 async with asyncio.timeout(self._timeout):
@@ -449,6 +456,12 @@ class AgentClient:
         connection = _Connection(reader, writer, self._where)
         self._busy.add(connection)
         return connection
+
+
+def _bytes_like(data: object) -> bytes:
+    # h11 sends any bytes-like object (memoryview included, without a copy); its type hints
+    # say bytes.
+    return cast(bytes, data)
 
 
 def _expect_response(event: h11.Event, where: str) -> h11.Response:

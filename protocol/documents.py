@@ -1,5 +1,5 @@
-"""The JSON documents of docs/protocol.md section 2 (Info, Disk, Point) and the error body of
-section 1, as typed records.
+"""The JSON documents of docs/protocol.md section 2 (Info, Disk, Point, and the answer to a batch)
+as typed records; the error body of section 1 is `protocol.errors.ErrorBody`.
 
 `from_json` takes what `json.loads` gave and returns the record, or raises BadDocument for a
 document that lacks a required field or holds a value of the wrong type. Fields it does not know
@@ -129,6 +129,50 @@ class Disk:
         if self.resync_reason:
             described["resync_reason"] = self.resync_reason
         return described
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """`PUT /v1/disks/{disk}/batches/{seq}`, answered 200: the batch is durable on the target.
+
+    `frames` and `data_bytes` are those of its END; `replayed` (added in this version; false from
+    an agent without it) means the batch was the one already acknowledged as `last_seq`, sent
+    again with the same content, and was not written again (both counts are then 0).
+    """
+
+    disk: str
+    seq: int
+    last_seq: int
+    state: DiskState
+    frames: int
+    data_bytes: int
+    replayed: bool = False
+
+    @classmethod
+    def from_json(cls, obj: object) -> BatchResult:
+        """The BatchResult of `obj`. Raises BadDocument."""
+        fields = JsonFields("BatchResult", obj)
+        return cls(
+            disk=fields.text("disk"),
+            seq=fields.integer("seq"),
+            last_seq=fields.integer("last_seq"),
+            state=fields.choice("state", DiskState),
+            frames=fields.integer("frames"),
+            data_bytes=fields.integer("data_bytes"),
+            replayed=fields.boolean("replayed", False),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object the agent answers."""
+        return {
+            "disk": self.disk,
+            "seq": self.seq,
+            "last_seq": self.last_seq,
+            "state": self.state.value,
+            "frames": self.frames,
+            "data_bytes": self.data_bytes,
+            "replayed": self.replayed,
+        }
 
 
 def disks_from_json(obj: object) -> list[Disk]:

@@ -185,19 +185,30 @@ class BadDocument(ProtocolError):
 class JsonFields:
     """The fields of one JSON object (what `json.loads` gave), each taken with its type checked.
 
-    Every getter raises BadDocument for a field that is missing (and has no default) or holds
-    a value of another JSON type. A JSON `true` is not an integer, though Python's bool is.
+    `document` names the document for the errors, `within` where this object stands inside it
+    ("" for the document itself, "disks" for its field `disks`). Every getter raises BadDocument
+    for a field that is missing (and has no default) or holds a value of another JSON type; a
+    JSON `true` is not an integer, though Python's bool is.
     """
 
-    def __init__(self, document: str, obj: object) -> None:
+    def __init__(self, document: str, obj: object, *, within: str = "") -> None:
         if not isinstance(obj, Mapping):
-            raise BadDocument(document, "", f"is {_json_type(obj)}, not a JSON object")
+            raise BadDocument(document, within, f"is {_json_type(obj)}, not a JSON object")
         self.document = document
+        self._within = within
         self._obj: Mapping[str, object] = obj
 
     def has(self, name: str) -> bool:
         """Whether the object holds `name` at all."""
         return name in self._obj
+
+    def names(self) -> list[str]:
+        """The names of all the fields, in the order they came."""
+        return list(self._obj)
+
+    def raw(self, name: str) -> object:
+        """The value of a field that is present, unchecked."""
+        return self._obj[name]
 
     def text(self, name: str, default: str | None = None) -> str:
         """A string field; `default` when it is absent (required when None)."""
@@ -210,9 +221,9 @@ class JsonFields:
             raise self._wrong(name, "an integer", value)
         return value
 
-    def boolean(self, name: str) -> bool:
-        """A required true/false field."""
-        return self._typed(name, bool, "true or false", None)
+    def boolean(self, name: str, default: bool | None = None) -> bool:
+        """A true/false field; `default` when it is absent (required when None)."""
+        return self._typed(name, bool, "true or false", default)
 
     def choice(self, name: str, kind: type[E]) -> E:
         """A required string field that must be a value of the enum `kind`."""
@@ -221,43 +232,41 @@ class JsonFields:
             return kind(value)
         except ValueError:
             allowed = ", ".join(member.value for member in kind)
-            raise BadDocument(self.document, name, f"is {value!r}, not one of {allowed}") from None
+            raise BadDocument(
+                self.document, self._path(name), f"is {value!r}, not one of {allowed}"
+            ) from None
+
+    def array(self, name: str) -> list[object]:
+        """A required array field, its items unchecked."""
+        return self._typed(name, list, "an array", None)
+
+    def fields(self, name: str) -> JsonFields:
+        """A required object field, to take its own fields from."""
+        return JsonFields(self.document, self._value(name), within=self._path(name))
 
     def counts(self, name: str) -> dict[str, int]:
         """A required object field whose values are all integers."""
         value = self.fields(name)
         return {key: value.integer(key) for key in value.names()}
 
-    def fields(self, name: str) -> JsonFields:
-        """A required object field, to take its own fields from."""
+    def _value(self, name: str) -> object:
         if name not in self._obj:
-            raise BadDocument(self.document, name, "is missing")
-        return JsonFields(f"{self.document}.{name}", self._obj[name])
-
-    def array(self, name: str) -> list[object]:
-        """A required array field, its items unchecked."""
-        return self._typed(name, list, "an array", None)
-
-    def names(self) -> list[str]:
-        """The names of all the fields, in the order they came."""
-        return list(self._obj)
-
-    def raw(self, name: str) -> object:
-        """The value of a field that is present, unchecked."""
+            raise BadDocument(self.document, self._path(name), "is missing")
         return self._obj[name]
 
     def _typed(self, name: str, kind: type[T], what: str, default: T | None) -> T:
-        if name not in self._obj:
-            if default is not None:
-                return default
-            raise BadDocument(self.document, name, "is missing")
-        value = self._obj[name]
+        if default is not None and name not in self._obj:
+            return default
+        value = self._value(name)
         if not isinstance(value, kind):
             raise self._wrong(name, what, value)
         return value
 
+    def _path(self, name: str) -> str:
+        return f"{self._within}.{name}" if self._within else name
+
     def _wrong(self, name: str, what: str, value: object) -> BadDocument:
-        return BadDocument(self.document, name, f"is {_json_type(value)}, not {what}")
+        return BadDocument(self.document, self._path(name), f"is {_json_type(value)}, not {what}")
 
 
 def _json_type(value: object) -> str:
@@ -290,7 +299,7 @@ class ErrorBody:
     @classmethod
     def from_json(cls, obj: object) -> ErrorBody:
         """The ErrorBody of `obj`. Raises BadDocument."""
-        error = JsonFields("Error", obj).fields("error")
+        error = JsonFields("ErrorBody", obj).fields("error")
         return cls(
             code=error.text("code"),
             message=error.text("message"),

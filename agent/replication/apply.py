@@ -29,7 +29,7 @@ from blockio.batch_writer import BatchWriter, Write
 from blockio.disks.target import TargetError
 from blockio.journal.undo_journal import JournalIOError, UndoLost
 from protocol.decoder import BatchDecoder
-from protocol.documents import DiskState
+from protocol.documents import BatchResult, DiskState
 from protocol.errors import (
     ChecksumMismatch,
     ProtocolError,
@@ -67,19 +67,6 @@ class ApplyLimits:
     # Undo records are made durable once per group: larger groups mean fewer
     # journal fdatasyncs, smaller ones less memory in flight (two groups).
     group_bytes: int = 8 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    """What the agent answers for an acknowledged batch."""
-
-    disk: str
-    seq: int
-    last_seq: int
-    state: DiskState
-    frames: int
-    data_bytes: int
-    replayed: bool
 
 
 async def apply_batch(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -118,7 +117,7 @@ async def put_batch(request: web.Request) -> web.Response:
         app[keys.METRICS],
         gate=app.get(keys.RETENTION_GATE),
     )
-    return web.json_response(asdict(result))
+    return web.json_response(result.to_json())
 
 
 def create_metrics_app(registry: CollectorRegistry, readiness: Readiness) -> web.Application:

@@ -27,6 +27,7 @@ from agent.replication.state import StateStore
 from agent.sender.push import PushFailed
 from agent.sender.resync import CompareProgress, ResyncResult, resync_image
 from protocol.client import AgentClient, client_ssl_context
+from protocol.documents import BatchResult
 from protocol.errors import ResyncRequired
 from tests.support.agent_harness import REPO, AgentProcess
 from tests.support.batches import batch
@@ -89,7 +90,7 @@ class Pair:
         async with self.client() as client:
             return (await client.disk(self.disk)).to_json()
 
-    async def put(self, body: bytes, seq: int) -> dict[str, object]:
+    async def put(self, body: bytes, seq: int) -> BatchResult:
         async with self.client() as client:
             return await client.put_batch(self.disk, seq, body)
 
