@@ -32,7 +32,6 @@ from typing import Any, NoReturn
 import lz4.block
 from xxhash import xxh3_64_intdigest
 
-from protocol.documents import PointKind
 from protocol.errors import (
     BadFrame,
     BadMagic,
@@ -507,8 +506,7 @@ class BatchDecoder:
                 field="kind",
             )
         _check_time(obj, "time_ns", index)
-        kind = PointKind(obj["kind"])
-        return Tag(obj["tag_id"], obj["name"], kind, obj["group"], obj["time_ns"])
+        return Tag(obj["tag_id"], obj["name"], obj["kind"], obj["group"], obj["time_ns"])
 
     def _end(self, obj: dict[str, Any], index: int) -> End:
         for key, expected in (("frames", index + 1), ("data_bytes", self._batch_bytes)):

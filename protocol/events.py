@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocol.documents import PointKind
-
 
 @dataclass(frozen=True, slots=True)
 class Begin:
@@ -44,7 +42,7 @@ class Tag:
 
     tag_id: str
     name: str
-    kind: PointKind
+    kind: str  # a PointKind (protocol.documents): "app" or "crash"
     group: str
     time_ns: int
 
