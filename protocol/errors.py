@@ -168,9 +168,10 @@ ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {
 
 class BadDocument(ProtocolError):
     """A document of section 1 or 2 that lacks a required field or has one of the wrong type:
-    the other side speaks another version of the protocol, or is not an mtagent. It came with a
-    success status; asking again does not help. `document` names the document, `field` the
-    field at fault ("" for the document as a whole)."""
+    the other side speaks another version of the protocol, or is not an mtagent. The agent never
+    sends it: the client raises it for a success answer (hence status 200) whose document breaks
+    the rules, and asking again does not help. `document` names the document, `field` the field
+    at fault, dotted inside nested objects ("" for the document as a whole)."""
 
     code: ClassVar[str] = "BAD_DOCUMENT"
     status: ClassVar[int] = 200
