@@ -29,13 +29,14 @@ def documented(status: int, code: str) -> bool:
 
 
 def protocol_errors() -> list[type[ProtocolError]]:
-    """Every ProtocolError subclass defined in protocol/errors.py, at any depth."""
+    """Every ProtocolError subclass of protocol/errors.py the agent can send, at any depth."""
     found: list[type[ProtocolError]] = []
     todo = list(ProtocolError.__subclasses__())
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())
-        if inspect.getmodule(cls) is protocol.errors:
+        # Statuses below 400 are the client's own (BAD_DOCUMENT): the agent never sends them.
+        if inspect.getmodule(cls) is protocol.errors and cls.status >= 400:
             found.append(cls)
     return sorted(found, key=lambda cls: cls.code)
 
@@ -108,3 +109,7 @@ def test_every_link_of_a_document_leads_to_a_file_of_the_repository(document: st
         if not target.startswith("#")
     ]
     assert broken == []
+
+
+def test_the_client_side_document_error_is_explained_in_the_contract() -> None:
+    assert "`BAD_DOCUMENT`" in PROTOCOL.read_text()
