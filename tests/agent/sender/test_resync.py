@@ -24,8 +24,9 @@ import pytest
 from agent.commands import cli
 from agent.commands.push import CompareBar, resync_line
 from agent.replication.state import StateStore
-from agent.sender.push import PushFailed
-from agent.sender.resync import CompareProgress, ResyncResult, resync_image
+from agent.sender.compare import CompareProgress
+from agent.sender.errors import PushFailed
+from agent.sender.resync import ResyncResult, resync_image
 from protocol.client import AgentClient, client_ssl_context
 from protocol.errors import ResyncRequired
 from tests.support.agent_harness import REPO, AgentProcess
