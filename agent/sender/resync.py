@@ -46,9 +46,10 @@ from agent.sender.batch_sender import BatchSender
 from agent.sender.compare import DEFAULT_CHUNK_BYTES, CompareProgress, Comparison
 from blockio.scan.chunk_digests import SCAN_WINDOW_BYTES, ChunkReader
 from blockio.scan.source_image import Extent, full_extents
-from protocol.batching import BatchPlan, ComparedWindow, ResyncPlanner, one_batch_events
+from protocol.batching import one_batch_events
 from protocol.client import AgentClient
 from protocol.events import Event
+from protocol.resync_plan import BatchPlan, ComparedWindow, ResyncPlanner
 
 CHECKPOINT_SECONDS = 2.0
 """What differs is sent at least this often (see the module doc); a resync cut off loses at
