@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import mmap
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
@@ -157,23 +158,19 @@ async def resync_image(
         await plans.put(planner.finish())
         await plans.put(None)
 
+    reading = _PlanReading(
+        source=source,
+        disk=disk_id,
+        source_time_ns=comparison.source_time_ns,
+        chunk_bytes=chunk_bytes,
+        sector=comparison.sector,
+        frame_bytes=frame_bytes,
+    )
+
     async def send() -> None:
         while (batch := await plans.get()) is not None:
             ahead.prefetch(batch.extents)  # in case the comparison's prefetch was dropped since
-
-            def events_from(
-                seq: int, offset: int, scanned: Callable[[int], None], batch: BatchPlan = batch
-            ) -> Iterable[Event]:
-                return one_batch_events(
-                    _plan_extents(source, batch, chunk_bytes, comparison.sector),
-                    disk=disk_id,
-                    seq=batch.seq,
-                    source_time_ns=comparison.source_time_ns,
-                    frame_bytes=frame_bytes,
-                    flags=batch.flags,
-                )
-
-            await sender.send(batch.seq, events_from)
+            await sender.send(batch.seq, functools.partial(reading.events, batch))
 
     with ChunkReader.open(source, window_bytes=mmap.PAGESIZE) as ahead:
         await _together(plan(), send())
@@ -198,14 +195,44 @@ async def resync_image(
     )
 
 
-def _plan_extents(source: Path, plan: BatchPlan, chunk_bytes: int, sector: int) -> Iterator[Extent]:
-    """What `plan` writes, read from the source: zeros judged chunk by chunk, as the
-    comparison judged the chunks, and the checkpoint sector by itself."""
-    for offset, length in plan.runs:
-        yield from full_extents(source, chunk_bytes=chunk_bytes, start=offset, end=offset + length)
-    if plan.checkpoint is not None:
-        offset, length = plan.checkpoint
-        yield from full_extents(source, chunk_bytes=sector, start=offset, end=offset + length)
+@dataclass(frozen=True, slots=True)
+class _PlanReading:
+    """How the batches of plans are read from the source (in the producer thread)."""
+
+    source: Path
+    disk: str
+    source_time_ns: int
+    chunk_bytes: int
+    sector: int
+    frame_bytes: int
+
+    def events(
+        self, plan: BatchPlan, seq: int, offset: int, scanned: Callable[[int], None]
+    ) -> Iterable[Event]:
+        """The events of `plan`'s batch (`agent.sender.batch_sender.EventsFrom` once `plan`
+        is given: a plan is one batch, `seq`, read from its own extents)."""
+        assert seq == plan.seq, (seq, plan.seq)
+        return one_batch_events(
+            self._extents(plan),
+            disk=self.disk,
+            seq=plan.seq,
+            source_time_ns=self.source_time_ns,
+            frame_bytes=self.frame_bytes,
+            flags=plan.flags,
+        )
+
+    def _extents(self, plan: BatchPlan) -> Iterator[Extent]:
+        """What `plan` writes, read from the source: zeros judged chunk by chunk, as the
+        comparison judged the chunks, and the checkpoint sector by itself."""
+        for start, length in plan.runs:
+            yield from full_extents(
+                self.source, chunk_bytes=self.chunk_bytes, start=start, end=start + length
+            )
+        if plan.checkpoint is not None:
+            start, length = plan.checkpoint
+            yield from full_extents(
+                self.source, chunk_bytes=self.sector, start=start, end=start + length
+            )
 
 
 async def _together(*jobs: Coroutine[Any, Any, None]) -> None:
