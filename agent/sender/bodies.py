@@ -74,7 +74,7 @@ def encode_batches(
 
     Raises what reading the events raises.
     """
-    encoder = BatchEncoder(1, compress=compress)
+    encoder = BatchEncoder(1, compress=compress)  # replaced at every Begin: events start with one
     seq = 0
     skip = opened = False
     parts: list[bytes] = []
