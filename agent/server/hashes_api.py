@@ -1,7 +1,7 @@
 """`POST /v1/disks/{disk}/hashes` (PROTOCOL.md section 5) and the resync metrics.
 
 The endpoint streams the XXH3-128 digest of each chunk of a range of the target, as
-they are computed: a sender compares them with its source's (agent/sender/resync.py) while
+they are computed: a sender compares them with its source's (agent/sender/compare.py) while
 the agent is still reading.
 
 Where the reading runs: on threads of the request's own, not on the disk's I/O thread (a
