@@ -20,7 +20,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from protocol.documents import DiskState
@@ -204,7 +204,7 @@ class DiskCollector(Collector):
         self._snapshots = snapshots
         self._clock = clock
 
-    def collect(self) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         info = InfoMetricFamily("mtagent_disk", "Configured replication target.", labels=["disk"])
         last_seq = GaugeMetricFamily(
             "mtagent_disk_last_seq",

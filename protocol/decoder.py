@@ -412,6 +412,7 @@ class BatchDecoder:
     def _verified_data(
         self, payload: bytes | memoryview, flags: int, length: int, digest: int, index: int
     ) -> bytes:
+        data: bytes
         if flags & FLAG_LZ4:
             try:
                 data = lz4.block.decompress(payload, uncompressed_size=length)
