@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from blockio.durable import write_atomically
 from blockio.journal.records import (
     UNDO_KEPT,
     CommitRecord,
@@ -349,7 +350,7 @@ def read_sidecar(directory: Path) -> dict[int, SegmentSummary]:
 
 
 def write_sidecar(directory: Path, disk: str, summaries: Sequence[SegmentSummary]) -> None:
-    """Replace the sidecar atomically (temporary file, rename). Not synced: lost or torn by a
+    """Replace the sidecar atomically (`write_atomically`). Not synced: lost or torn by a
     power loss, it is rebuilt, and an old one is trusted only where it still matches.
 
     Raises OSError when it cannot be written (callers log it: the sidecar is only a cache).
@@ -359,11 +360,8 @@ def write_sidecar(directory: Path, disk: str, summaries: Sequence[SegmentSummary
         "disk": disk,
         "segments": [summary.to_json() for summary in summaries],
     }
-    temporary = directory / f".{SIDECAR_NAME}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(json.dumps(document, separators=(",", ":")).encode())
-    os.replace(temporary, directory / SIDECAR_NAME)
+    data = json.dumps(document, separators=(",", ":")).encode()
+    write_atomically(directory / SIDECAR_NAME, data, durable=False)
 
 
 def load_summaries(directory: Path, disk: str) -> tuple[list[SegmentSummary], bool]:

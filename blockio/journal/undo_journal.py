@@ -42,6 +42,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 from blockio.disks.target import TargetDisk
+from blockio.durable import fsync_directory
 from blockio.journal.index import (
     SEGMENT_NAME,
     SegmentSummary,
@@ -106,14 +107,6 @@ class JournalIOError(Exception):
         self.path = path
         self.errno = exc.errno
         self.reason = reason
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -199,7 +192,7 @@ class UndoJournal:
         directory = Path(directory)
         if not directory.is_dir():
             directory.mkdir(parents=True, exist_ok=True)
-            _fsync_directory(directory.parent)
+            fsync_directory(directory.parent)
         lock_fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             summaries, _walked = load_summaries(directory, disk_id)
@@ -221,7 +214,7 @@ class UndoJournal:
         fd = os.open(path, flags, 0o600)
         if create:
             # The name must be durable before records in the file are called durable.
-            _fsync_directory(directory)
+            fsync_directory(directory)
         return fd
 
     def _segment_path(self, number: int) -> Path:
@@ -713,7 +706,7 @@ class UndoJournal:
                     self._sealed.pop(0)
             finally:
                 try:
-                    _fsync_directory(self.directory)
+                    fsync_directory(self.directory)
                 finally:
                     self._publish()
                     self._save_index_quietly()
