@@ -83,7 +83,7 @@ class Replica:
         """Where the target is now: (device node or file, its sysfs directory when known).
 
         A `scsi_uuid` target is looked up afresh each time (a re-attached disk may come back
-        under another node). Raises TargetUnavailable (blockio's) when no single disk has it.
+        under another node). Raises TargetUnusable when no single disk has it.
         """
         if self.config.path is not None:
             return self.config.path, None

@@ -46,6 +46,8 @@ from typing import Any, BinaryIO
 import lz4.block
 import xxhash
 
+from blockio.errors import BlockIOError
+
 MAGIC = b"MTUJ"
 FORMAT_VERSION = 1
 
@@ -93,7 +95,7 @@ UNDO_STATES = frozenset({UNDO_KEPT, UNDO_DISCARDED, UNDO_MISSING})
 MAX_COMMIT_PAYLOAD = 128 * 1024
 
 
-class JournalCorrupt(Exception):
+class JournalCorrupt(BlockIOError):
     """A segment holds bytes that are not a valid record. `str()`:
     `segment <path> at byte <position>: <reason>`."""
 

@@ -34,6 +34,7 @@ from typing import BinaryIO, Protocol
 import xxhash
 
 from blockio.disks.target import TargetDisk
+from blockio.errors import BlockIOError
 from blockio.journal.index import SegmentSummary, segment_numbers, segment_path
 from blockio.journal.records import (
     FLAG_ZERO,
@@ -57,7 +58,7 @@ def _no_progress(phase: str, done: int, total: int) -> None:
     return None
 
 
-class RecoveryError(Exception):
+class RecoveryError(BlockIOError):
     """A restore cannot be done or did not verify. `str()` is one line saying why."""
 
 

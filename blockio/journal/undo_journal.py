@@ -43,6 +43,7 @@ from typing import BinaryIO
 
 from blockio.disks.target import TargetDisk
 from blockio.durable import fsync_directory
+from blockio.errors import BlockIOError
 from blockio.journal.index import (
     SEGMENT_NAME,
     SegmentSummary,
@@ -97,7 +98,7 @@ class UndoLost(JournalCorrupt):
         self.batch_start = batch_start
 
 
-class JournalIOError(Exception):
+class JournalIOError(BlockIOError):
     """Writing, syncing or truncating a segment failed. `.errno` tells ENOSPC (retention drive
     full) from EIO and the rest; `str()` is one line naming the segment."""
 
