@@ -46,7 +46,8 @@ from blockio.durable import replace_durably
 from blockio.journal.index import SegmentSummary, load_summaries, restorable_floor
 from blockio.journal.records import JournalCorrupt
 from blockio.journal.recovery import DiskRestore, RecoveryError, export_disk, rollback_in_place
-from blockio.journal.undo_journal import JournalIOError, UndoJournal, shared_lock
+from blockio.journal.segments import JournalIOError, shared_lock
+from blockio.journal.undo_journal import UndoJournal
 
 # (disk, phase, bytes done, bytes in all) -> None
 RestoreProgress = Callable[[str, str, int, int], None]

@@ -20,12 +20,9 @@ from blockio.disks.discovery import resolve_scsi_id
 from blockio.disks.safety import DeviceProtected, ExpectedSize, expected_size, open_for_replication
 from blockio.disks.target import TargetDisk, TargetError
 from blockio.journal.records import JournalCorrupt
-from blockio.journal.undo_journal import (
-    DEFAULT_SEGMENT_BYTES,
-    JournalIOError,
-    UndoJournal,
-    UndoLost,
-)
+from blockio.journal.rollback import UndoLost
+from blockio.journal.segments import DEFAULT_SEGMENT_BYTES, JournalIOError
+from blockio.journal.undo_journal import UndoJournal
 from protocol.errors import TargetUnavailable
 
 log = logging.getLogger(__name__)

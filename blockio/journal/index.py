@@ -41,32 +41,12 @@ from blockio.journal.records import (
     read_record,
     scan_headers_into,
 )
+from blockio.journal.segments import segment_numbers, segment_path
 
 log = logging.getLogger(__name__)
 
-SEGMENT_NAME = "seg-{:08d}.undo"
-SEGMENT_NAME_RE = re.compile(r"seg-(\d{8})\.undo")
 SIDECAR_NAME = "index.json"
 SIDECAR_VERSION = 1
-
-
-def segment_numbers(directory: Path) -> list[int]:
-    """The numbers of the segment files in `directory`, oldest first ([] if it does not exist)."""
-    try:
-        entries = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    numbers = []
-    for entry in entries:
-        match = SEGMENT_NAME_RE.fullmatch(entry)
-        if match:
-            numbers.append(int(match.group(1)))
-    return sorted(numbers)
-
-
-def segment_path(directory: Path, number: int) -> Path:
-    """The path of segment `number` in `directory`."""
-    return directory / SEGMENT_NAME.format(number)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ its extent that no older record covers (`owned_ranges`) and every byte is writte
 value at the point. Each record is verified against its XXH3-64 before a byte of it is written.
 
 An export runs beside the agent, which keeps replicating. The caller holds the journal shared
-(`blockio.journal.undo_journal.shared_lock`) from before the copy to the end, so no record is
+(`blockio.journal.segments.shared_lock`) from before the copy to the end, so no record is
 truncated or pruned meanwhile; the copy is taken first and the journal read after it. Undo data is
 synced before the target is written, so any write the copy may have seen has its record in the
 journal by then; records of a batch in flight, or of one being rolled back, count like any other
@@ -35,7 +35,7 @@ import xxhash
 
 from blockio.disks.target import TargetDisk
 from blockio.errors import BlockIOError
-from blockio.journal.index import SegmentSummary, segment_numbers, segment_path
+from blockio.journal.index import SegmentSummary
 from blockio.journal.records import (
     FLAG_ZERO,
     JournalCorrupt,
@@ -45,6 +45,7 @@ from blockio.journal.records import (
     read_record,
     scan_headers,
 )
+from blockio.journal.segments import segment_numbers, segment_path
 
 COPY_CHUNK = 4 << 20
 # Pieces read back for verification are gathered up to this size per read.

@@ -29,7 +29,8 @@ from blockio.journal.records import (
     read_commit,
     scan_headers,
 )
-from blockio.journal.undo_journal import UndoJournal, shared_lock
+from blockio.journal.segments import shared_lock
+from blockio.journal.undo_journal import UndoJournal
 
 KiB = 1 << 10
 DISK = "d0"
