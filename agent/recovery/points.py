@@ -34,7 +34,8 @@ from typing import Any
 from agent.config import AgentConfig
 from agent.replication.replica import Replica
 from agent.replication.state import OK, BatchCommit, DiskProgress, StateStore
-from blockio.journal.index import load_summaries, restorable_floor
+from blockio.journal.catalog import load_summaries
+from blockio.journal.index import restorable_floor
 
 APP = "app"
 CRASH = "crash"

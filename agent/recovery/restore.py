@@ -43,9 +43,11 @@ from blockio.disks.discovery import resolve_scsi_id
 from blockio.disks.safety import open_for_replication
 from blockio.disks.target import TargetDisk, TargetError
 from blockio.durable import replace_durably
-from blockio.journal.index import SegmentSummary, load_summaries, restorable_floor
+from blockio.journal.catalog import load_summaries
+from blockio.journal.index import SegmentSummary, restorable_floor
 from blockio.journal.records import JournalCorrupt
-from blockio.journal.recovery import DiskRestore, RecoveryError, export_disk, rollback_in_place
+from blockio.journal.restore import DiskRestore, export_disk, rollback_in_place
+from blockio.journal.restore_plan import RecoveryError
 from blockio.journal.segments import JournalIOError, shared_lock
 from blockio.journal.undo_journal import UndoJournal
 

@@ -112,6 +112,30 @@ def roll_back_tail(
     return undone, touched
 
 
+def tail_segment(directory: Path, lost: UndoLost) -> int:
+    """The number of the segment of `lost`, the journal's tail (every newer one is empty).
+    Raises ValueError when it is not."""
+    numbers = segment_numbers(directory)
+    tail = [n for n in numbers if segment_path(directory, n) == lost.path]
+    if not tail or any(
+        segment_path(directory, n).stat().st_size > 0 for n in numbers if n > tail[0]
+    ):
+        raise ValueError(f"undo journal {directory}: {lost.path} is not its tail")
+    return tail[0]
+
+
+def cut_off_lost(lost: UndoLost, fd: int | None) -> None:
+    """Cut the records `lost` names off its segment, unapplied, durably; `fd`: the segment's
+    descriptor if the journal holds it open. The caller holds the journal lock exclusively.
+    Raises JournalIOError."""
+    own = os.open(lost.path, os.O_RDWR | os.O_CLOEXEC) if fd is None else fd
+    try:
+        truncate(own, lost.path, lost.batch_start)
+    finally:
+        if fd is None:
+            os.close(own)
+
+
 def _first_uncommitted(headers: list[RecordHeader], committed_seq: int) -> int:
     """The index of the first of the trailing headers whose seq is above `committed_seq`."""
     first_open = len(headers)

@@ -1,11 +1,10 @@
-"""The undo journal of one disk: append-only segment files of undo records, joined into one
-object from its parts: the segment files and the lock (`blockio.journal.segments`), the writer of
-the open end (`blockio.journal.writer`), rollback and crash recovery
-(`blockio.journal.rollback`), and the summaries of what it holds (`blockio.journal.index`).
+"""The undo journal of one disk, joined from its parts: the segment files and their lock
+(`segments`), the writer of the open end (`writer`), rollback and crash recovery (`rollback`),
+and the catalog of what each segment holds (`catalog`, `index`).
 
-Records are those of `blockio.journal.records`, appended in the order the batch writer reads old
-data. A batch's records never span two segments, so whole segments can later be pruned without
-splitting a batch.
+Records (`blockio.journal.records`) are appended in the order the batch writer reads old data. A
+batch's records never span two segments, so pruning deletes whole segments, oldest first, never
+the one appends go to (`prune`), without splitting a batch.
 
 Retention. The records of committed batches stay: they are the retention window. `end(commit=...)`
 closes a committed batch with a COMMIT record. It is written right after the state commit but not
@@ -13,49 +12,43 @@ synced then: the next sync of the segment (the next batch's first group, or the 
 segment) makes it durable. So a crash can lose only the newest batch's COMMIT record, and only
 when that batch's undo records are in the segment (a batch that keeps no records syncs its COMMIT
 at once); the agent writes it again at start-up from the state store (`append_commits`). The
-journal keeps a summary of each segment as it goes (`summaries()`, `blockio.journal.index`) and
-caches them in `index.json` when a segment is sealed, pruned, recovered and at close.
+catalog is saved to `index.json` when a segment is sealed, pruned, recovered and at close.
 
-Pruning deletes whole segments, oldest first, never the one appends go to (`prune`).
-
-Locking. Readers beside the agent hold the journal lock shared (`shared_lock`); the journal takes
-it exclusively to truncate (a rollback, a discarded resync batch, `recover`) and to prune, so
-records a reader has seen never disappear under it: a truncation waits for the reader; pruning is
-skipped until the next round. Appends need no lock: a reader stops at the tail it saw, and a
-record at that tail was synced before any byte it protects reached the target.
+Locking. The journal takes its lock exclusively to truncate (a rollback, a discarded resync
+batch, `recover`) and to prune, so records a reader holding it shared has seen never disappear:
+a truncation waits for the reader; pruning is skipped until the next round. Appends need no
+lock: a reader stops at the tail it saw, and a record at that tail was synced before any byte it
+protects reached the target.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
 from blockio.disks.target import TargetDisk
 from blockio.durable import fsync_directory
-from blockio.journal.index import (
-    SegmentSummary,
-    SegmentTally,
-    load_summaries,
-    walk_segment,
-    write_sidecar,
-)
+from blockio.journal.catalog import SegmentCatalog, load_summaries
+from blockio.journal.index import SegmentSummary
 from blockio.journal.records import CommitRecord
-from blockio.journal.rollback import UndoLost, roll_back_batch, roll_back_tail
+from blockio.journal.rollback import (
+    UndoLost,
+    cut_off_lost,
+    roll_back_batch,
+    roll_back_tail,
+    tail_segment,
+)
 from blockio.journal.segments import (
     DEFAULT_SEGMENT_BYTES,
     JournalIOError,
     JournalLock,
     datasync,
     delete_segment,
-    open_segment,
     segment_numbers,
     segment_path,
-    truncate,
 )
 from blockio.journal.writer import SegmentWriter
 
@@ -83,8 +76,7 @@ class UndoJournal:
         # What a crash may have left: nothing may be appended before recover() has looked.
         self._needs_recovery = any(p.stat().st_size > 0 for p in self.segments())
         # Summaries of the sealed segments; the writer tallies the current one.
-        self._sealed = list(sealed)
-        self._published: tuple[SegmentSummary, ...] = ()
+        self._catalog = SegmentCatalog(directory, disk_id, sealed)
         self._publish()
 
     @classmethod
@@ -106,20 +98,11 @@ class UndoJournal:
         lock = JournalLock(directory)
         try:
             summaries, _walked = load_summaries(directory, disk_id)
-            numbers = segment_numbers(directory)
-            number = numbers[-1] if numbers else 1
-            fd = open_segment(directory, number, create=not numbers)
+            writer = SegmentWriter.open(directory, disk_id, summaries)
         except BaseException:
             lock.close()
             raise
-        current = next((s for s in summaries if s.number == number), None)
-        tally = (
-            SegmentTally(disk_id)
-            if current is None
-            else SegmentTally.from_summary(disk_id, current)
-        )
-        writer = SegmentWriter(directory, disk_id, number, fd, tally)
-        sealed = [s for s in summaries if s.number != number]
+        sealed = [s for s in summaries if s.number != writer.number]
         return cls(directory, disk_id, segment_bytes, writer, lock, sealed)
 
     @property
@@ -135,47 +118,36 @@ class UndoJournal:
         """A summary of every segment, oldest first, as of the last batch end, prune or
         recovery (the open batch is not in it). Safe to call from any thread: it is replaced
         whole, never changed in place."""
-        return self._published
+        return self._catalog.published
 
     @property
     def last_commit_seq(self) -> int:
         """The newest batch with a commit record in the journal (0: none)."""
-        return max((s.last_commit_seq for s in self._published), default=0)
+        return self._catalog.last_commit_seq
 
     def pending_undo(self, seq: int) -> tuple[int, int]:
         """(records, bytes of old data) of batch `seq` found in the journal without its commit
         record: what start-up compares with the batch's data bytes. (0, 0) if none."""
-        for summary in self._published:
-            for pending_seq, records, undo_bytes in summary.pending:
-                if pending_seq == seq:
-                    return records, undo_bytes
-        return 0, 0
+        return self._catalog.pending_undo(seq)
 
     def mark_damaged(self, number: int, damage: str) -> None:
         """Record that sealed segment `number` was found damaged after it was summarized (a
         background scrub): the points that need it are no longer listed, and the sidecar keeps
         saying so. A segment pruned meanwhile is ignored."""
-        for i, summary in enumerate(self._sealed):
-            if summary.number == number and summary.damage is None:
-                self._sealed[i] = replace(summary, damage=damage)
-                self._log_damage(self._sealed[i])
-                self._publish()
-                self._save_index_quietly()
+        if self._catalog.mark_damaged(number, damage):
+            self._publish()
+            self._save_index_quietly()
 
     def _publish(self) -> None:
-        self._published = (*self._sealed, self._writer.live_summary())
+        self._catalog.publish(self._writer.live_summary())
 
     def save_index(self) -> None:
         """Write the summaries to the sidecar (`index.json`), with each segment's size and
         modification time as they are now. Raises OSError."""
-        write_sidecar(self.directory, self.disk_id, [*self._sealed, self._writer.stat_summary()])
+        self._catalog.save(self._writer.stat_summary())
 
     def _save_index_quietly(self) -> None:
-        try:
-            self.save_index()
-        except OSError as exc:
-            # Only a cache: the next start walks the segments instead.
-            log.warning("undo journal %s: index not saved: %s", self.directory, exc)
+        self._catalog.save_quietly(self._writer.stat_summary())
 
     @contextlib.contextmanager
     def exclusive(self, *, wait: bool = True) -> Iterator[bool]:
@@ -212,7 +184,7 @@ class UndoJournal:
         if self._writer.write_commits(sync=True):
             self._publish()
         if self._writer.size >= self.segment_bytes:
-            self._sealed.append(self._writer.roll())
+            self._catalog.sealed.append(self._writer.roll())
             self._publish()
             self._save_index_quietly()
         self._writer.begin(seq)
@@ -309,24 +281,13 @@ class UndoJournal:
                 )
             self._cut_batch()
             return
-        numbers = segment_numbers(self.directory)
-        tail = [n for n in numbers if segment_path(self.directory, n) == lost.path]
-        if not tail or any(
-            segment_path(self.directory, n).stat().st_size > 0 for n in numbers if n > tail[0]
-        ):
-            raise ValueError(f"undo journal {self.directory}: {lost.path} is not its tail")
-        number = tail[0]
+        number = tail_segment(self.directory, lost)
         current = number == self._writer.number
         with self.exclusive():
-            fd = self._writer.fd if current else os.open(lost.path, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                truncate(fd, lost.path, lost.batch_start)
-            finally:
-                if not current:
-                    os.close(fd)
+            cut_off_lost(lost, self._writer.fd if current else None)
         self._writer.reread(walk=current)
         if not current:
-            self._refresh_sealed(number)
+            self._catalog.refresh(number)
         self._publish()
 
     def recover(self, target: TargetDisk, committed_seq: int) -> int:
@@ -351,29 +312,13 @@ class UndoJournal:
         self._writer.reread(walk=self._writer.number in touched)
         self._needs_recovery = False
         for number in touched - {self._writer.number}:
-            self._refresh_sealed(number)
+            self._catalog.refresh(number)
         self._publish()
-        for summary in self._published:
+        for summary in self._catalog.published:
             if summary.damage is not None:
-                self._log_damage(summary)
+                self._catalog.log_damage(summary)
         self._save_index_quietly()
         return undone
-
-    def _log_damage(self, summary: SegmentSummary) -> None:
-        log.error(
-            "undo journal %s: DAMAGED: %s; recovery points of disk %s that need this segment "
-            "(older than batch %d) cannot be restored and are not listed (see mtagent check)",
-            segment_path(self.directory, summary.number),
-            summary.damage,
-            self.disk_id,
-            summary.last_seq,
-        )
-
-    def _refresh_sealed(self, number: int) -> None:
-        """Summarize sealed segment `number` again after it was truncated."""
-        walk = walk_segment(segment_path(self.directory, number), self.disk_id, last=False)
-        summary = walk.tally.summary(number, walk.size_bytes, walk.mtime_ns)
-        self._sealed = [summary if s.number == number else s for s in self._sealed]
 
     def prune(self, numbers: Sequence[int], *, wait: bool = False) -> int:
         """Delete segments `numbers`: they must be the journal's oldest, and not the one appends
@@ -387,7 +332,7 @@ class UndoJournal:
         numbers = sorted(numbers)
         if not numbers:
             return 0
-        oldest = [s.number for s in self._sealed[: len(numbers)]]
+        oldest = [s.number for s in self._catalog.sealed[: len(numbers)]]
         if numbers != oldest or self._writer.number in numbers:
             raise ValueError(
                 f"undo journal {self.directory}: only the oldest sealed segments can be pruned, "
@@ -400,7 +345,7 @@ class UndoJournal:
             try:
                 for number in numbers:
                     freed += delete_segment(segment_path(self.directory, number))
-                    self._sealed.pop(0)
+                    self._catalog.sealed.pop(0)
             finally:
                 try:
                     fsync_directory(self.directory)

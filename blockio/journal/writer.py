@@ -33,6 +33,7 @@ from blockio.journal.segments import (
     JournalIOError,
     datasync,
     open_segment,
+    segment_numbers,
     segment_path,
     truncate,
 )
@@ -70,6 +71,23 @@ class SegmentWriter:
         self._batch_undo_bytes = 0
         # Commit records whose write failed (a full drive): written before anything else.
         self._unwritten: list[CommitRecord] = []
+
+    @classmethod
+    def open(
+        cls, directory: Path, disk_id: str, summaries: Sequence[SegmentSummary]
+    ) -> SegmentWriter:
+        """A writer of the newest segment in `directory` (created if there is none), its tally
+        carried on from that segment's summary in `summaries` if there is one. Raises OSError."""
+        numbers = segment_numbers(directory)
+        number = numbers[-1] if numbers else 1
+        current = next((s for s in summaries if s.number == number), None)
+        tally = (
+            SegmentTally(disk_id)
+            if current is None
+            else SegmentTally.from_summary(disk_id, current)
+        )
+        fd = open_segment(directory, number, create=not numbers)
+        return cls(directory, disk_id, number, fd, tally)
 
     @property
     def path(self) -> Path:

@@ -14,13 +14,8 @@ import pytest
 from agent.replication.retention_gate import complete_commit_records
 from agent.replication.state import BatchCommit, StateStore
 from blockio.disks.target import TargetDisk
-from blockio.journal.index import (
-    SIDECAR_NAME,
-    SegmentSummary,
-    load_summaries,
-    restorable_floor,
-    walk_segment,
-)
+from blockio.journal.catalog import SIDECAR_NAME, load_summaries
+from blockio.journal.index import SegmentSummary, restorable_floor, walk_segment
 from blockio.journal.records import (
     CommitRecord,
     JournalCorrupt,
