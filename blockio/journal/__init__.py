@@ -1,6 +1,7 @@
 """The undo journal of each disk on the retention drive.
 
-- `records`: the record format (UNDO and COMMIT records), encoding, scanning and reading back;
+- `records`: the record format (UNDO and COMMIT records) and its encoding;
+- `reader`: walking a segment's records and reading them back, verified;
 - `segments`: the segment files, their names, the I/O on them, the journal lock;
 - `writer`: appending records to the newest segment and syncing them;
 - `rollback`: rolling back the open batch, and at start-up the batch a crash cut off;

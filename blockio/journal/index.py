@@ -25,15 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from blockio.journal.reader import read_commit, read_record, scan_headers_into
 from blockio.journal.records import (
     UNDO_KEPT,
     CommitRecord,
     JournalCorrupt,
     RecordHeader,
     RecordKind,
-    read_commit,
-    read_record,
-    scan_headers_into,
 )
 
 log = logging.getLogger(__name__)

@@ -31,12 +31,8 @@ import xxhash
 
 from blockio.disks.target import TargetDisk
 from blockio.journal.index import SegmentSummary
-from blockio.journal.records import (
-    FLAG_ZERO,
-    JournalCorrupt,
-    is_zero,
-    read_record,
-)
+from blockio.journal.reader import read_record
+from blockio.journal.records import FLAG_ZERO, JournalCorrupt, is_zero
 from blockio.journal.restore_plan import PlannedRecord, RecoveryError, RollbackPlan, plan_rollback
 
 COPY_CHUNK = 4 << 20

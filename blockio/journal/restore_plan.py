@@ -17,7 +17,8 @@ from pathlib import Path
 
 from blockio.errors import BlockIOError
 from blockio.journal.index import SegmentSummary
-from blockio.journal.records import JournalCorrupt, RecordHeader, RecordKind, scan_headers
+from blockio.journal.reader import scan_headers
+from blockio.journal.records import JournalCorrupt, RecordHeader, RecordKind
 from blockio.journal.segments import segment_numbers, segment_path
 
 

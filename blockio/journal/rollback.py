@@ -19,15 +19,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from blockio.disks.target import TargetDisk
-from blockio.journal.records import (
-    FLAG_GROUP_START,
-    JournalCorrupt,
-    RecordHeader,
-    RecordKind,
-    read_record,
-    scan_headers,
-    scan_headers_into,
-)
+from blockio.journal.reader import read_record, scan_headers, scan_headers_into
+from blockio.journal.records import FLAG_GROUP_START, JournalCorrupt, RecordHeader, RecordKind
 from blockio.journal.segments import segment_numbers, segment_path, truncate
 
 log = logging.getLogger(__name__)

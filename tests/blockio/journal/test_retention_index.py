@@ -16,14 +16,8 @@ from agent.replication.state import BatchCommit, StateStore
 from blockio.disks.target import TargetDisk
 from blockio.journal.catalog import SIDECAR_NAME, load_summaries
 from blockio.journal.index import SegmentSummary, restorable_floor, walk_segment
-from blockio.journal.records import (
-    CommitRecord,
-    JournalCorrupt,
-    RecordKind,
-    encode_commit,
-    read_commit,
-    scan_headers,
-)
+from blockio.journal.reader import read_commit, scan_headers
+from blockio.journal.records import CommitRecord, JournalCorrupt, RecordKind, encode_commit
 from blockio.journal.segments import shared_lock
 from blockio.journal.undo_journal import UndoJournal
 
