@@ -134,3 +134,4 @@ def test_the_rules_reject_a_reach_back_up() -> None:
     assert not allowed("agent.config", "agent.replication.state")
     assert allowed("agent.recovery.restore", "agent.replication.state")
     assert allowed("agent.commands.serve", "agent.server.daemon")
+    assert allowed("blockio.disks.target", "blockio.durable")
