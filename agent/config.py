@@ -20,7 +20,7 @@ from typing import Any, Literal, cast
 
 from agent.errors import CommandFailed
 from blockio.disks.identity import EXPECTED_SPELLING, canonical_scsi_uuid
-from blockio.journal.undo_journal import DEFAULT_SEGMENT_BYTES
+from blockio.journal.segments import DEFAULT_SEGMENT_BYTES
 from protocol.wire import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_FRAME_BYTES
 
 DEFAULT_CONFIG_PATH = Path("/etc/mtagent/agent.toml")

@@ -11,7 +11,7 @@ from agent.config import load_config
 from agent.errors import CommandFailed
 from agent.recovery.points import format_time, group_disk_ids, stored_points
 from agent.replication.state import StateStore
-from blockio.journal.undo_journal import shared_lock
+from blockio.journal.segments import shared_lock
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -33,7 +33,8 @@ from datetime import UTC, datetime
 from agent.config import AgentConfig
 from agent.replication.replica import Replica
 from agent.replication.state import BatchCommit, DiskProgress, StateStore
-from blockio.journal.index import load_summaries, restorable_floor
+from blockio.journal.catalog import load_summaries
+from blockio.journal.index import restorable_floor
 from protocol.documents import DiskState, Point, PointKind
 from protocol.wire import BEGIN_FLAG_RESYNC, BEGIN_FLAG_RESYNC_DONE
 

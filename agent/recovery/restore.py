@@ -42,10 +42,14 @@ from agent.replication.state import StateStore
 from blockio.disks.discovery import resolve_scsi_id
 from blockio.disks.safety import open_for_replication
 from blockio.disks.target import TargetDisk, TargetError
-from blockio.journal.index import SegmentSummary, load_summaries, restorable_floor
+from blockio.durable import replace_durably
+from blockio.journal.catalog import load_summaries
+from blockio.journal.index import SegmentSummary, restorable_floor
 from blockio.journal.records import JournalCorrupt
-from blockio.journal.recovery import DiskRestore, RecoveryError, export_disk, rollback_in_place
-from blockio.journal.undo_journal import JournalIOError, UndoJournal, shared_lock
+from blockio.journal.restore import DiskRestore, export_disk, rollback_in_place
+from blockio.journal.restore_plan import RecoveryError
+from blockio.journal.segments import JournalIOError, shared_lock
+from blockio.journal.undo_journal import UndoJournal
 from protocol.documents import DiskState, Point
 
 # (disk, phase, bytes done, bytes in all) -> None
@@ -183,20 +187,11 @@ def export_point(
                     )
             except (RecoveryError, TargetError, OSError) as exc:
                 raise _failure(disk, exc) from exc
-            os.replace(partial, final)
-            _fsync_directory(output_dir)
+            replace_durably(partial, final)
             results.append(
                 DiskRestore(disk, seq, final, result.size_bytes, result.records, result.undo_bytes)
             )
     return RestoreReport(group, "output", point, tuple(results))
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass

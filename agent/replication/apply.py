@@ -27,7 +27,8 @@ from agent.replication.retention_gate import RetentionGate, commit_record
 from agent.replication.state import BatchCommit, StateStore
 from blockio.batch_writer import BatchWriter, Write
 from blockio.disks.target import TargetError
-from blockio.journal.undo_journal import JournalIOError, UndoLost
+from blockio.journal.rollback import UndoLost
+from blockio.journal.segments import JournalIOError
 from protocol.decoder import BatchDecoder
 from protocol.documents import BatchResult, DiskState
 from protocol.errors import (

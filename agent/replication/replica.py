@@ -20,12 +20,9 @@ from blockio.disks.discovery import resolve_scsi_id
 from blockio.disks.safety import DeviceProtected, ExpectedSize, expected_size, open_for_replication
 from blockio.disks.target import TargetDisk, TargetError
 from blockio.journal.records import JournalCorrupt
-from blockio.journal.undo_journal import (
-    DEFAULT_SEGMENT_BYTES,
-    JournalIOError,
-    UndoJournal,
-    UndoLost,
-)
+from blockio.journal.rollback import UndoLost
+from blockio.journal.segments import DEFAULT_SEGMENT_BYTES, JournalIOError
+from blockio.journal.undo_journal import UndoJournal
 from protocol.documents import Disk, DiskState
 from protocol.errors import TargetUnavailable
 
@@ -87,7 +84,7 @@ class Replica:
         """Where the target is now: (device node or file, its sysfs directory when known).
 
         A `scsi_uuid` target is looked up afresh each time (a re-attached disk may come back
-        under another node). Raises TargetUnavailable (blockio's) when no single disk has it.
+        under another node). Raises TargetUnusable when no single disk has it.
         """
         if self.config.path is not None:
             return self.config.path, None

@@ -33,7 +33,7 @@ from blockio.disks.discovery import (
 )
 from blockio.disks.safety import check_target, expected_size
 from blockio.disks.target import TargetDisk, TargetError
-from blockio.journal.undo_journal import shared_lock
+from blockio.journal.segments import shared_lock
 from protocol.documents import DiskState
 
 log = logging.getLogger(__name__)

@@ -73,7 +73,8 @@ def big_batch(seq: int) -> tuple[list[bytes], list[bytes], BatchEncoder]:
 def damage_first_undo_record(agent: AgentProcess, seq: int) -> None:
     """Flip a byte in the old data of the first undo record of batch `seq` (its first sync
     group, synced before a later group: no reader may take it for an unsynced tail)."""
-    from blockio.journal.records import RecordKind, scan_headers
+    from blockio.journal.reader import scan_headers
+    from blockio.journal.records import RecordKind
 
     for segment in sorted((agent.workdir / "retention" / "d0").glob("seg-*.undo")):
         with open(segment, "rb") as f:

@@ -21,8 +21,9 @@ from agent.replication.retention_gate import RetentionGate
 from agent.replication.state import StateStore
 from agent.retention.keeper import RetentionKeeper
 from agent.retention.metrics import RetentionMetrics
-from blockio.journal.index import load_summaries
-from blockio.journal.records import RecordHeader, RecordKind, scan_headers
+from blockio.journal.catalog import load_summaries
+from blockio.journal.reader import scan_headers
+from blockio.journal.records import RecordHeader, RecordKind
 from tests.support.agent_harness import AgentProcess
 from tests.support.damage import flip_byte
 from tests.support.retention_scenario import KiB, MiB, SourceDisk, clone, send
