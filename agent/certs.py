@@ -13,9 +13,7 @@ the old file or the new one, never half of one.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.errors import AgentError
+from blockio.durable import DirectoryNotSynced, write_atomically
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
@@ -484,36 +483,9 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     """Replace `path` with `data`, mode `mode` from creation on; old or new survives a crash."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        # O_EXCL: never write through a file or symlink planted under the temporary name.
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    except OSError as exc:
-        raise PkiError(path, f"cannot write: {exc.strerror}") from exc
-    try:
-        try:
-            # The umask may have taken bits from a certificate's 0644; a key's 0600 is exact.
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise PkiError(path, f"cannot write: {exc.strerror}") from exc
-    try:
-        _fsync_directory(path.parent)
-    except OSError as exc:
+        write_atomically(path, data, mode=mode)
+    except DirectoryNotSynced as exc:
         message = f"written, but its directory could not be synced: {exc.strerror}"
         raise PkiError(path, message) from exc
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The rename is durable only once the directory entry is.
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    except OSError as exc:
+        raise PkiError(path, f"cannot write: {exc.strerror}") from exc

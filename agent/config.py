@@ -30,7 +30,7 @@ from agent.units import (
 )
 from blockio.disks.discovery import BlockDisk, locate, resolve_scsi_id
 from blockio.disks.identity import EXPECTED_SPELLING, canonical_scsi_uuid
-from blockio.journal.undo_journal import DEFAULT_SEGMENT_BYTES
+from blockio.journal.segments import DEFAULT_SEGMENT_BYTES
 from protocol.wire import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_FRAME_BYTES
 
 DEFAULT_CONFIG_PATH = Path("/etc/mtagent/agent.toml")

@@ -20,12 +20,13 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from protocol.documents import DiskState
 from protocol.wire import PROTOCOL_VERSION
 
-DISK_STATES = ("ok", "resync_required", "resyncing", "missing", "protected", "recovered")
+DISK_STATES = tuple(DiskState)
 
 # Gaps the agent detects between what it acknowledged and what a target holds, each of which
 # makes the disk `resync_required` (the `reason` label of mtagent_resync_required_total):
@@ -59,7 +60,7 @@ class DiskSnapshot:
 
     disk: str
     group: str
-    state: str
+    state: DiskState
     last_seq: int
     last_source_time_ns: int
     size_bytes: int
@@ -203,7 +204,7 @@ class DiskCollector(Collector):
         self._snapshots = snapshots
         self._clock = clock
 
-    def collect(self) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         info = InfoMetricFamily("mtagent_disk", "Configured replication target.", labels=["disk"])
         last_seq = GaugeMetricFamily(
             "mtagent_disk_last_seq",

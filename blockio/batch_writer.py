@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from blockio.disks.target import TargetDisk
 from blockio.journal.records import CommitRecord
-from blockio.journal.undo_journal import UndoJournal, UndoLost
+from blockio.journal.rollback import UndoLost
+from blockio.journal.undo_journal import UndoJournal
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,9 @@ Two rules follow from it: frames are cut on grids fixed at offset 0 (DATA at
 multiples of `frame_bytes`, ZERO at multiples of MAX_ZERO_FRAME_BYTES), and a resync
 cuts batches at multiples of `batch_bytes`, so its batch `k` covers the same disk
 range every time.
+
+`one_batch_events` is the same cutting for one batch whose content is already decided
+(a resync by hash comparison decides its batches with `protocol.resync_plan`).
 """
 
 from __future__ import annotations
@@ -78,6 +81,54 @@ def batch_events(
     return _batches(
         iter(extents), disk, first_seq, source_time_ns, frame_bytes, batch_bytes, resync_end, tag
     )
+
+
+def one_batch_events(
+    extents: Iterable[ExtentLike],
+    *,
+    disk: str,
+    seq: int,
+    source_time_ns: int,
+    frame_bytes: int,
+    flags: frozenset[str] = frozenset(),
+    tag: Tag | None = None,
+) -> Iterator[Event]:
+    """Batch `seq` holding all of `extents`, with `flags`, as its events: `Begin`, the
+    frames, `tag` if any, `End`.
+
+    Extents and frames follow the rules of `batch_events` (ascending, not overlapping,
+    borrowed data fine; frames cut on the grids fixed at offset 0); however much the extents
+    hold, they go into this one batch.
+
+    Raises ValueError if `frame_bytes` or `seq` is not positive.
+    """
+    if frame_bytes <= 0 or seq <= 0:
+        raise ValueError(f"frame_bytes and seq must be positive, got {frame_bytes}, {seq}")
+    return _one_batch(iter(extents), disk, seq, source_time_ns, frame_bytes, flags, tag)
+
+
+def _one_batch(
+    extents: Iterator[ExtentLike],
+    disk: str,
+    seq: int,
+    source_time_ns: int,
+    frame_bytes: int,
+    flags: frozenset[str],
+    tag: Tag | None,
+) -> Iterator[Event]:
+    yield Begin(disk, seq, source_time_ns, flags)
+    frames = 1
+    filled = 0
+    while (piece := _next_piece(extents)) is not None:
+        offset, length, data = piece
+        for event in _frames(offset, length, data, frame_bytes):
+            yield event
+            frames += 1
+        filled += length
+    if tag is not None:
+        yield tag
+        frames += 1
+    yield End(frames=frames + 1, data_bytes=filled)
 
 
 def _batches(

@@ -19,12 +19,20 @@ import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 import h11
 
-from protocol.errors import ERRORS_BY_CODE, ProtocolError
+from protocol.documents import (
+    BatchResult,
+    Disk,
+    Info,
+    Point,
+    disks_from_json,
+    points_from_json,
+)
+from protocol.errors import ERRORS_BY_CODE, BadDocument, ErrorBody, ProtocolError
 from protocol.wire import BATCH_CONTENT_TYPE
 
 # One chunk digest of the hashes stream: XXH3-128.
@@ -65,25 +73,17 @@ def error_from_response(status: int, body: bytes) -> ProtocolError:
 
     A known code gives its `protocol.errors` class; an unknown code a plain
     ProtocolError that keeps the agent's code and status; a body that is not the
-    protocol's JSON (a proxy's page, say) a ProtocolError with code `HTTP_<status>`.
+    protocol's error body (a proxy's page, say) a ProtocolError with code `HTTP_<status>`.
     The message, the frame index and the other details are filled in.
     """
     try:
-        error = json.loads(body)["error"]
-        code = error["code"]
-        if not isinstance(code, str):
-            raise TypeError(code)
-    except (ValueError, KeyError, TypeError):
+        error = ErrorBody.from_json(json.loads(body))
+    except (ValueError, BadDocument):
         text = body[:200].decode("utf-8", "replace").strip() or "(empty body)"
         return _with_code(ProtocolError(f"HTTP {status}: {text}"), f"HTTP_{status}", status)
-    message = str(error.get("message", ""))
-    frame = error.get("frame")
-    details = {k: v for k, v in error.items() if k not in ("code", "message", "frame")}
-    cls = ERRORS_BY_CODE.get(code)
-    if cls is None:
-        exc = ProtocolError(message, frame=frame if isinstance(frame, int) else None, **details)
-        return _with_code(exc, code, status)
-    return cls(message, frame=frame if isinstance(frame, int) else None, **details)
+    cls = ERRORS_BY_CODE.get(error.code)
+    exc = (cls or ProtocolError)(error.message, frame=error.frame, **error.details)
+    return exc if cls is not None else _with_code(exc, error.code, status)
 
 
 def _with_code(exc: ProtocolError, code: str, status: int) -> ProtocolError:
@@ -251,33 +251,42 @@ class AgentClient:
         self._idle.clear()
         self._busy.clear()
 
-    async def info(self) -> dict[str, Any]:
-        """`GET /v1/info`. Raises the ProtocolError of an error answer."""
-        return await self._get("/v1/info")
+    async def info(self) -> Info:
+        """`GET /v1/info`. Raises the ProtocolError of an error answer, BadDocument for an
+        answer that is not an Info."""
+        return Info.from_json(await self._get("/v1/info"))
 
-    async def disks(self) -> list[dict[str, Any]]:
-        """`GET /v1/disks`: every target. Raises the ProtocolError of an error answer."""
-        disks: list[dict[str, Any]] = (await self._get("/v1/disks"))["disks"]
-        return disks
+    async def disks(self) -> list[Disk]:
+        """`GET /v1/disks`: every target. Raises the ProtocolError of an error answer,
+        BadDocument for an answer that is not a list of Disks."""
+        return disks_from_json(await self._get("/v1/disks"))
 
-    async def disk(self, disk_id: str) -> dict[str, Any]:
-        """`GET /v1/disks/{disk}`. Raises UnknownDisk for a disk the agent does not have."""
-        return await self._get(f"/v1/disks/{quote(disk_id, safe='')}")
+    async def disk(self, disk_id: str) -> Disk:
+        """`GET /v1/disks/{disk}`. Raises UnknownDisk for a disk the agent does not have,
+        BadDocument for an answer that is not a Disk."""
+        return Disk.from_json(await self._get(f"/v1/disks/{quote(disk_id, safe='')}"))
+
+    async def recovery_points(self, group: str) -> list[Point]:
+        """`GET /v1/groups/{group}/recovery-points`: the group's points, oldest first. Raises
+        UnknownGroup for a group none of the agent's disks is in, BadDocument for an answer
+        that is not a list of Points."""
+        path = f"/v1/groups/{quote(group, safe='')}/recovery-points"
+        return points_from_json(await self._get(path))
 
     async def put_batch(
         self, disk_id: str, seq: int, body: bytes | AsyncIterable[bytes | memoryview]
-    ) -> dict[str, Any]:
+    ) -> BatchResult:
         """`PUT /v1/disks/{disk}/batches/{seq}`: send one batch, return the agent's answer.
 
         A 200 means the batch is durable on the target. An iterable body is streamed
         (chunked), one request-body chunk per item; an exception it raises is raised here
         as is. An agent that answers before the body ends (an error) is heard at once and
         the rest of the body is not sent. An error answer raises the ProtocolError of its
-        code (see `error_from_response`).
+        code (see `error_from_response`), an answer that is not a BatchResult BadDocument.
         """
         path = f"/v1/disks/{quote(disk_id, safe='')}/batches/{seq}"
         async with self._exchange("PUT", path, BATCH_CONTENT_TYPE, body) as answer:
-            return await self._timed(_json_answer(answer))  # type: ignore[no-any-return]
+            return BatchResult.from_json(await self._timed(_json_answer(answer)))
 
     async def hashes(
         self, disk_id: str, offset: int, length: int, chunk_bytes: int
@@ -317,9 +326,9 @@ class AgentClient:
             if carry or await self._timed(answer.read()):
                 raise TransportError(f"the digest stream of disk {disk_id} is longer than asked")
 
-    async def _get(self, path: str) -> dict[str, Any]:
+    async def _get(self, path: str) -> object:
         async with self._exchange("GET", path, None, b"") as answer:
-            return await self._timed(_json_answer(answer))  # type: ignore[no-any-return]
+            return await self._timed(_json_answer(answer))
 
     async def _timed(self, waiting: Any) -> Any:
         async with asyncio.timeout(self._timeout):
@@ -354,7 +363,7 @@ class AgentClient:
             else:
                 async with asyncio.timeout(self._timeout):
                     if body:
-                        await connection.send(h11.Data(data=body))
+                        await connection.send(h11.Data(data=_bytes_like(body)))
                     await connection.send(h11.EndOfMessage())
                     response = await self._response(connection)
             answer = _Answer(connection, response)
@@ -380,7 +389,7 @@ class AgentClient:
                 moved = loop.time()
                 async for chunk in body:
                     if chunk:
-                        await connection.send(h11.Data(data=chunk))
+                        await connection.send(h11.Data(data=_bytes_like(chunk)))
                     now = loop.time()
                     if now - moved >= 1.0:
                         deadline.reschedule(now + self._timeout)
@@ -402,7 +411,7 @@ class AgentClient:
                     async with asyncio.timeout(min(self._timeout, 5.0)):
                         await asyncio.wait([answering])
                 if not answering.done() or answering.exception() is not None:
-                    raise failure  # type: ignore[misc]
+                    raise failure
             if not answering.done():
                 await sending
                 async with asyncio.timeout(self._timeout):
@@ -447,6 +456,12 @@ class AgentClient:
         connection = _Connection(reader, writer, self._where)
         self._busy.add(connection)
         return connection
+
+
+def _bytes_like(data: object) -> bytes:
+    # h11 sends any bytes-like object (memoryview included, without a copy); its type hints
+    # say bytes.
+    return cast(bytes, data)
 
 
 def _expect_response(event: h11.Event, where: str) -> h11.Response:

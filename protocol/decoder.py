@@ -13,8 +13,10 @@ Every rule of section 3 is checked here, in this order for each frame:
    END's counts -> BadFrame
 
 Steps 1-6 run on the header alone, so an over-limit frame is refused before a byte of its
-payload is buffered. An oversized JSON payload (BEGIN, TAG, END over MAX_JSON_PAYLOAD) is
-FrameTooLarge, like any frame over a limit (PROTOCOL.md 4.5 answers those 413).
+payload is buffered. A DATA frame's `length` is at most `max_frame_bytes` and an LZ4 payload at
+most `lz4_payload_bound(length)`, so no frame holds more than the bound of `max_frame_bytes`.
+An oversized JSON payload (BEGIN, TAG, END over MAX_JSON_PAYLOAD) is FrameTooLarge, like any
+frame over a limit (PROTOCOL.md 4.5 answers those 413).
 
 JSON payloads are held to the exact objects of section 3.2: every field present, no other
 field, no key twice, ints that are not bools, strings without lone surrogates, times in
@@ -74,6 +76,16 @@ _TAG_FIELDS: dict[str, type] = {
     "time_ns": int,
 }
 _END_FIELDS: dict[str, type] = {"frames": int, "data_bytes": int}
+
+
+def lz4_payload_bound(length: int) -> int:
+    """The largest LZ4 payload a DATA frame of `length` bytes may carry: LZ4's compress bound,
+    `LZ4_COMPRESSBOUND(length)`, what an LZ4 compressor may produce for incompressible data.
+
+    A sender that compresses every block sends some of them larger than `length` (a random
+    64 KiB block becomes 65,794 bytes); the protocol allows that up to this bound.
+    """
+    return length + length // 255 + 16
 
 
 class _DuplicateKey(ValueError):
@@ -293,11 +305,14 @@ class BatchDecoder:
                         frame=index,
                     )
             elif flags & FLAG_LZ4:
-                if not 0 < payload_len < length:
+                bound = lz4_payload_bound(length)
+                if not 0 < payload_len <= bound:
                     raise BadFrame(
-                        f"LZ4 DATA payload_len {payload_len} is not between 0 and length "
-                        f"{length} (exclusive)",
+                        f"LZ4 DATA payload_len {payload_len} is not between 1 and {bound}, "
+                        f"LZ4's compress bound for length {length}",
                         frame=index,
+                        payload_len=payload_len,
+                        limit=bound,
                     )
             elif payload_len != length:
                 raise BadFrame(
@@ -397,6 +412,7 @@ class BatchDecoder:
     def _verified_data(
         self, payload: bytes | memoryview, flags: int, length: int, digest: int, index: int
     ) -> bytes:
+        data: bytes
         if flags & FLAG_LZ4:
             try:
                 data = lz4.block.decompress(payload, uncompressed_size=length)

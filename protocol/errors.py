@@ -1,13 +1,23 @@
-"""Every error code of PROTOCOL.md, as typed exceptions.
+"""Every error code of PROTOCOL.md, as typed exceptions, and the error body they are sent as.
 
 Each carries the stable `code`, the HTTP `status` the agent answers with, the
 index of the frame at fault where there is one (BEGIN is frame 0), and any
 further details that belong in the JSON error body (`expected_seq`, ...).
+
+`BadDocument` is the one error the agent never sends: a document of PROTOCOL.md (this error
+body, or one of `protocol.documents`) that lacks a field or has one of the wrong type.
+`JsonFields` is how every document checks its fields, so that they all refuse alike.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, TypeVar
+
+T = TypeVar("T")
+E = TypeVar("E", bound=StrEnum)
 
 
 class ProtocolError(Exception):
@@ -22,13 +32,13 @@ class ProtocolError(Exception):
         self.frame = frame
         self.details = details
 
+    def body(self) -> ErrorBody:
+        """What the agent answers for this error."""
+        return ErrorBody(self.code, self.message, self.frame, self.details)
+
     def to_json(self) -> dict[str, Any]:
         """The response body of PROTOCOL.md section 1: `{"error": {...}}`."""
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.frame is not None:
-            body["frame"] = self.frame
-        body.update(self.details)
-        return {"error": body}
+        return self.body().to_json()
 
     def __str__(self) -> str:
         where = f" (frame {self.frame})" if self.frame is not None else ""
@@ -154,3 +164,158 @@ ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {
         RetentionFull,
     )
 }
+
+
+class BadDocument(ProtocolError):
+    """A document of section 1 or 2 that lacks a required field or has one of the wrong type:
+    the other side speaks another version of the protocol, or is not an mtagent. The agent never
+    sends it: the client raises it for a success answer (hence status 200) whose document breaks
+    the rules, and asking again does not help. `document` names the document, `field` the field
+    at fault, dotted inside nested objects ("" for the document as a whole)."""
+
+    code: ClassVar[str] = "BAD_DOCUMENT"
+    status: ClassVar[int] = 200
+
+    def __init__(self, document: str, field_name: str, problem: str) -> None:
+        where = f"{document}.{field_name}" if field_name else document
+        super().__init__(f"{where} {problem}")
+        self.document = document
+        self.field = field_name
+
+
+class JsonFields:
+    """The fields of one JSON object (what `json.loads` gave), each taken with its type checked.
+
+    `document` names the document for the errors, `within` where this object stands inside it
+    ("" for the document itself, "disks" for its field `disks`). Every getter raises BadDocument
+    for a field that is missing (and has no default) or holds a value of another JSON type; a
+    JSON `true` is not an integer, though Python's bool is.
+    """
+
+    def __init__(self, document: str, obj: object, *, within: str = "") -> None:
+        if not isinstance(obj, Mapping):
+            raise BadDocument(document, within, f"is {_json_type(obj)}, not a JSON object")
+        self.document = document
+        self._within = within
+        self._obj: Mapping[str, object] = obj
+
+    def has(self, name: str) -> bool:
+        """Whether the object holds `name` at all."""
+        return name in self._obj
+
+    def names(self) -> list[str]:
+        """The names of all the fields, in the order they came."""
+        return list(self._obj)
+
+    def raw(self, name: str) -> object:
+        """The value of a field that is present, unchecked."""
+        return self._obj[name]
+
+    def text(self, name: str, default: str | None = None) -> str:
+        """A string field; `default` when it is absent (required when None)."""
+        return self._typed(name, str, "a string", default)
+
+    def integer(self, name: str, default: int | None = None) -> int:
+        """An integer field; `default` when it is absent (required when None)."""
+        value = self._typed(name, int, "an integer", default)
+        if isinstance(value, bool):
+            raise self._wrong(name, "an integer", value)
+        return value
+
+    def boolean(self, name: str, default: bool | None = None) -> bool:
+        """A true/false field; `default` when it is absent (required when None)."""
+        return self._typed(name, bool, "true or false", default)
+
+    def choice(self, name: str, kind: type[E]) -> E:
+        """A required string field that must be a value of the enum `kind`."""
+        value = self.text(name)
+        try:
+            return kind(value)
+        except ValueError:
+            allowed = ", ".join(member.value for member in kind)
+            raise BadDocument(
+                self.document, self._path(name), f"is {value!r}, not one of {allowed}"
+            ) from None
+
+    def array(self, name: str) -> list[object]:
+        """A required array field, its items unchecked."""
+        return self._typed(name, list, "an array", None)
+
+    def fields(self, name: str) -> JsonFields:
+        """A required object field, to take its own fields from."""
+        return JsonFields(self.document, self._value(name), within=self._path(name))
+
+    def counts(self, name: str) -> dict[str, int]:
+        """A required object field whose values are all integers."""
+        value = self.fields(name)
+        return {key: value.integer(key) for key in value.names()}
+
+    def _value(self, name: str) -> object:
+        if name not in self._obj:
+            raise BadDocument(self.document, self._path(name), "is missing")
+        return self._obj[name]
+
+    def _typed(self, name: str, kind: type[T], what: str, default: T | None) -> T:
+        if default is not None and name not in self._obj:
+            return default
+        value = self._value(name)
+        if not isinstance(value, kind):
+            raise self._wrong(name, what, value)
+        return value
+
+    def _path(self, name: str) -> str:
+        return f"{self._within}.{name}" if self._within else name
+
+    def _wrong(self, name: str, what: str, value: object) -> BadDocument:
+        return BadDocument(self.document, self._path(name), f"is {_json_type(value)}, not {what}")
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object" if isinstance(value, Mapping) else type(value).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    """An error answer (section 1): `{"error": {"code", "message", "frame"?, ...details}}`.
+
+    `frame`: the index of the frame at fault (BEGIN is 0), None when the error is not about a
+    frame. `details`: every other field (`expected_seq`, `disk`, ...), kept as they came.
+    """
+
+    code: str
+    message: str
+    frame: int | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, obj: object) -> ErrorBody:
+        """The ErrorBody of `obj`. Raises BadDocument."""
+        error = JsonFields("ErrorBody", obj).fields("error")
+        return cls(
+            code=error.text("code"),
+            message=error.text("message"),
+            frame=error.integer("frame") if error.has("frame") else None,
+            details={
+                name: error.raw(name)
+                for name in error.names()
+                if name not in ("code", "message", "frame")
+            },
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of the error answer."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.frame is not None:
+            body["frame"] = self.frame
+        body.update(self.details)
+        return {"error": body}

@@ -42,7 +42,7 @@ class Tag:
 
     tag_id: str
     name: str
-    kind: str  # "app" or "crash"
+    kind: str  # a PointKind (protocol.documents): "app" or "crash"
     group: str
     time_ns: int
 

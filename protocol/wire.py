@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 from enum import IntEnum
 
+from protocol.documents import PointKind
+
 MAGIC = b"MTF1"
 # Same first three bytes, another version digit: a newer (or older) sender.
 MAGIC_FAMILY = b"MTF"
@@ -28,7 +30,7 @@ BEGIN_FLAG_RESYNC = "resync"
 BEGIN_FLAG_RESYNC_DONE = "resync_done"
 BEGIN_FLAGS = frozenset({BEGIN_FLAG_RESYNC, BEGIN_FLAG_RESYNC_DONE})
 
-TAG_KINDS = frozenset({"app", "crash"})
+TAG_KINDS = frozenset(kind.value for kind in PointKind)
 
 
 class FrameType(IntEnum):

@@ -371,8 +371,8 @@ install_package() {
     # may be read-only or shared.
     local build pip_args=(--quiet --disable-pip-version-check)
     build="$(mktemp -d)"
-    cp -r "$SOURCE_DIR/pyproject.toml" "$SOURCE_DIR/README.md" "$SOURCE_DIR/agent" \
-        "$SOURCE_DIR/blockio" "$SOURCE_DIR/protocol" "$build/"
+    cp -r "$SOURCE_DIR/pyproject.toml" "$SOURCE_DIR/README.md" "$SOURCE_DIR/LICENSE" \
+        "$SOURCE_DIR/agent" "$SOURCE_DIR/blockio" "$SOURCE_DIR/protocol" "$build/"
     find "$build" -name __pycache__ -prune -exec rm -rf {} +
     if [ -n "$WHEELHOUSE" ]; then
         pip_args+=(--no-index --find-links "$WHEELHOUSE")

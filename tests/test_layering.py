@@ -16,13 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 AGENT_ROOTS = {"agent.config", "agent.units", "agent.errors", "agent.metrics", "agent.certs"}
 LOWER = {"protocol", "blockio"}
+# blockio's shared roots: every room of blockio may import them.
+BLOCKIO_ROOTS = {"blockio.errors", "blockio.durable"}
 
 ALLOWED: dict[str, set[str]] = {
     "protocol": set(),
     "blockio": {"blockio"},  # the root modules (batch_writer) join the rooms below
-    "blockio.disks": set(),
-    "blockio.journal": {"blockio.disks"},
-    "blockio.scan": set(),
+    "blockio.disks": BLOCKIO_ROOTS,
+    "blockio.journal": BLOCKIO_ROOTS | {"blockio.disks"},
+    "blockio.scan": BLOCKIO_ROOTS,
     "agent": AGENT_ROOTS | LOWER,  # the shared roots, and __main__ (which reaches commands)
     "agent.sender": {"agent.errors", "agent.units", "protocol", "blockio.scan"},
     "agent.replication": AGENT_ROOTS | LOWER,
@@ -132,3 +134,4 @@ def test_the_rules_reject_a_reach_back_up() -> None:
     assert not allowed("agent.config", "agent.replication.state")
     assert allowed("agent.recovery.restore", "agent.replication.state")
     assert allowed("agent.commands.serve", "agent.server.daemon")
+    assert allowed("blockio.disks.target", "blockio.durable")

@@ -12,7 +12,7 @@ from agent.errors import CommandFailed
 from agent.replication.state import StateStore
 from agent.units import human_bytes
 from blockio.journal.check import JournalCheck, check_journal
-from blockio.journal.undo_journal import shared_lock
+from blockio.journal.segments import shared_lock
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -5,9 +5,18 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TextIO
+from typing import Protocol
 
 from agent.units import clock_duration, human_bytes
+
+
+class TextStream(Protocol):
+    """Where a progress bar draws: a terminal's text stream, or a wrapper of one."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
 
 # The rate is measured over the last few seconds, so it follows the transfer as it is
 # now rather than its average since the start.
@@ -39,7 +48,7 @@ class ProgressBar:
 
     def __init__(
         self,
-        stream: TextIO,
+        stream: TextStream,
         *,
         label: str,
         interval: float = 0.25,

@@ -3,7 +3,7 @@
 `--mode full` is the initial replication (every byte, flagged resync); `--mode delta`
 sends what changed since `--base`. See `agent.sender.push.push_image` for the guarantees.
 `--mode resync` sends only the chunks whose digests differ on the target, and `--mode
-verify` compares the same way without writing (`agent.sender.resync`).
+verify` compares the same way without writing (`agent.sender.resync`, `agent.sender.verify`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,13 @@ from typing import Any, TextIO, TypeVar
 
 from agent.commands.progress import ProgressBar
 from agent.errors import CommandFailed
+from agent.sender import compare, resync, verify
 from agent.sender import push as sender
-from agent.sender import resync
-from agent.sender.push import PushFailed, PushResult, push_image
-from agent.sender.resync import CompareProgress, ResyncResult, VerifyResult
+from agent.sender.compare import CompareProgress
+from agent.sender.errors import PushFailed
+from agent.sender.push import PushResult, push_image
+from agent.sender.resync import ResyncResult
+from agent.sender.verify import VerifyResult
 from agent.units import InvalidValue, human_bytes, parse_size
 from blockio.scan.chunk_digests import chunk_bytes_problem
 from protocol.client import AgentClient, client_ssl_context
@@ -34,9 +37,9 @@ from protocol.events import Tag
 from protocol.wire import TAG_KINDS
 
 _TAG_OPTIONS = ("tag", "tag_kind", "tag_group", "tag_id")
-MODES = sender.MODES + resync.MODES
+MODES = sender.MODES + compare.MODES
 _ERASE_LINE = "\r\x1b[2K"
-_COMPARING = frozenset(resync.MODES)
+_COMPARING = frozenset(compare.MODES)
 T = TypeVar("T")
 
 
@@ -152,7 +155,7 @@ def usage_problem(args: argparse.Namespace) -> str | None:
 
 
 def _chunk_bytes(args: argparse.Namespace) -> int:
-    return resync.DEFAULT_CHUNK_BYTES if args.chunk_bytes is None else int(args.chunk_bytes)
+    return compare.DEFAULT_CHUNK_BYTES if args.chunk_bytes is None else int(args.chunk_bytes)
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -238,7 +241,7 @@ async def _compare(
 ) -> ResyncResult | VerifyResult:
     async with AgentClient(args.server, context) as client:
         if args.mode == "verify":
-            return await resync.verify_image(
+            return await verify.verify_image(
                 client,
                 args.disk,
                 args.source,

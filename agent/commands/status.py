@@ -15,6 +15,7 @@ from agent.reports.disk_report import (
     recovery_windows,
 )
 from agent.units import human_bytes, human_duration
+from protocol.documents import DiskState
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,7 +71,7 @@ def window_column(window: RecoveryWindow) -> str:
 def resync_column(report: DiskReport) -> str:
     """'42% of 2.0 GiB' while resyncing ('1.0 GiB done' when the size is not known), '-'
     otherwise."""
-    if report.state != "resyncing":
+    if report.state != DiskState.RESYNCING:
         return "-"
     if report.resync_progress is None or report.size_bytes is None:
         return f"{human_bytes(report.resync_offset)} done"

@@ -1,9 +1,9 @@
 """Recovery points of a consistency group (PROTOCOL.md section 6), for the API (served by
 `agent.server.points_api`) and the CLI.
 
-A point is `{"id", "kind", "name", "time_ns", "disks": {disk: seq}}`: restoring it puts each of
-its disks back as it was at the end of that batch. Ids are stable: a point keeps its id for as
-long as it is listed.
+A point (`protocol.documents.Point`) is `{"id", "kind", "name", "time_ns", "disks": {disk: seq}}`:
+restoring it puts each of its disks back as it was at the end of that batch. Ids are stable: a
+point keeps its id for as long as it is listed.
 
 - `tag:<tag_id>`: a group point. TAG frames with this `tag_id` in a batch of every disk of the
   group; listed once every disk of the group has acknowledged its tagged batch. Kind, name and
@@ -30,42 +30,26 @@ import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from agent.config import AgentConfig
 from agent.recovery.errors import PointNotFound, UnknownGroupName
 from agent.replication.replica import Replica
-from agent.replication.state import OK, BatchCommit, StateStore
-from blockio.journal.index import SegmentSummary, load_summaries, restorable_floor
-from blockio.journal.undo_journal import shared_lock
-
-APP = "app"
-CRASH = "crash"
+from agent.replication.state import BatchCommit, StateStore
+from blockio.journal.catalog import load_summaries
+from blockio.journal.index import SegmentSummary, restorable_floor
+from blockio.journal.segments import shared_lock
+from protocol.documents import DiskState, Point, PointKind
+from protocol.wire import BEGIN_FLAG_RESYNC, BEGIN_FLAG_RESYNC_DONE
 
 BatchRows = Callable[[str, int, int], Sequence[BatchCommit]]
 
 
 @dataclass(frozen=True, slots=True)
-class RecoveryPoint:
-    """One listed point. `completed_ns` (not part of the JSON): when its last batch was
-    committed, which orders points of equal time."""
+class RecoveryPoint(Point):
+    """One listed point. `completed_ns` (not part of the JSON, which `Point.to_json` gives):
+    when its last batch was committed, which orders points of equal time."""
 
-    id: str
-    kind: str
-    name: str
-    time_ns: int
-    disks: Mapping[str, int]
     completed_ns: int = field(default=0, compare=False)
-
-    def to_json(self) -> dict[str, Any]:
-        """The Point object of PROTOCOL.md section 2."""
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "name": self.name,
-            "time_ns": self.time_ns,
-            "disks": dict(self.disks),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +58,13 @@ class DiskHistory:
     its journal can roll it back to."""
 
     disk: str
-    state: str
+    state: DiskState
     last_seq: int
     floor: int
 
 
 def disk_history(
-    disk: str, state: str, last_seq: int, summaries: Sequence[SegmentSummary]
+    disk: str, state: DiskState, last_seq: int, summaries: Sequence[SegmentSummary]
 ) -> DiskHistory:
     """The history of `disk` in `state` with `last_seq` committed, whose journal's segments
     `summaries` describes: the floor is the oldest batch those segments can roll it back to
@@ -106,7 +90,7 @@ def stored_histories(
 
 
 def _is_point(batch: BatchCommit) -> bool:
-    return "resync" not in batch.flags or "resync_done" in batch.flags
+    return BEGIN_FLAG_RESYNC not in batch.flags or BEGIN_FLAG_RESYNC_DONE in batch.flags
 
 
 def list_points(
@@ -119,7 +103,7 @@ def list_points(
     tagged: dict[str, dict[str, BatchCommit]] = {}
     for disk in group_disks:
         history = histories.get(disk)
-        if history is None or history.state != OK or history.last_seq < 1:
+        if history is None or history.state != DiskState.OK or history.last_seq < 1:
             continue
         for batch in rows(disk, max(history.floor, 1), history.last_seq):
             if not _is_point(batch):
@@ -127,7 +111,7 @@ def list_points(
             per_batch.append(
                 RecoveryPoint(
                     id=f"{disk}@{batch.seq}",
-                    kind=CRASH,
+                    kind=PointKind.CRASH,
                     name=f"batch {batch.seq}",
                     time_ns=batch.source_time_ns,
                     disks={disk: batch.seq},
@@ -147,7 +131,7 @@ def list_points(
         group_points.append(
             RecoveryPoint(
                 id=f"tag:{tag_id}",
-                kind=APP if kinds == {APP} else CRASH,
+                kind=PointKind.APP if kinds == {PointKind.APP} else PointKind.CRASH,
                 name=str(first.get("name", "")),
                 time_ns=int(first.get("time_ns", 0)),  # type: ignore[call-overload]
                 disks={disk: batches[disk].seq for disk in group_disks},
@@ -193,7 +177,7 @@ def select_point(
             f"group {group} has no recovery point that covers all its disks ({disks})"
         )
     if spec == "latest-app":
-        app = [p for p in whole if p.kind == APP]
+        app = [p for p in whole if p.kind == PointKind.APP]
         if app:
             return app[-1]
         raise PointNotFound(f"group {group} has no application-consistent recovery point")

@@ -19,6 +19,7 @@ Cut off, it is run again with the same point id, and writes the same bytes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -37,13 +38,18 @@ from agent.recovery.points import (
 )
 from agent.replication.instance_lock import acquire_agent_lock
 from agent.replication.retention_gate import complete_commit_records
-from agent.replication.state import RECOVERED, StateStore
+from agent.replication.state import StateStore
 from blockio.disks.safety import open_for_replication
 from blockio.disks.target import TargetDisk, TargetError
-from blockio.journal.index import SegmentSummary, load_summaries, restorable_floor
+from blockio.durable import replace_durably
+from blockio.journal.catalog import load_summaries
+from blockio.journal.index import SegmentSummary, restorable_floor
 from blockio.journal.records import JournalCorrupt
-from blockio.journal.recovery import DiskRestore, RecoveryError, export_disk, rollback_in_place
-from blockio.journal.undo_journal import JournalIOError, UndoJournal, shared_lock
+from blockio.journal.restore import DiskRestore, export_disk, rollback_in_place
+from blockio.journal.restore_plan import RecoveryError
+from blockio.journal.segments import JournalIOError, shared_lock
+from blockio.journal.undo_journal import UndoJournal
+from protocol.documents import DiskState, Point
 
 # (disk, phase, bytes done, bytes in all) -> None
 RestoreProgress = Callable[[str, str, int, int], None]
@@ -59,7 +65,7 @@ class RestoreReport:
 
     group: str
     mode: str  # "output" or "in_place"
-    point: RecoveryPoint
+    point: Point
     disks: tuple[DiskRestore, ...]
 
     def to_json(self) -> dict[str, Any]:
@@ -146,24 +152,15 @@ def export_point(
                         seq,
                         partial,
                         summaries[disk],
-                        lambda phase, done, total, disk=disk: progress(disk, phase, done, total),
+                        functools.partial(progress, disk),
                     )
             except (RecoveryError, TargetError, OSError) as exc:
                 raise _failure(disk, exc) from exc
-            os.replace(partial, final)
-            _fsync_directory(output_dir)
+            replace_durably(partial, final)
             results.append(
                 DiskRestore(disk, seq, final, result.size_bytes, result.records, result.undo_bytes)
             )
     return RestoreReport(group, "output", point, tuple(results))
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -225,7 +222,7 @@ def _restore_in_place(
             if disk in failed:
                 raise failed[disk]
         if record_id is None:
-            record_id = store.begin_recovery(group, point.to_json(), time.time_ns()).id
+            record_id = store.begin_recovery(group, point, time.time_ns()).id
         results = []
         for disk, seq in point.disks.items():
             entry = opened[disk]
@@ -237,7 +234,7 @@ def _restore_in_place(
                         disk,
                         seq,
                         summaries[disk],
-                        lambda phase, done, total, disk=disk: progress(disk, phase, done, total),
+                        functools.partial(progress, disk),
                     )
                 )
             except (RecoveryError, TargetError, OSError) as exc:
@@ -284,26 +281,20 @@ def _in_place_point(
     store: StateStore,
     opened: Mapping[str, _OpenDisk],
     summaries: Mapping[str, tuple[SegmentSummary, ...]],
-) -> tuple[RecoveryPoint, int | None]:
+) -> tuple[Point, int | None]:
     """The point to roll back to, and the recovery to carry on (None: a new one)."""
-    rolled_back = [disk for disk in disks if store.progress(disk).state == RECOVERED]
+    rolled_back = [disk for disk in disks if store.progress(disk).state == DiskState.RECOVERED]
     if not rolled_back:
         return _resolve(disks, group, spec, store, summaries), None
     last = store.last_recovery(group)
-    if last is None or last.point["id"] != spec:
-        done = f" to point {last.point['id']}" if last is not None else ""
+    if last is None or last.point.id != spec:
+        done = f" to point {last.point.id}" if last is not None else ""
         raise RestoreFailed(
             f"disks {', '.join(rolled_back)} of group {group} were rolled back in place{done}; "
             "replication must resync them before another in-place recovery"
-            + (f" (run again with --point {last.point['id']} to finish that one)" if last else "")
+            + (f" (run again with --point {last.point.id} to finish that one)" if last else "")
         )
-    point = RecoveryPoint(
-        id=last.point["id"],
-        kind=last.point["kind"],
-        name=last.point["name"],
-        time_ns=last.point["time_ns"],
-        disks={disk: int(seq) for disk, seq in last.point["disks"].items()},
-    )
+    point = last.point
     for disk, seq in point.disks.items():
         if disk in opened and seq < restorable_floor(summaries[disk], opened[disk].last_seq):
             raise RestoreFailed(

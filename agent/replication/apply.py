@@ -24,11 +24,13 @@ import xxhash
 from agent.metrics import ROLLBACK_FAILED, AgentMetrics
 from agent.replication.replica import Replica
 from agent.replication.retention_gate import RetentionGate, commit_record
-from agent.replication.state import OK, BatchCommit, StateStore
+from agent.replication.state import BatchCommit, StateStore
 from blockio.batch_writer import BatchWriter, Write
 from blockio.disks.target import TargetError
-from blockio.journal.undo_journal import JournalIOError, UndoLost
+from blockio.journal.rollback import UndoLost
+from blockio.journal.segments import JournalIOError
 from protocol.decoder import BatchDecoder
+from protocol.documents import BatchResult, DiskState
 from protocol.errors import (
     ChecksumMismatch,
     ProtocolError,
@@ -66,19 +68,6 @@ class ApplyLimits:
     # Undo records are made durable once per group: larger groups mean fewer
     # journal fdatasyncs, smaller ones less memory in flight (two groups).
     group_bytes: int = 8 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    """What the agent answers for an acknowledged batch."""
-
-    disk: str
-    seq: int
-    last_seq: int
-    state: str
-    frames: int
-    data_bytes: int
-    replayed: bool
 
 
 async def apply_batch(
@@ -233,7 +222,10 @@ class _BatchApplication:
     async def _handle(self, event: Begin | Data | Zero | Tag | End) -> None:
         match event:
             case Begin():
-                if BEGIN_FLAG_RESYNC not in event.flags and self.replica.progress.state != OK:
+                if (
+                    BEGIN_FLAG_RESYNC not in event.flags
+                    and self.replica.progress.state != DiskState.OK
+                ):
                     raise ResyncRequired(
                         f"disk {self.replica.id} is {self.replica.progress.state}: "
                         "only batches flagged resync are accepted until a resync completes",

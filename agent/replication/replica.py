@@ -15,21 +15,22 @@ from typing import Any, TypeVar
 from agent.config import DiskConfig, target_location
 from agent.metrics import CRASH_RECOVERY_FAILED, STATE_BEHIND_JOURNAL, DiskSnapshot
 from agent.replication.inflight_writes import InflightWrites
-from agent.replication.state import RECOVERED, RESYNC_REQUIRED, RESYNCING, DiskProgress, StateStore
+from agent.replication.state import DiskProgress, StateStore
 from blockio.disks.safety import DeviceProtected, ExpectedSize, expected_size, open_for_replication
 from blockio.disks.target import TargetDisk, TargetError
 from blockio.journal.records import JournalCorrupt
-from blockio.journal.undo_journal import (
-    DEFAULT_SEGMENT_BYTES,
-    JournalIOError,
-    UndoJournal,
-    UndoLost,
-)
+from blockio.journal.rollback import UndoLost
+from blockio.journal.segments import DEFAULT_SEGMENT_BYTES, JournalIOError
+from blockio.journal.undo_journal import UndoJournal
+from protocol.documents import Disk, DiskState
 from protocol.errors import TargetUnavailable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# The persisted states in which the disk takes only resync batches (the Disk's `resync`).
+_NEEDS_RESYNC = frozenset({DiskState.RESYNC_REQUIRED, DiskState.RESYNCING, DiskState.RECOVERED})
 
 
 @dataclass(eq=False)
@@ -67,11 +68,11 @@ class Replica:
         return self.config.id
 
     @property
-    def state(self) -> str:
+    def state(self) -> DiskState:
         """The PROTOCOL.md state: `protected` while the target is in use on this host,
         `missing` while it cannot be found or opened, else the persisted state."""
         if self.target is None:
-            return "protected" if self.protected_reason else "missing"
+            return DiskState.PROTECTED if self.protected_reason else DiskState.MISSING
         return self.progress.state
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -82,7 +83,7 @@ class Replica:
         """Where the target is now: (device node or file, its sysfs directory when known).
 
         A `scsi_uuid` target is looked up afresh each time (a re-attached disk may come back
-        under another node). Raises TargetUnavailable (blockio's) when no single disk has it.
+        under another node). Raises TargetUnusable when no single disk has it.
         """
         return target_location(self.config)
 
@@ -189,7 +190,8 @@ class Replica:
                 self.id, reason, time.time_ns(), last_seq=last_seq
             )
         else:
-            state = RECOVERED if self.progress.state == RECOVERED else RESYNC_REQUIRED
+            recovered = self.progress.state == DiskState.RECOVERED
+            state = DiskState.RECOVERED if recovered else DiskState.RESYNC_REQUIRED
             self.progress = replace(
                 self.progress,
                 last_seq=max(self.progress.last_seq, last_seq),
@@ -233,28 +235,25 @@ class Replica:
         _close_quietly(self.target, self.journal)
         self.target = self.journal = None
 
-    def describe(self) -> dict[str, Any]:
-        """The Disk object of PROTOCOL.md section 2."""
+    def describe(self) -> Disk:
+        """The Disk document of PROTOCOL.md section 2."""
         target = self.target
-        described: dict[str, Any] = {
-            "id": self.id,
-            "group": self.config.group,
-            "size_bytes": target.size_bytes if target else 0,
-            "sector_bytes": target.sector_bytes if target else 0,
-            "state": self.state,
-            "last_seq": self.progress.last_seq,
-            "last_source_time_ns": self.progress.last_source_time_ns,
-            "resync": self.progress.state in (RESYNC_REQUIRED, RESYNCING, RECOVERED),
-            # An additional field (README "Resync and verify"): where a cut-off resync resumes.
-            "resync_offset": (
-                self.progress.resync.offset if self.progress.state == RESYNCING else 0
-            ),
-        }
-        if self.progress.resync_reason:
-            # Another, only while there is one (README "Detected gaps"): why the disk needs a
-            # resync when the agent found a gap.
-            described["resync_reason"] = self.progress.resync_reason
-        return described
+        progress = self.progress
+        resyncing = progress.state == DiskState.RESYNCING
+        return Disk(
+            id=self.id,
+            group=self.config.group,
+            size_bytes=target.size_bytes if target else 0,
+            sector_bytes=target.sector_bytes if target else 0,
+            state=self.state,
+            last_seq=progress.last_seq,
+            last_source_time_ns=progress.last_source_time_ns,
+            resync=progress.state in _NEEDS_RESYNC,
+            # Where a cut-off resync resumes (README "Resync and verify").
+            resync_offset=progress.resync.offset if resyncing else 0,
+            # Why the disk needs a resync when the agent found a gap (README "Detected gaps").
+            resync_reason=progress.resync_reason,
+        )
 
     def snapshot(self) -> DiskSnapshot:
         """The metrics view of this disk."""

@@ -18,6 +18,7 @@ from agent.replication.state import BatchCommit, StateStore
 from blockio.journal.records import UNDO_DISCARDED, UNDO_KEPT, UNDO_MISSING, CommitRecord
 from blockio.journal.undo_journal import UndoJournal
 from protocol.errors import RetentionFull
+from protocol.wire import BEGIN_FLAG_RESYNC
 
 
 class RetentionGate:
@@ -73,7 +74,7 @@ def complete_commit_records(
     commits = []
     for batch in store.batch_rows(journal.disk_id, last_commit + 1, last_seq):
         records, undo_bytes = journal.pending_undo(batch.seq)
-        if "resync" in batch.flags:
+        if BEGIN_FLAG_RESYNC in batch.flags:
             undo = UNDO_DISCARDED
         elif undo_bytes == batch.data_bytes:
             undo = UNDO_KEPT

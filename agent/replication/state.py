@@ -12,7 +12,9 @@ import sqlite3
 import threading
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
-from typing import Any
+
+from protocol.documents import DiskState, Point
+from protocol.wire import BEGIN_FLAG_RESYNC, BEGIN_FLAG_RESYNC_DONE
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS disks (
@@ -63,11 +65,9 @@ CREATE TABLE IF NOT EXISTS target_sizes (
 
 # States kept in the store. `missing` and `protected` are facts about the
 # device right now, so they are derived at run time and never persisted.
-RESYNC_REQUIRED = "resync_required"
-RESYNCING = "resyncing"
-OK = "ok"
-RECOVERED = "recovered"
-PERSISTED_STATES = frozenset({RESYNC_REQUIRED, RESYNCING, OK, RECOVERED})
+PERSISTED_STATES = frozenset(
+    {DiskState.RESYNC_REQUIRED, DiskState.RESYNCING, DiskState.OK, DiskState.RECOVERED}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +97,7 @@ class DiskProgress:
     disk: str
     last_seq: int = 0
     last_source_time_ns: int = 0
-    state: str = RESYNC_REQUIRED
+    state: DiskState = DiskState.RESYNC_REQUIRED
     committed_ns: int = 0
     resync: ResyncProgress = ResyncProgress()
     # Why the disk needs a resync when the agent found a gap (its target no longer holds what it
@@ -107,13 +107,13 @@ class DiskProgress:
 
 @dataclass(frozen=True, slots=True)
 class RecoveryRecord:
-    """An in-place recovery of consistency group `group` to `point` (the Point JSON object of
-    PROTOCOL.md: its `disks` map each disk rolled back to its batch). `finished_ns` is 0 until
+    """An in-place recovery of consistency group `group` to `point` (its `disks` map each disk
+    rolled back to its batch). `finished_ns` is 0 until
     every target was written and verified (a recovery cut off is run again to the same point)."""
 
     id: int
     group: str
-    point: dict[str, Any]
+    point: Point
     started_ns: int
     finished_ns: int = 0
 
@@ -134,24 +134,24 @@ class BatchCommit:
     extent_end: int = 0
 
 
-def state_after(progress: DiskProgress, flags: frozenset[str]) -> str:
+def state_after(progress: DiskProgress, flags: frozenset[str]) -> DiskState:
     """The disk's state once a batch with `flags` commits (PROTOCOL.md section 5)."""
-    if "resync_done" in flags:
-        return OK
-    if "resync" in flags:
-        return RESYNCING
+    if BEGIN_FLAG_RESYNC_DONE in flags:
+        return DiskState.OK
+    if BEGIN_FLAG_RESYNC in flags:
+        return DiskState.RESYNCING
     return progress.state
 
 
 def resync_after(progress: DiskProgress, batch: BatchCommit) -> ResyncProgress:
     """The disk's resync record once `batch` commits (see ResyncProgress)."""
-    if "resync" not in batch.flags:
+    if BEGIN_FLAG_RESYNC not in batch.flags:
         return progress.resync
-    if progress.state == RESYNCING:
+    if progress.state == DiskState.RESYNCING:
         resync = progress.resync
     else:
         resync = ResyncProgress(started_seq=batch.seq, started_ns=batch.committed_ns)
-    done = "resync_done" in batch.flags
+    done = BEGIN_FLAG_RESYNC_DONE in batch.flags
     return replace(
         resync,
         offset=max(resync.offset, batch.extent_end),
@@ -222,7 +222,7 @@ class StateStore:
             disk,
             row[0],
             row[1],
-            row[2],
+            DiskState(row[2]),
             row[3],
             ResyncProgress() if resync is None else ResyncProgress(*resync),
             "" if reason is None else reason[0],
@@ -271,7 +271,7 @@ class StateStore:
             state=state_after(progress, batch.flags),
             committed_ns=batch.committed_ns,
             resync=resync_after(progress, batch),
-            resync_reason="" if "resync_done" in batch.flags else progress.resync_reason,
+            resync_reason="" if BEGIN_FLAG_RESYNC_DONE in batch.flags else progress.resync_reason,
         )
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -327,7 +327,7 @@ class StateStore:
                     " ON CONFLICT(id) DO UPDATE SET"
                     " last_seq = MAX(last_seq, excluded.last_seq),"
                     " state = CASE state WHEN ? THEN state ELSE excluded.state END",
-                    (disk, last_seq, RESYNC_REQUIRED, RECOVERED),
+                    (disk, last_seq, DiskState.RESYNC_REQUIRED, DiskState.RECOVERED),
                 )
                 self._db.execute(
                     "INSERT OR REPLACE INTO resync_reasons VALUES (?, ?, ?)",
@@ -364,7 +364,7 @@ class StateStore:
             for row in rows
         ]
 
-    def begin_recovery(self, group: str, point: dict[str, Any], started_ns: int) -> RecoveryRecord:
+    def begin_recovery(self, group: str, point: Point, started_ns: int) -> RecoveryRecord:
         """Record an in-place recovery of `group` to `point` (a Point JSON object) and make each
         of its disks `recovered`, in one transaction, durable on return: from then on those
         disks refuse batches until a resync, whatever happens to the recovery.
@@ -375,20 +375,20 @@ class StateStore:
                 cursor = self._db.execute(
                     "INSERT INTO recoveries (grp, point, started_ns, finished_ns)"
                     " VALUES (?, ?, ?, 0)",
-                    (group, json.dumps(point, sort_keys=True), started_ns),
+                    (group, json.dumps(point.to_json(), sort_keys=True), started_ns),
                 )
-                for disk in point["disks"]:
+                for disk in point.disks:
                     self._db.execute(
                         "INSERT INTO disks (id, state) VALUES (?, ?)"
                         " ON CONFLICT(id) DO UPDATE SET state = excluded.state",
-                        (disk, RECOVERED),
+                        (disk, DiskState.RECOVERED),
                     )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         assert cursor.lastrowid is not None
-        return RecoveryRecord(cursor.lastrowid, group, dict(point), started_ns)
+        return RecoveryRecord(cursor.lastrowid, group, point, started_ns)
 
     def finish_recovery(self, recovery_id: int, finished_ns: int) -> None:
         """Mark the in-place recovery `recovery_id` as done (durable on return)."""
@@ -410,4 +410,5 @@ class StateStore:
                 return None  # a read-only store written before this table existed
         if row is None:
             return None
-        return RecoveryRecord(row[0], group, json.loads(row[1]), row[2], row[3])
+        point = Point.from_json(json.loads(row[1]))
+        return RecoveryRecord(row[0], group, point, row[2], row[3])

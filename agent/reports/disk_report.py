@@ -23,7 +23,7 @@ import pyudev
 
 from agent.config import AgentConfig, DiskConfig, target_location
 from agent.recovery.points import own_point_times, stored_points
-from agent.replication.state import RESYNCING, DiskProgress, StateStore
+from agent.replication.state import DiskProgress, StateStore
 from blockio.disks.discovery import (
     BlockDisk,
     candidate_disks,
@@ -32,6 +32,7 @@ from blockio.disks.discovery import (
 )
 from blockio.disks.safety import check_target, expected_size
 from blockio.disks.target import TargetDisk, TargetError
+from protocol.documents import DiskState
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class DiskReport:
     target: str
     size_bytes: int | None
     sector_bytes: int | None
-    state: str
+    state: DiskState
     reason: str
     last_seq: int
     last_source_time_ns: int
@@ -190,27 +191,27 @@ def _report(
             raise TargetError(target, "the host's disks cannot be enumerated (udev, sysfs)")
         node, disk_dir = target_location(disk, disks_on_host)
     except TargetError as exc:
-        state, reason = "missing", exc.reason
+        state, reason = DiskState.MISSING, exc.reason
     if node is not None:
         try:
             reasons = check_target(
                 node, disk_dir=disk_dir, expected=expected_size(disk.source_size_bytes, *seen_size)
             )
         except TargetError as exc:
-            state, reason = "missing", exc.reason
+            state, reason = DiskState.MISSING, exc.reason
         else:
             try:
                 with TargetDisk.open(node, writable=False) as device:
                     size, sector = device.size_bytes, device.sector_bytes
             except TargetError as exc:
-                state, reason = "missing", exc.reason
+                state, reason = DiskState.MISSING, exc.reason
             if reasons:
                 # In use here says more than "cannot be opened here" (which may follow from it).
-                state, reason = "protected", "; ".join(reasons)
+                state, reason = DiskState.PROTECTED, "; ".join(reasons)
     last_time = progress.last_source_time_ns
-    resync_offset = progress.resync.offset if progress.state == RESYNCING else 0
+    resync_offset = progress.resync.offset if progress.state == DiskState.RESYNCING else 0
     resync_progress = None
-    if progress.state == RESYNCING and size:
+    if progress.state == DiskState.RESYNCING and size:
         resync_progress = min(1.0, resync_offset / size)
     return DiskReport(
         id=disk.id,

@@ -35,7 +35,7 @@ from agent.replication.replica import Replica
 from agent.replication.retention_gate import RetentionGate, complete_commit_records
 from agent.replication.state import StateStore
 from agent.retention.metrics import RetentionMetrics
-from blockio.journal.index import segment_path, walk_segment
+from blockio.journal.index import walk_segment
 from blockio.journal.pruning import (
     WINDOW,
     Deletion,
@@ -45,7 +45,8 @@ from blockio.journal.pruning import (
     decide_pruning,
 )
 from blockio.journal.records import UNDO_MISSING
-from blockio.journal.undo_journal import JournalIOError, UndoJournal
+from blockio.journal.segments import JournalIOError, segment_path
+from blockio.journal.undo_journal import UndoJournal
 
 log = logging.getLogger(__name__)
 

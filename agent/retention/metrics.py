@@ -17,11 +17,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agent.config import AgentConfig
-from agent.recovery.points import APP, CRASH, running_points
+from agent.recovery.points import running_points
 from agent.replication.replica import Replica
 from agent.replication.retention_gate import RetentionGate
 from agent.replication.state import StateStore
 from blockio.journal.pruning import HIGH_WATER, MAX_BYTES, WINDOW
+from protocol.documents import PointKind
 
 
 class RetentionMetrics:
@@ -143,7 +144,7 @@ class RetentionCollector(Collector):
                 points = running_points(self._config, self._replicas, self._store, group)
             except sqlite3.Error:
                 continue  # the state store is busy or failing: its own metrics say so
-            for kind in (APP, CRASH):
+            for kind in PointKind:
                 count.add_metric([group, kind], sum(1 for p in points if p.kind == kind))
             if points:
                 times = [p.time_ns for p in points]

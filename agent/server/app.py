@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -17,7 +16,8 @@ from agent.replication.replica import Replica
 from agent.server import hashes_api, keys, points_api
 from agent.server.contexts import hold_agent_lock, open_replicas, run_retention, watch_disks
 from agent.server.health import Readiness
-from protocol.errors import BadRequest, ProtocolError, UnknownDisk
+from protocol.documents import Info
+from protocol.errors import BadRequest, ErrorBody, ProtocolError, UnknownDisk
 from protocol.wire import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,8 @@ async def error_middleware(
         if exc.status < 400:
             raise
         code = exc.reason.upper().replace(" ", "_")
-        body = {
-            "error": {"code": code, "message": f"{request.method} {request.path}: {exc.reason}"}
-        }
-        return web.json_response(body, status=exc.status, headers=_allow_header(exc))
+        body = ErrorBody(code, f"{request.method} {request.path}: {exc.reason}")
+        return web.json_response(body.to_json(), status=exc.status, headers=_allow_header(exc))
 
 
 def _allow_header(exc: web.HTTPException) -> dict[str, str]:
@@ -83,24 +81,22 @@ def _replica(request: web.Request) -> Replica:
 
 async def get_info(request: web.Request) -> web.Response:
     limits = request.app[keys.LIMITS]
-    return web.json_response(
-        {
-            "agent": "mtagent",
-            "version": AGENT_VERSION,
-            "protocol": PROTOCOL_VERSION,
-            "max_frame_bytes": limits.max_frame_bytes,
-            "max_batch_bytes": limits.max_batch_bytes,
-        }
+    info = Info(
+        version=AGENT_VERSION,
+        protocol=PROTOCOL_VERSION,
+        max_frame_bytes=limits.max_frame_bytes,
+        max_batch_bytes=limits.max_batch_bytes,
     )
+    return web.json_response(info.to_json())
 
 
 async def get_disks(request: web.Request) -> web.Response:
     replicas = request.app[keys.REPLICAS].values()
-    return web.json_response({"disks": [replica.describe() for replica in replicas]})
+    return web.json_response({"disks": [replica.describe().to_json() for replica in replicas]})
 
 
 async def get_disk(request: web.Request) -> web.Response:
-    return web.json_response(_replica(request).describe())
+    return web.json_response(_replica(request).describe().to_json())
 
 
 async def put_batch(request: web.Request) -> web.Response:
@@ -121,7 +117,7 @@ async def put_batch(request: web.Request) -> web.Response:
         app[keys.METRICS],
         gate=app.get(keys.RETENTION_GATE),
     )
-    return web.json_response(asdict(result))
+    return web.json_response(result.to_json())
 
 
 def create_metrics_app(registry: CollectorRegistry, readiness: Readiness) -> web.Application:

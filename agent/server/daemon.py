@@ -141,7 +141,8 @@ def _supervise(
 
 
 def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp keeps the asyncio server here; the port may have been 0
-    if server is not None and getattr(server, "sockets", None):
+    # aiohttp keeps the asyncio server here; the port may have been 0
+    server = site._server
+    if isinstance(server, asyncio.Server) and server.sockets:
         return int(server.sockets[0].getsockname()[1])
     return int(site._port)

@@ -1,7 +1,7 @@
 """`POST /v1/disks/{disk}/hashes` (PROTOCOL.md section 5) and the resync metrics.
 
 The endpoint streams the XXH3-128 digest of each chunk of a range of the target, as
-they are computed: a sender compares them with its source's (agent/sender/resync.py) while
+they are computed: a sender compares them with its source's (agent/sender/compare.py) while
 the agent is still reading.
 
 Where the reading runs: on threads of the request's own, not on the disk's I/O thread (a
@@ -42,7 +42,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agent.replication.replica import Replica
-from agent.replication.state import OK, RESYNCING
 from agent.server import keys
 from blockio.disks.target import TargetDisk
 from blockio.scan.chunk_digests import (
@@ -55,6 +54,7 @@ from blockio.scan.chunk_digests import (
     chunk_count,
     windows,
 )
+from protocol.documents import DiskState
 from protocol.errors import BadRequest, OutOfRange, ProtocolError, TargetUnavailable, UnknownDisk
 
 log = logging.getLogger(__name__)
@@ -336,9 +336,9 @@ class ResyncCollector(Collector):
         for replica in self._replicas():
             progress = replica.progress
             sent.add_metric([replica.id], progress.resync.sent_bytes)
-            if progress.state == OK:
+            if progress.state == DiskState.OK:
                 ratio.add_metric([replica.id], 1.0)
-            elif progress.state != RESYNCING:
+            elif progress.state != DiskState.RESYNCING:
                 ratio.add_metric([replica.id], 0.0)
             elif replica.target is not None and replica.target.size_bytes > 0:
                 size = replica.target.size_bytes

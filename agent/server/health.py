@@ -22,6 +22,7 @@ from typing import Any, Literal
 from agent.metrics import DiskSnapshot
 from agent.replication.state import StateStore
 from agent.units import human_duration
+from protocol.documents import DiskState
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def status_line(snapshots: Iterable[DiskSnapshot], now_ns: int | None = None) ->
     if not snaps:
         return "no disks configured"
     states = Counter(snap.state for snap in snaps)
-    line = f"{states.pop('ok', 0)}/{len(snaps)} disks ok"
+    line = f"{states.pop(DiskState.OK, 0)}/{len(snaps)} disks ok"
     if states:
         line += " (" + ", ".join(f"{n} {state}" for state, n in sorted(states.items())) + ")"
     replicated = [snap for snap in snaps if snap.last_source_time_ns]

@@ -9,6 +9,7 @@ import asyncio
 from aiohttp import web
 
 from agent.recovery.points import group_disk_ids, running_points
+from agent.replication.replica import Replica
 from agent.server import keys
 from protocol.errors import UnknownGroup
 
@@ -20,9 +21,8 @@ async def get_recovery_points(request: web.Request) -> web.Response:
     config = app[keys.CONFIG]
     if not group_disk_ids(config, group):
         raise UnknownGroup(f"no disk of this agent is in group {group!r}", group=group)
-    points = await asyncio.to_thread(
-        running_points, config, app[keys.REPLICAS], app[keys.STORE], group
-    )
+    replicas: dict[str, Replica] = app[keys.REPLICAS]
+    points = await asyncio.to_thread(running_points, config, replicas, app[keys.STORE], group)
     return web.json_response({"points": [point.to_json() for point in points]})
 
 

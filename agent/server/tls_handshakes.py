@@ -56,4 +56,4 @@ def count_handshake_failures(context: ssl.SSLContext, on_failure: Callable[[str]
                 on_failure(failure_reason(exc))
                 raise
 
-    context.sslobject_class = CountingSSLObject  # type: ignore[assignment]
+    context.sslobject_class = CountingSSLObject

@@ -1,5 +1,5 @@
 """Target disks: a block device or file (`target`), its SCSI identity, discovery with pyudev,
 udev events, and whether the host uses it (`safety`).
 
-May import: nothing else of blockio.
+May import: only blockio's shared roots (`errors`, `durable`).
 """

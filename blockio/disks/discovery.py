@@ -23,7 +23,7 @@ from blockio.disks.identity import (
     identity_from_properties,
     identity_from_wwid,
 )
-from blockio.disks.target import TargetUnavailable
+from blockio.disks.target import TargetUnusable
 
 BY_ID_DIR = Path("/dev/disk/by-id")
 
@@ -80,11 +80,11 @@ def no_identity_message(disk: BlockDisk) -> str:
     return f"{what} shows no SCSI UUID (no ID_SERIAL, ID_WWN or wwid): {ENABLE_UUID_HINT}"
 
 
-class DiskNotFound(TargetUnavailable):
+class DiskNotFound(TargetUnusable):
     """No attached disk carries the configured SCSI id."""
 
 
-class AmbiguousDisk(TargetUnavailable):
+class AmbiguousDisk(TargetUnusable):
     """More than one disk carries the configured SCSI id (multipath paths of one LUN)."""
 
 
@@ -231,11 +231,11 @@ def resolve_scsi_id(
 ) -> BlockDisk:
     """The attached disk that carries canonical `scsi_id`, looked up afresh.
 
-    Raises DiskNotFound, AmbiguousDisk (both TargetUnavailable); TargetUnavailable when udev
+    Raises DiskNotFound, AmbiguousDisk (both TargetUnusable); TargetUnusable when udev
     cannot be read.
     """
     try:
         disks = enumerate_disks(context, by_id_dir)
     except (OSError, pyudev.DeviceNotFoundError) as exc:
-        raise TargetUnavailable(f"scsi_uuid {scsi_id}", f"cannot enumerate disks: {exc}") from exc
+        raise TargetUnusable(f"scsi_uuid {scsi_id}", f"cannot enumerate disks: {exc}") from exc
     return locate(scsi_id, disks)

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from blockio.disks.target import TargetBusy, TargetDisk, TargetUnavailable
+from blockio.disks.target import TargetBusy, TargetDisk, TargetUnusable
 
 PROC = Path("/proc")
 SYSFS = Path("/sys")
@@ -37,7 +37,7 @@ _SYSFS_SIZE_UNIT = 512
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
-class DeviceProtected(TargetUnavailable):
+class DeviceProtected(TargetUnusable):
     """The target is in use on this host (or too small) and was not opened for writing.
     `reasons` holds one line per finding."""
 
@@ -289,14 +289,14 @@ def check_target(
 
     A block device whose sysfs entry cannot be read is protected: what cannot be inspected is
     not written. Anything else than a block device or a regular file gives no reason here
-    (opening it refuses it). Raises TargetUnavailable when `path` does not exist.
+    (opening it refuses it). Raises TargetUnusable when `path` does not exist.
     """
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise TargetUnavailable(path, "does not exist") from None
+        raise TargetUnusable(path, "does not exist") from None
     except OSError as exc:
-        raise TargetUnavailable(path, f"cannot be examined: {exc.strerror or exc}") from exc
+        raise TargetUnusable(path, f"cannot be examined: {exc.strerror or exc}") from exc
     host = read_host_use(proc, sysfs)
     reasons: list[str] = []
     if stat.S_ISBLK(st.st_mode):
@@ -329,8 +329,8 @@ def open_for_replication(
 
     Checks (`check_target`), opens it (block devices exclusively, O_EXCL), and checks again
     with the claim held: a mount that won the race shows then, and from then on the kernel
-    refuses new ones. Raises DeviceProtected (a TargetUnavailable) with the reasons when the
-    target is in use or too small, before any byte is written; TargetUnavailable when it is
+    refuses new ones. Raises DeviceProtected (a TargetUnusable) with the reasons when the
+    target is in use or too small, before any byte is written; TargetUnusable when it is
     missing or cannot be opened.
     """
     reasons = check_target(path, disk_dir=disk_dir, expected=expected)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from blockio.errors import BlockIOError
+
 # <linux/fs.h>: _IOR(0x12, 114, size_t) and _IO(0x12, 104).
 BLKGETSIZE64 = 0x80081272
 BLKSSZGET = 0x1268
@@ -54,7 +56,7 @@ def _aligned_zeros() -> mmap.mmap:
         return _direct_zeros
 
 
-class TargetError(Exception):
+class TargetError(BlockIOError):
     """An operation on a target disk failed. `str()` is one line naming the path and the cause."""
 
     def __init__(self, path: Path | str, reason: str) -> None:
@@ -63,12 +65,13 @@ class TargetError(Exception):
         self.reason = reason
 
 
-class TargetUnavailable(TargetError):
-    """The target is not there to use: missing, not a file or block device, cannot be opened,
-    or the device went away while in use."""
+class TargetUnusable(TargetError):
+    """The target cannot be used at all, as opposed to one I/O that failed: missing, not a file
+    or block device, cannot be opened, in use on this host, or the device went away while in
+    use. (The daemon answers such a disk with the protocol's TargetUnavailable, 503.)"""
 
 
-class TargetBusy(TargetUnavailable):
+class TargetBusy(TargetUnusable):
     """The kernel refused the exclusive open of a block device (EBUSY): something on this host
     uses it (a mount, swap, LVM, MD or device-mapper)."""
 
@@ -83,7 +86,7 @@ def _is_block_device(path: Path) -> bool:
 def _io_failure(path: Path, what: str, exc: OSError) -> TargetError:
     reason = f"{what} failed: {exc.strerror or exc}"
     if exc.errno in _GONE_ERRNOS:
-        return TargetUnavailable(path, reason)
+        return TargetUnusable(path, reason)
     return TargetError(path, reason)
 
 
@@ -116,8 +119,8 @@ class TargetDisk:
         it. direct_io=True adds O_DIRECT: reads and writes bypass the page cache through
         sector-aligned buffers, and writes must cover whole sectors.
 
-        Raises TargetBusy (a TargetUnavailable) when the exclusive claim is refused because the
-        device is in use; TargetUnavailable when the path is missing, is anything else than a
+        Raises TargetBusy (a TargetUnusable) when the exclusive claim is refused because the
+        device is in use; TargetUnusable when the path is missing, is anything else than a
         regular file or a block device, or cannot be opened or queried.
         """
         path = Path(path)
@@ -131,9 +134,9 @@ class TargetDisk:
         try:
             fd = os.open(path, flags)
         except FileNotFoundError:
-            raise TargetUnavailable(path, "does not exist") from None
+            raise TargetUnusable(path, "does not exist") from None
         except IsADirectoryError:
-            raise TargetUnavailable(
+            raise TargetUnusable(
                 path, "is a directory, not a regular file or block device"
             ) from None
         except OSError as exc:
@@ -144,11 +147,11 @@ class TargetDisk:
                     "holds swap, or is a member of LVM, MD or device-mapper)",
                 ) from exc
             if direct_io and exc.errno == errno.EINVAL:
-                raise TargetUnavailable(
+                raise TargetUnusable(
                     path, "cannot be opened with O_DIRECT (direct_io): its file system refuses it"
                 ) from exc
             mode = "read-write" if writable else "read-only"
-            raise TargetUnavailable(path, f"cannot open {mode}: {exc.strerror or exc}") from exc
+            raise TargetUnusable(path, f"cannot open {mode}: {exc.strerror or exc}") from exc
         try:
             # fstat, not stat before open: what we judge is what we hold.
             st = os.fstat(fd)
@@ -157,33 +160,33 @@ class TargetDisk:
             elif stat.S_ISBLK(st.st_mode):
                 if writable and not exclusive:
                     # It turned into a block device between the stat and the open.
-                    raise TargetUnavailable(path, "changed while it was being opened")
+                    raise TargetUnusable(path, "changed while it was being opened")
                 size = struct.unpack("<Q", fcntl.ioctl(fd, BLKGETSIZE64, bytes(8)))[0]
                 sector = struct.unpack("<i", fcntl.ioctl(fd, BLKSSZGET, bytes(4)))[0]
                 disk = cls(path, size, sector, True, fd, devnum=st.st_rdev, direct_io=direct_io)
             else:
                 kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a special file"
-                raise TargetUnavailable(path, f"is {kind}, not a regular file or block device")
+                raise TargetUnusable(path, f"is {kind}, not a regular file or block device")
             if direct_io:
                 disk._buffer = mmap.mmap(-1, max(_DIRECT_BUFFER_BYTES, disk.sector_bytes))
             return disk
         except OSError as exc:
             os.close(fd)
-            raise TargetUnavailable(path, f"cannot read its size: {exc.strerror or exc}") from exc
+            raise TargetUnusable(path, f"cannot read its size: {exc.strerror or exc}") from exc
         except BaseException:
             os.close(fd)
             raise
 
     def revoke(self, reason: str) -> None:
         """Stop all further I/O through this handle: every later read, write or sync raises
-        TargetUnavailable(reason). For a device that went away: a batch in flight fails at its
+        TargetUnusable(reason). For a device that went away: a batch in flight fails at its
         next write instead of going on, and its undo records stay in the journal. Safe to call
         from another thread than the one doing the I/O; a write already in the kernel finishes."""
         self._revoked = reason
 
     def _check_usable(self) -> None:
         if self._revoked is not None:
-            raise TargetUnavailable(self.path, self._revoked)
+            raise TargetUnusable(self.path, self._revoked)
 
     def _check_aligned(self, what: str, offset: int, length: int) -> None:
         sector = self.sector_bytes
@@ -216,7 +219,7 @@ class TargetDisk:
     def read(self, offset: int, length: int) -> bytes:
         """Return exactly `length` bytes from `offset`.
 
-        Raises TargetError for an extent outside the disk or a failed read (TargetUnavailable
+        Raises TargetError for an extent outside the disk or a failed read (TargetUnusable
         when the device is gone).
         """
         self._check_usable()
@@ -275,7 +278,7 @@ class TargetDisk:
         extent must be whole sectors.
 
         Raises TargetError for an extent outside the disk, a misaligned direct_io extent or a
-        failed write (TargetUnavailable when the device is gone or the target was revoked).
+        failed write (TargetUnusable when the device is gone or the target was revoked).
         """
         view = memoryview(data).cast("B")
         length = len(view)
@@ -335,7 +338,7 @@ class TargetDisk:
     def sync(self) -> None:
         """fdatasync: every byte written so far is on stable storage when this returns.
 
-        Raises TargetError (TargetUnavailable when the device is gone).
+        Raises TargetError (TargetUnusable when the device is gone).
         """
         self._check_usable()
         try:

@@ -74,7 +74,7 @@ class DiskMonitor:
     def close(self) -> None:
         """Stop listening. Safe to call twice."""
         # pyudev closes the socket when the monitor is released.
-        self._monitor = None  # type: ignore[assignment]
+        self._monitor = None
 
 
 def udev_is_running(control: Path = UDEV_CONTROL) -> bool:

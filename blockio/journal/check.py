@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from blockio.journal.index import segment_numbers, segment_path, walk_segment
+from blockio.journal.index import walk_segment
 from blockio.journal.records import UNDO_MISSING
+from blockio.journal.segments import segment_numbers, segment_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +149,7 @@ def _against_state(
     committed_data_bytes: int | None,
     notes: list[str],
 ) -> list[JournalProblem]:
-    problems = []
+    problems: list[JournalProblem] = []
     for seq in sorted(pending):
         if seq > committed_seq:
             notes.append(

@@ -7,11 +7,7 @@ Nothing else is needed to rebuild the index; the state store stays the authority
 committed (a batch whose COMMIT record did not reach the disk before a crash is committed all the
 same: the agent writes the missing record at start-up).
 
-Summaries of segments are cached in a sidecar, `<journal>/index.json`, so that start-up and the
-CLI do not read every segment again. A cached summary is trusted only while its segment's size
-and modification time are those recorded; any other segment is walked again, payloads verified
-against their XXH3 digests, and a damaged one is summarized as damaged (the points that need it
-are not listed). The sidecar is a cache: lost or unreadable, it is rebuilt.
+Summaries are cached in a sidecar (`blockio.journal.catalog`).
 
 Reachability (`restorable_floor`): the disk can be rolled back to batch p when the journal holds
 the undo records of every batch p+1 .. last_seq. COMMIT records are contiguous in a healthy
@@ -22,7 +18,6 @@ a batch whose undo is not kept (a resync batch, or one found missing).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -30,42 +25,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from blockio.journal.reader import read_commit, read_record, scan_headers_into
 from blockio.journal.records import (
     UNDO_KEPT,
     CommitRecord,
     JournalCorrupt,
     RecordHeader,
     RecordKind,
-    read_commit,
-    read_record,
-    scan_headers_into,
 )
 
 log = logging.getLogger(__name__)
-
-SEGMENT_NAME = "seg-{:08d}.undo"
-SEGMENT_NAME_RE = re.compile(r"seg-(\d{8})\.undo")
-SIDECAR_NAME = "index.json"
-SIDECAR_VERSION = 1
-
-
-def segment_numbers(directory: Path) -> list[int]:
-    """The numbers of the segment files in `directory`, oldest first ([] if it does not exist)."""
-    try:
-        entries = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    numbers = []
-    for entry in entries:
-        match = SEGMENT_NAME_RE.fullmatch(entry)
-        if match:
-            numbers.append(int(match.group(1)))
-    return sorted(numbers)
-
-
-def segment_path(directory: Path, number: int) -> Path:
-    """The path of segment `number` in `directory`."""
-    return directory / SEGMENT_NAME.format(number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,70 +302,6 @@ def walk_segment(path: Path, disk: str, *, last: bool) -> SegmentWalk:
 def _problem_position(problem: str) -> int:
     match = re.match(r"byte (\d+):", problem)
     return int(match.group(1)) if match else 0
-
-
-def read_sidecar(directory: Path) -> dict[int, SegmentSummary]:
-    """The cached summaries of `directory`'s segments by number; {} when there is no usable
-    sidecar (missing, unreadable, another version: it is only a cache)."""
-    try:
-        document = json.loads((directory / SIDECAR_NAME).read_bytes())
-        if document.get("version") != SIDECAR_VERSION:
-            return {}
-        summaries = [SegmentSummary.from_json(entry) for entry in document["segments"]]
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return {}
-    return {summary.number: summary for summary in summaries}
-
-
-def write_sidecar(directory: Path, disk: str, summaries: Sequence[SegmentSummary]) -> None:
-    """Replace the sidecar atomically (temporary file, rename). Not synced: lost or torn by a
-    power loss, it is rebuilt, and an old one is trusted only where it still matches.
-
-    Raises OSError when it cannot be written (callers log it: the sidecar is only a cache).
-    """
-    document = {
-        "version": SIDECAR_VERSION,
-        "disk": disk,
-        "segments": [summary.to_json() for summary in summaries],
-    }
-    temporary = directory / f".{SIDECAR_NAME}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(json.dumps(document, separators=(",", ":")).encode())
-    os.replace(temporary, directory / SIDECAR_NAME)
-
-
-def load_summaries(directory: Path, disk: str) -> tuple[list[SegmentSummary], bool]:
-    """A summary of every segment in `directory`, oldest first: from the sidecar where it still
-    matches the file, by walking the segment otherwise. Returns (summaries, walked): `walked` is
-    True when a segment had to be walked (the caller may then refresh the sidecar). Reads only.
-
-    A segment pruned while this runs is left out. Raises OSError for other read failures.
-    """
-    numbers = segment_numbers(directory)
-    cached = read_sidecar(directory)
-    summaries: list[SegmentSummary] = []
-    walked = False
-    for number in numbers:
-        path = segment_path(directory, number)
-        try:
-            stat = os.stat(path)
-        except FileNotFoundError:
-            continue
-        summary = cached.get(number)
-        if (
-            summary is None
-            or summary.size_bytes != stat.st_size
-            or summary.mtime_ns != stat.st_mtime_ns
-        ):
-            try:
-                walk = walk_segment(path, disk, last=number == numbers[-1])
-            except FileNotFoundError:
-                continue
-            summary = walk.tally.summary(number, walk.size_bytes, walk.mtime_ns)
-            walked = True
-        summaries.append(summary)
-    return summaries, walked
 
 
 def restorable_floor(summaries: Sequence[SegmentSummary], last_seq: int) -> int:

@@ -23,7 +23,8 @@ A record is self-describing, so a segment can be walked and checked alone:
 | 56 | 8 | XXH3-64 of bytes 0..55 followed by the disk id |
 
 The framing (header, disk id, stored length) is the same for every kind, so a reader walks past
-kinds it does not know; a change to the framing itself takes a new version.
+kinds it does not know; a change to the framing itself takes a new version. Reading records back
+from a segment is `blockio.journal.reader`.
 
 A COMMIT record closes batch `seq` once the agent has committed it: offset 0, flags 0, time_ns the
 commit time, length = stored length = the payload, a UTF-8 JSON object (`CommitRecord`): the
@@ -35,16 +36,17 @@ can still reach, without the state store.
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import lz4.block
 import xxhash
+
+from blockio.errors import BlockIOError
 
 MAGIC = b"MTUJ"
 FORMAT_VERSION = 1
@@ -59,7 +61,7 @@ FLAG_LZ4 = 0x01
 FLAG_ZERO = 0x02
 # Set on the first record appended after a journal sync. Only the last sync group of a batch can
 # be unsynced after a power loss, and an unsynced group never touched the target: this bit is how
-# recovery finds that group (see UndoJournal).
+# recovery finds that group (see `blockio.journal.rollback`).
 FLAG_GROUP_START = 0x04
 KNOWN_FLAGS = FLAG_LZ4 | FLAG_ZERO | FLAG_GROUP_START
 
@@ -74,7 +76,7 @@ _SAMPLE_THRESHOLD = 256 * 1024
 _SAMPLE_BYTES = 64 * 1024
 _SAMPLE_MAX_RATIO = 0.95
 
-_ZERO_CHUNK = bytes(1 << 20)
+ZERO_CHUNK = bytes(1 << 20)
 
 
 class RecordKind(IntEnum):
@@ -93,7 +95,7 @@ UNDO_STATES = frozenset({UNDO_KEPT, UNDO_DISCARDED, UNDO_MISSING})
 MAX_COMMIT_PAYLOAD = 128 * 1024
 
 
-class JournalCorrupt(Exception):
+class JournalCorrupt(BlockIOError):
     """A segment holds bytes that are not a valid record. `str()`:
     `segment <path> at byte <position>: <reason>`."""
 
@@ -184,8 +186,8 @@ class RecordHeader:
 def is_zero(data: bytes | memoryview) -> bool:
     """True if every byte of `data` is 0 (memcmp against a shared zero buffer, no copies)."""
     view = memoryview(data).cast("B")
-    step = len(_ZERO_CHUNK)
-    return all(_ZERO_CHUNK.startswith(view[i : i + step]) for i in range(0, len(view), step))
+    step = len(ZERO_CHUNK)
+    return all(ZERO_CHUNK.startswith(view[i : i + step]) for i in range(0, len(view), step))
 
 
 def _pack_payload(data: bytes | memoryview) -> tuple[int, bytes | memoryview]:
@@ -290,222 +292,3 @@ def encode_record(record: UndoRecord) -> bytes:
     """
     head, payload = encode_record_parts(record)
     return head + bytes(payload)
-
-
-def _zeros_to_end(f: BinaryIO, position: int, end: int) -> bool:
-    f.seek(position)
-    while position < end:
-        chunk = f.read(min(end - position, len(_ZERO_CHUNK)))
-        if not chunk or not is_zero(chunk):
-            return False
-        position += len(chunk)
-    return True
-
-
-def _frame_fault(magic: bytes, version: int, disk_len: int) -> str | None:
-    """What makes a header unreadable before its digest can be checked, or None."""
-    if magic != MAGIC:
-        return f"bad magic {magic!r}, expected {MAGIC!r}"
-    if version != FORMAT_VERSION:
-        return f"record format version {version}, this mtagent reads version {FORMAT_VERSION}"
-    if disk_len > MAX_DISK_ID_BYTES:
-        return f"disk id length {disk_len} exceeds {MAX_DISK_ID_BYTES}"
-    return None
-
-
-def _field_fault(kind: int, flags: int, length: int, stored: int, reserved: int) -> str | None:
-    """What makes a header's fields inconsistent with each other, or None."""
-    if reserved:
-        return "reserved header fields are not zero"
-    if kind == RecordKind.COMMIT:
-        if flags:
-            return f"commit record with flags {flags:#04x}"
-        if stored != length or stored > MAX_COMMIT_PAYLOAD:
-            return f"commit record payload of {stored} bytes for length {length}"
-        return None
-    if flags & ~KNOWN_FLAGS:
-        return f"unknown flags {flags:#04x}"
-    if flags & FLAG_ZERO:
-        if flags & FLAG_LZ4 or stored != 0:
-            return f"zero record with a payload of {stored} bytes"
-    elif flags & FLAG_LZ4:
-        if stored == 0 or stored > length:
-            return f"LZ4 payload of {stored} bytes for {length} bytes of data"
-    elif kind == RecordKind.UNDO and stored != length:
-        return f"raw payload of {stored} bytes for {length} bytes of data"
-    return None
-
-
-def scan_headers(f: BinaryIO, path: Path, start: int = 0) -> tuple[list[RecordHeader], int | None]:
-    """Walk the records of a segment from `start`, reading headers only.
-
-    Returns (headers in file order, torn_at). `torn_at` is the position of an incomplete record
-    at the very tail, left by a crash in the middle of an append, or None. A record is incomplete
-    when the file ends inside it, or when everything from its position to the end is zeros (a
-    file system may extend a file before its data reaches the disk).
-
-    Raises JournalCorrupt for a bad magic, an unknown version, a header digest mismatch or
-    inconsistent fields anywhere else.
-    """
-    headers: list[RecordHeader] = []
-    torn_at = scan_headers_into(f, path, headers, start)
-    return headers, torn_at
-
-
-def scan_headers_into(
-    f: BinaryIO, path: Path, headers: list[RecordHeader], start: int = 0
-) -> int | None:
-    """`scan_headers`, appending to `headers` as it goes: when it raises JournalCorrupt,
-    `headers` still holds every record before the damage. Returns torn_at."""
-    end = f.seek(0, io.SEEK_END)
-    position = start
-    while position < end:
-        f.seek(position)
-        raw = f.read(HEADER_BYTES)
-        if len(raw) < HEADER_BYTES:
-            return position
-        (
-            magic,
-            version,
-            kind,
-            flags,
-            reserved_a,
-            disk_len,
-            reserved_b,
-            length,
-            seq,
-            offset,
-            time_ns,
-            stored,
-            reserved_c,
-            data_digest,
-            header_digest,
-        ) = HEADER.unpack(raw)
-
-        fault = _frame_fault(magic, version, disk_len)
-        if fault is not None:
-            if _zeros_to_end(f, position, end):
-                return position
-            raise JournalCorrupt(path, position, fault)
-        if position + HEADER_BYTES + disk_len > end:
-            return position
-        disk = f.read(disk_len)
-        if xxhash.xxh3_64_intdigest(raw[:HEADER_DIGESTED_BYTES] + disk) != header_digest:
-            if _zeros_to_end(f, position, end):
-                return position
-            raise JournalCorrupt(path, position, "header digest mismatch")
-        # The digest matched: a fault from here on was written so, not damaged on the way.
-        fault = _field_fault(kind, flags, length, stored, reserved_a | reserved_b | reserved_c)
-        if fault is not None:
-            raise JournalCorrupt(path, position, fault)
-        try:
-            disk_id = disk.decode()
-        except UnicodeDecodeError:
-            raise JournalCorrupt(path, position, "disk id is not UTF-8") from None
-        total = HEADER_BYTES + disk_len + stored
-        if position + total > end:
-            return position
-        headers.append(
-            RecordHeader(
-                position=position,
-                total_bytes=total,
-                kind=kind,
-                disk=disk_id,
-                seq=seq,
-                offset=offset,
-                length=length,
-                time_ns=time_ns,
-                flags=flags,
-                stored_bytes=stored,
-                data_digest=data_digest,
-            )
-        )
-        position += total
-    return None
-
-
-def read_record(f: BinaryIO, header: RecordHeader, path: Path) -> UndoRecord:
-    """Read the record `header` describes (from `scan_headers` on the same file) and verify its
-    old data against the recorded XXH3-64.
-
-    Raises JournalCorrupt when the payload is cut short, does not decompress to exactly `length`
-    bytes, or does not match its digest; ValueError for a record that is not an UNDO record.
-    """
-    if header.kind != RecordKind.UNDO:
-        raise ValueError(f"record at byte {header.position} of {path} is of kind {header.kind}")
-    at = header.position
-    if header.flags & FLAG_ZERO:
-        data = bytes(header.length)
-    else:
-        f.seek(header.payload_position)
-        payload = f.read(header.stored_bytes)
-        if len(payload) != header.stored_bytes:
-            raise JournalCorrupt(
-                path, at, f"payload cut short: {len(payload)} of {header.stored_bytes} bytes"
-            )
-        if header.flags & FLAG_LZ4:
-            try:
-                data = lz4.block.decompress(payload, uncompressed_size=header.length)
-            except lz4.block.LZ4BlockError as exc:
-                raise JournalCorrupt(path, at, f"LZ4 payload does not decompress: {exc}") from None
-            if len(data) != header.length:
-                raise JournalCorrupt(
-                    path, at, f"LZ4 payload gives {len(data)} bytes, expected {header.length}"
-                )
-        else:
-            data = payload
-    if xxhash.xxh3_64_intdigest(data) != header.data_digest:
-        raise JournalCorrupt(
-            path,
-            at,
-            f"old data digest mismatch (disk offset {header.offset}, length {header.length})",
-        )
-    return UndoRecord(
-        disk=header.disk,
-        seq=header.seq,
-        offset=header.offset,
-        length=header.length,
-        time_ns=header.time_ns,
-        data=data,
-        group_start=bool(header.flags & FLAG_GROUP_START),
-    )
-
-
-def read_commit(f: BinaryIO, header: RecordHeader, path: Path) -> CommitRecord:
-    """Read the COMMIT record `header` describes (from `scan_headers` on the same file) and verify
-    its payload against the recorded XXH3-64.
-
-    Raises JournalCorrupt when the payload is cut short, does not match its digest or is not a
-    commit payload; ValueError for a record that is not a COMMIT record.
-    """
-    if header.kind != RecordKind.COMMIT:
-        raise ValueError(f"record at byte {header.position} of {path} is of kind {header.kind}")
-    at = header.position
-    f.seek(header.payload_position)
-    payload = f.read(header.stored_bytes)
-    if len(payload) != header.stored_bytes:
-        raise JournalCorrupt(
-            path, at, f"payload cut short: {len(payload)} of {header.stored_bytes} bytes"
-        )
-    if xxhash.xxh3_64_intdigest(payload) != header.data_digest:
-        raise JournalCorrupt(path, at, f"commit record of batch {header.seq}: digest mismatch")
-    try:
-        fields = json.loads(payload)
-        commit = CommitRecord(
-            disk=header.disk,
-            seq=header.seq,
-            source_time_ns=int(fields["source_time_ns"]),
-            committed_ns=int(fields["committed_ns"]),
-            flags=tuple(str(flag) for flag in fields["flags"]),
-            tag=fields["tag"],
-            undo=str(fields["undo"]),
-            records=int(fields["records"]),
-            undo_bytes=int(fields["undo_bytes"]),
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise JournalCorrupt(path, at, f"commit record of batch {header.seq}: {exc}") from None
-    if commit.undo not in UNDO_STATES or (
-        commit.tag is not None and not isinstance(commit.tag, dict)
-    ):
-        raise JournalCorrupt(path, at, f"commit record of batch {header.seq}: unknown fields")
-    return commit

@@ -1,4 +1,4 @@
 """Reading images and disks in order: the extents a push sends, chunk digests for resync.
 
-May import: nothing else of blockio.
+May import: only blockio's shared roots (`errors`, `durable`).
 """

@@ -26,11 +26,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from blockio.errors import BlockIOError
+
 BLOCK_BYTES = 64 * 1024
 """Granularity of the delta comparison."""
 
 
-class ImageChanged(Exception):
+class ImageChanged(BlockIOError):
     """An image ended before the size it had when the reading began."""
 
     def __init__(self, path: Path, offset: int, expected_bytes: int) -> None:

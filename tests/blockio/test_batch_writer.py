@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 from blockio.batch_writer import BatchWriter, Write
 from blockio.disks.target import TargetDisk, TargetError
-from blockio.journal.records import scan_headers
-from blockio.journal.undo_journal import JournalIOError, UndoJournal
+from blockio.journal.reader import scan_headers
+from blockio.journal.segments import JournalIOError
+from blockio.journal.undo_journal import UndoJournal
 from tests.conftest import LoopDeviceFactory
 
 KiB = 1 << 10

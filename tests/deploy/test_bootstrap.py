@@ -50,6 +50,7 @@ def make_root(base: Path, os_release: str = DEBIAN) -> tuple[Path, Path]:
 RELEASE_CONTENT = (
     "pyproject.toml",
     "README.md",
+    "LICENSE",
     "agent",
     "blockio",
     "protocol",

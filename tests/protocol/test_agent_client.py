@@ -15,8 +15,9 @@ import pytest
 import protocol.client
 from agent.certs import PkiPaths, init_pki, issue_client
 from protocol.client import AgentClient, TlsRefused, TransportError, client_ssl_context
+from protocol.documents import Disk, DiskState, Info, Point, PointKind
 from protocol.encoder import BatchEncoder
-from protocol.errors import ResyncRequired
+from protocol.errors import BadDocument, ResyncRequired, UnknownGroup
 from protocol.events import Begin, Data
 from tests.support.agent_harness import AgentProcess, free_port
 from tests.support.batches import resync_batch
@@ -24,7 +25,7 @@ from tests.support.batches import resync_batch
 KiB = 1 << 10
 MiB = 1 << 20
 DISK_BYTES = 1 * MiB
-DISKS = ["early", "reuse", "digests", "refused"]
+DISKS = ["early", "reuse", "digests", "refused", "listed", "fresh"]
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ async def test_an_answer_before_the_body_ends_is_raised_and_the_rest_is_not_sent
             await client.put_batch("early", 1, endless_body())
         after = await client.disk("early")
 
-    assert after["last_seq"] == 0
+    assert after.last_seq == 0
     assert shared_agent.target_bytes("early") == bytes(DISK_BYTES)
 
 
@@ -70,7 +71,7 @@ async def test_requests_one_after_another_share_one_connection(
 
     assert opened == [1]
     assert len(digests) == 2
-    assert state["last_seq"] == 1 and state["state"] == "ok"
+    assert state.last_seq == 1 and state.state == "ok"
     assert shared_agent.target_bytes("reuse")[: 64 * KiB] == content
 
 
@@ -87,7 +88,7 @@ async def test_requests_at_the_same_time_each_take_a_connection(
 
     assert opened == [2]
     assert len(first) == 16 and len(rest) == DISK_BYTES // (64 * KiB) - 1
-    assert info["agent"] == "mtagent"
+    assert info.agent == "mtagent"
 
 
 async def test_a_client_certificate_the_agent_refuses_is_named_as_the_likely_cause(
@@ -168,6 +169,64 @@ async def test_an_agent_that_does_not_answer_times_out(fake_agent: FakeAgent) ->
             await client.info()
 
     assert time.monotonic() - started < 5
+
+
+# -- the documents ---------------------------------------------------------------------------
+
+
+async def test_the_agents_info_is_read_as_an_info(client: AgentClient) -> None:
+    async with client:
+        info = await client.info()
+
+    assert isinstance(info, Info)
+    assert (info.agent, info.protocol, info.max_frame_bytes) == ("mtagent", 1, 4 * MiB)
+
+
+async def test_the_agents_disks_are_read_as_disks(client: AgentClient) -> None:
+    async with client:
+        disks = await client.disks()
+        one = await client.disk("refused")
+
+    assert {disk.id for disk in disks} == set(DISKS)
+    assert all(isinstance(disk, Disk) and disk.group == "g1" for disk in disks)
+    assert one in disks
+    assert (one.size_bytes, one.sector_bytes) == (DISK_BYTES, 512)
+
+
+async def test_a_new_pairs_disk_reads_as_resync_required(client: AgentClient) -> None:
+    async with client:
+        disk = await client.disk("fresh")
+
+    assert (disk.state, disk.resync, disk.last_seq) == (DiskState.RESYNC_REQUIRED, True, 0)
+
+
+async def test_the_agents_recovery_points_are_read_as_points(client: AgentClient) -> None:
+    time_ns = 1_700_000_000 * 10**9
+    async with client:
+        await client.put_batch(
+            "listed", 1, resync_batch("listed", 1, [(0, b"\x01" * 4096)], source_time_ns=time_ns)
+        )
+        points = await client.recovery_points("g1")
+
+    assert Point("listed@1", PointKind.CRASH, "batch 1", time_ns, {"listed": 1}) in points
+
+
+async def test_recovery_points_of_a_group_the_agent_lacks_raise_unknown_group(
+    client: AgentClient,
+) -> None:
+    async with client:
+        with pytest.raises(UnknownGroup):
+            await client.recovery_points("nobody")
+
+
+async def test_an_answer_that_is_not_a_disk_raises_bad_document(fake_agent: FakeAgent) -> None:
+    body = b'{"id": "d0", "group": "g1", "state": "ok"}'
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    async with fake_agent.serving(head + body), fake_agent.client() as client:
+        with pytest.raises(BadDocument) as caught:
+            await client.disk("d0")
+
+    assert (caught.value.document, caught.value.field) == ("Disk", "size_bytes")
 
 
 class FakeAgent:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blockio.scan.source_image import Extent, delta_extents, full_extents
-from protocol.batching import MAX_ZERO_FRAME_BYTES, batch_events
+from protocol.batching import MAX_ZERO_FRAME_BYTES, batch_events, one_batch_events
 from protocol.decoder import BatchDecoder
 from protocol.encoder import BatchEncoder
 from protocol.events import Begin, Data, End, Event, Tag, Zero
@@ -416,6 +416,74 @@ def test_a_delta_started_again_where_a_batch_began_repeats_the_batches_from_ther
 def test_nonpositive_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="must be positive"):
         batch_events([], disk=DISK, first_seq=1, source_time_ns=0, frame_bytes=0, batch_bytes=1)
+    with pytest.raises(ValueError, match="must be positive"):
+        one_batch_events([], disk=DISK, seq=0, source_time_ns=0, frame_bytes=SECTOR)
+
+
+# -- one batch whose content is decided ------------------------------------------------------------
+
+RESYNC = frozenset({"resync"})
+
+
+def test_one_batch_holds_all_its_extents_cut_into_frames_on_the_grid() -> None:
+    content = random.Random(3).randbytes(12 * MiB)
+    frame = MiB
+    layout = [(64 * KiB, 64 * KiB, False), (3 * MiB + 512, 5 * MiB, False), (9 * MiB, MiB, True)]
+
+    events = list(
+        one_batch_events(
+            extents_of(layout, content),
+            disk=DISK,
+            seq=5,
+            source_time_ns=TIME_NS,
+            frame_bytes=frame,
+            flags=RESYNC,
+        )
+    )
+
+    assert events[0] == Begin(DISK, 5, TIME_NS, RESYNC)
+    data = [e for e in events if isinstance(e, Data)]
+    assert [(e.offset, len(e.data)) for e in data] == [
+        (64 * KiB, 64 * KiB),
+        (3 * MiB + 512, MiB - 512),
+        *[(n * MiB, MiB) for n in range(4, 8)],
+        (8 * MiB, 512),
+    ]
+    assert [e for e in events if isinstance(e, Zero)] == [Zero(9 * MiB, MiB)]
+    assert events[-1] == End(frames=len(events), data_bytes=64 * KiB + 6 * MiB)
+
+
+def test_one_batch_without_extents_is_begin_and_end_and_carries_its_flags() -> None:
+    flags = frozenset({"resync", "resync_done"})
+
+    events = list(
+        one_batch_events([], disk=DISK, seq=2, source_time_ns=TIME_NS, frame_bytes=MiB, flags=flags)
+    )
+
+    assert events == [Begin(DISK, 2, TIME_NS, flags), End(frames=2, data_bytes=0)]
+
+
+def test_one_batch_decodes_with_its_tag_just_before_the_end() -> None:
+    content = random.Random(4).randbytes(MiB)
+    layout = [(0, 256 * KiB, False), (256 * KiB, 256 * KiB, True)]
+
+    bodies = encoded(
+        one_batch_events(
+            extents_of(layout, content),
+            disk=DISK,
+            seq=1,
+            source_time_ns=TIME_NS,
+            frame_bytes=64 * KiB,
+            tag=TAG,
+        )
+    )
+
+    assert len(bodies) == 1
+    events = decoded(1, bodies[0][1], MiB)
+    image = bytearray(MiB)
+    applied(image, events)
+    assert image[: 512 * KiB] == content[: 256 * KiB] + bytes(256 * KiB)
+    assert events[-2] == TAG
 
 
 @settings(max_examples=60, deadline=None)

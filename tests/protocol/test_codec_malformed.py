@@ -15,7 +15,7 @@ import lz4.block
 import pytest
 import xxhash
 
-from protocol.decoder import BatchDecoder
+from protocol.decoder import BatchDecoder, lz4_payload_bound
 from protocol.encoder import BatchEncoder, encode_frame
 from protocol.errors import (
     BadFrame,
@@ -236,8 +236,8 @@ CASES: dict[str, Case] = {
         1,
         {},
     ),
-    "lz4-payload-not-smaller": (
-        body(begin(), alter(lz4_data()[:40], payload_len=len(TEXT))),
+    "lz4-payload-over-its-bound": (
+        body(begin(), alter(lz4_data()[:40], payload_len=lz4_payload_bound(len(TEXT)) + 1)),
         BadFrame,
         1,
         {},

@@ -4,6 +4,9 @@ Usage:
     agent = AgentProcess.create(tmp_path, {"d0": 8 << 20})  # id -> size (new file) or a Path
     agent.start()                       # returns when the agent answers on both listeners
     async with agent.client() as client: ...  # aiohttp session with the client certificate
+    status, answer = await agent.put_batch("d0", 1, body)  # bytes or an async iterable
+    await agent.disk("d0"); await agent.all_disks(); await agent.points("g1")
+    code, out, err = agent.cli("check")  # the CLI in-process, on this agent's config
     agent.kill(); agent.start()         # SIGKILL and restart on the same state
     agent.stop()                        # SIGTERM; also done by the `agent` fixture's teardown
 Everything lives under tmp_path; no global state, so tests can run side by side.
@@ -11,6 +14,8 @@ Everything lives under tmp_path; no global state, so tests can run side by side.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -19,16 +24,23 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
+from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from agent.certs import init_pki, issue_client
+from agent.commands.cli import main
+from protocol.client import AgentClient, client_ssl_context
+from tests.support.waiting import wait_until, wait_until_async
 
 REPO = Path(__file__).resolve().parents[2]
+BATCH_CONTENT = {"Content-Type": "application/x-mtagent-batch"}
+SAMPLE_LINE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 READY_LINE = re.compile(r"data on https://[^:]+:(\d+), metrics on http://[^:]+:(\d+)")
 
 
@@ -37,14 +49,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
-    """A client context that presents `cert` and trusts only `ca`."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
-    return context
 
 
 @dataclass
@@ -163,22 +167,21 @@ class AgentProcess:
             env={**os.environ, "PYTHONPATH": str(REPO), **self.env},
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
+            assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.process.returncode}:\n{self.log()}")
             if 0 in (self.port, self.metrics_port):
                 self._learn_ports(log_start)
-                time.sleep(0.05)
-                continue
+                return False
             try:
                 with urllib.request.urlopen(f"{self.metrics_url}/healthz", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
+                    return bool(resp.status == 200)
             except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"agent not ready after {timeout} s:\n{self.log()}")
+                return False
+
+        wait_until(ready, timeout=timeout, what=lambda: f"the agent to be ready:\n{self.log()}")
 
     def _learn_ports(self, log_start: int) -> None:
         with open(self.log_path, "rb") as f:
@@ -213,27 +216,137 @@ class AgentProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def ssl_context(self) -> ssl.SSLContext:
-        return client_context(self.cert, self.key, self.ca)
+        """A client TLS context with the sender's certificate, trusting this agent's CA."""
+        return client_ssl_context(self.cert, self.key, self.ca)
 
     def client(self, **kwargs: object) -> aiohttp.ClientSession:
         """An aiohttp session that speaks mutual TLS to this agent."""
         connector = aiohttp.TCPConnector(ssl=self.ssl_context())
         return aiohttp.ClientSession(self.url, connector=connector, **kwargs)  # type: ignore[arg-type]
 
+    def sender_client(self, timeout: float = 30) -> AgentClient:
+        """The project's own client (what `mtagent push` uses) for this agent, with the sender's
+        certificate; use it as an async context manager."""
+        return AgentClient(self.url, self.ssl_context(), timeout=timeout)
+
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"{self.metrics_url}/metrics", timeout=5) as resp:
             return resp.read().decode()
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of the sample `name` with exactly `labels` in the agent's metrics now; 0.0
+        when it is not exposed (a labelled counter that never counted)."""
+        for line in self.metrics_text().splitlines():
+            found = SAMPLE_LINE.match(line)
+            if (
+                found
+                and found["name"] == name
+                and dict(LABEL.findall(found["labels"] or "")) == labels
+            ):
+                return float(found["value"])
+        return 0.0
+
     def target_bytes(self, disk_id: str) -> bytes:
         return self.disks[disk_id].read_bytes()
 
+    async def put_batch(
+        self, disk_id: str, seq: int, body: bytes | AsyncIterable[bytes]
+    ) -> tuple[int, dict[str, Any]]:
+        """PUT batch `seq` of `disk_id` (whole bytes, or streamed from an async iterable) as a
+        sender does; returns the HTTP status and the agent's JSON answer."""
+        path = f"/v1/disks/{disk_id}/batches/{seq}"
+        async with (
+            self.client() as session,
+            session.put(path, data=body, headers=BATCH_CONTENT) as response,
+        ):
+            return response.status, dict(await response.json())
 
-def run_mtagent(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """`python -m agent ARGS` from the repository, its output captured, never raising."""
+    async def get_json(self, path: str) -> tuple[int, Any]:
+        """GET `path` of the data listener: the HTTP status and the JSON answer."""
+        async with self.client() as session, session.get(path) as response:
+            return response.status, await response.json()
+
+    async def disk(self, disk_id: str = "d0") -> dict[str, Any]:
+        """The Disk JSON of `disk_id`; fails unless the agent answers 200."""
+        status, body = await self.get_json(f"/v1/disks/{disk_id}")
+        assert status == 200, body
+        return dict(body)
+
+    async def all_disks(self) -> list[dict[str, Any]]:
+        """The Disk JSON of every configured disk; fails unless the agent answers 200."""
+        status, body = await self.get_json("/v1/disks")
+        assert status == 200, body
+        return list(body["disks"])
+
+    async def wait_for_disk(
+        self, disk_id: str, condition: Callable[[dict[str, Any]], bool], timeout: float = 15.0
+    ) -> dict[str, Any]:
+        """The Disk JSON of `disk_id` once `condition` holds for it; fails after `timeout` s
+        with the last one seen and the agent's log."""
+        seen: list[dict[str, Any]] = []
+
+        async def reached() -> dict[str, Any] | None:
+            seen.append(await self.disk(disk_id))
+            return seen[-1] if condition(seen[-1]) else None
+
+        return await wait_until_async(
+            reached,
+            timeout=timeout,
+            what=lambda: f"{disk_id} to reach the expected state, last {seen[-1:]}\n{self.log()}",
+        )
+
+    async def points(self, group: str = "g1") -> list[dict[str, Any]]:
+        """The recovery points of `group` as the agent lists them; fails unless it answers 200."""
+        status, body = await self.get_json(f"/v1/groups/{group}/recovery-points")
+        assert status == 200, body
+        return list(body["points"])
+
+    def cli(self, command: str, *args: str | Path) -> tuple[int, str, str]:
+        """`mtagent COMMAND --config <this agent's config> ARGS` in this process."""
+        return cli(command, "--config", self.config_path, *args)
+
+    def cli_points(self, group: str = "g1") -> list[dict[str, Any]]:
+        """The recovery points of `group` as `mtagent points --json` lists them from the files."""
+        code, out, err = self.cli("points", "--group", group, "--json")
+        assert code == 0, err
+        return list(json.loads(out)["points"])
+
+
+async def until_on_target(target: Path, offset: int, data: bytes, timeout: float = 10.0) -> None:
+    """Returns once `target` holds `data` at `offset`: the agent wrote that part of a batch
+    still in flight. Fails after `timeout` seconds."""
+
+    def holds_it() -> bool:
+        with open(target, "rb") as f:
+            f.seek(offset)
+            return f.read(len(data)) == data
+
+    await wait_until_async(
+        holds_it, timeout=timeout, interval=0.025, what=f"the batch to reach {target} at {offset}"
+    )
+
+
+def cli(*argv: str | Path) -> tuple[int, str, str]:
+    """Run `mtagent ARGV` in this process: (exit code, stdout, stderr). Faster than
+    `run_mtagent`, for commands that do not run an event loop of their own."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(arg) for arg in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_mtagent(
+    *args: str | Path, env: Mapping[str, str] | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m agent ARGS` from the repository, its output captured, never raising on its
+    exit code (subprocess.TimeoutExpired after `timeout` seconds). `env`: the child's whole
+    environment, when it is not this process's."""
     return subprocess.run(
         [sys.executable, "-m", "agent", *map(str, args)],
         cwd=REPO,
+        env=None if env is None else dict(env),
         capture_output=True,
         text=True,
         check=False,
+        timeout=timeout,
     )

@@ -1,27 +1,21 @@
 """Helpers of the retention and recovery tests: a source model with its history, batches sent
-to a real agent, the CLI run in-process, and snapshots of an agent's files for in-place runs."""
+to a real agent, and snapshots of an agent's files for in-place runs."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import io
-import json
 import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from agent.commands.cli import main
 from protocol.events import Tag
 from tests.support.agent_harness import AgentProcess, free_port
 from tests.support.batches import Write, apply_in_memory, batch
+from tests.support.waiting import wait_until_async
 
 KiB = 1 << 10
 MiB = 1 << 20
 BASE_TIME_NS = 1_800_000_000_000_000_000
-BATCH_CONTENT = {"Content-Type": "application/x-mtagent-batch"}
 
 
 @dataclass
@@ -65,14 +59,6 @@ def random_writes(rng: random.Random, size: int, *, zeros: bool = True) -> list[
     return writes
 
 
-async def put(agent: AgentProcess, disk: str, seq: int, body: bytes) -> tuple[int, dict[str, Any]]:
-    async with (
-        agent.client() as session,
-        session.put(f"/v1/disks/{disk}/batches/{seq}", data=body, headers=BATCH_CONTENT) as r,
-    ):
-        return r.status, await r.json()
-
-
 async def send(
     agent: AgentProcess,
     source: SourceDisk,
@@ -85,43 +71,29 @@ async def send(
     seq = source.last_seq + 1
     when = BASE_TIME_NS + (seq + len(source.id)) * 1_000_000_000
     body = batch(source.id, seq, writes, flags=flags, tag=tag, source_time_ns=when)
-    status, answer = await put(agent, source.id, seq, body)
+    status, answer = await agent.put_batch(source.id, seq, body)
     assert status == 200, answer
     source.history.append(writes)
     source.times.append(when)
 
 
-async def http_json(agent: AgentProcess, path: str) -> tuple[int, Any]:
-    async with agent.client() as session, session.get(path) as response:
-        return response.status, await response.json()
-
-
 async def settled_points(agent: AgentProcess, disk: str = "d0") -> list[int]:
     """The seqs of `disk`'s listed points once the retention policy has caught up with the last
-    commit: the list stays the same over a tick of the retention task."""
-    listed: list[int] = []
-    for _ in range(20):
-        _, body = await http_json(agent, "/v1/groups/g1/recovery-points")
-        seqs = [p["disks"][disk] for p in body["points"] if disk in p["disks"]]
-        if seqs == listed:
-            return seqs
-        listed = seqs
-        await asyncio.sleep(1.2)
-    raise AssertionError(f"the points never settled: {listed}")
+    commit: the list stays the same over a tick of the retention task (one a second)."""
+    listed: list[list[int]] = []
 
+    async def unchanged_over_a_tick() -> bool:
+        points = await agent.points()
+        listed.append([p["disks"][disk] for p in points if disk in p["disks"]])
+        return len(listed) > 1 and listed[-1] == listed[-2]
 
-def cli(*argv: str) -> tuple[int, str, str]:
-    """Run `mtagent ARGV` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
-
-
-def cli_points(config: Path, group: str = "g1") -> list[dict[str, Any]]:
-    code, out, err = cli("points", "--config", str(config), "--group", group, "--json")
-    assert code == 0, err
-    return list(json.loads(out)["points"])
+    await wait_until_async(
+        unchanged_over_a_tick,
+        timeout=24,
+        interval=1.2,
+        what=lambda: f"the points to settle, last {listed[-1]}",
+    )
+    return listed[-1]
 
 
 def copy_of(agent: AgentProcess, destination: Path) -> Path:

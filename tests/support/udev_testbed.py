@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent_harness import REPO
+from tests.support.agent_harness import REPO, run_mtagent
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 CONTROLLER = Path(__file__).with_name("udev_testbed_controller.py")
@@ -210,12 +210,4 @@ class UdevTestbed:
 
     def mtagent(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
         """`mtagent ARGS` in a child that sees this testbed."""
-        return subprocess.run(
-            [sys.executable, "-m", "agent", *map(str, args)],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
+        return run_mtagent(*args, env=self.env, timeout=60)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent_harness import AgentProcess
-from tests.support.retention_scenario import KiB, MiB, SourceDisk, cli, clone, send
+from tests.support.retention_scenario import KiB, MiB, SourceDisk, clone, send
 
 DISK = 2 * MiB
 
@@ -63,10 +63,10 @@ async def test_a_sound_journal_passes_even_while_the_agent_replicates(
 
         sending = asyncio.create_task(keep_sending())
         while not sending.done():
-            code, out, _ = await asyncio.to_thread(cli, "check", "--config", str(agent.config_path))
+            code, out, _ = await asyncio.to_thread(agent.cli, "check")
             assert code == 0, out
         await sending
-        code, out, _ = cli("check", "--config", str(agent.config_path))
+        code, out, _ = agent.cli("check")
         assert code == 0
         assert out.splitlines()[-1].startswith("checked 1 journals: ")
         assert out.splitlines()[-1].endswith(": no problem")
@@ -78,7 +78,7 @@ async def test_the_json_report_counts_what_was_checked(
     replica_of_base: tuple[AgentProcess, SourceDisk],
 ) -> None:
     agent, source = replica_of_base
-    code, out, _ = cli("check", "--config", str(agent.config_path), "--json")
+    code, out, _ = agent.cli("check", "--json")
     report = json.loads(out)
     assert code == 0 and report["ok"] is True
     [disk] = report["disks"]
@@ -94,7 +94,7 @@ async def test_a_segment_missing_in_the_middle_is_a_problem(
     journal = agent.workdir / "retention" / "d0"
     segments = sorted(journal.glob("seg-*.undo"))
     segments[2].unlink()
-    code, out, _ = cli("check", "--config", str(agent.config_path))
+    code, out, _ = agent.cli("check")
     assert code == 1
     assert f"d0: {journal}: segments 3 to 3 are missing" in out
     assert "first commit record is of batch" in out
@@ -115,7 +115,7 @@ async def test_a_journal_that_does_not_match_the_state_store_is_a_problem(
         agent.stop()
     shutil.rmtree(state)
     shutil.copytree(tmp_path / "older-state", state)  # a state store from before those batches
-    code, out, _ = cli("check", "--config", str(agent.config_path))
+    code, out, _ = agent.cli("check")
     assert code == 1
     assert (
         "holds a commit record of batch 14, but the state store's last committed batch is 11" in out

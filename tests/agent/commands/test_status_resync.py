@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.agent_harness import REPO, AgentProcess
+from tests.support.agent_harness import AgentProcess, run_mtagent
 from tests.support.batches import batch, resync_batch
 
 MiB = 1 << 20
@@ -28,34 +26,26 @@ def agent(tmp_path: Path) -> Iterator[AgentProcess]:
     agent.stop()
 
 
-async def put(agent: AgentProcess, disk: str, seq: int, body: bytes) -> dict[str, Any]:
-    async with (
-        agent.client() as session,
-        session.put(f"/v1/disks/{disk}/batches/{seq}", data=body) as response,
-    ):
-        answer = await response.json()
-        assert response.status == 200, answer
-        return dict(answer)
+async def acknowledged(agent: AgentProcess, disk: str, seq: int, body: bytes) -> dict[str, Any]:
+    """The agent's answer to batch `seq` of `disk`, which must be acknowledged."""
+    status, answer = await agent.put_batch(disk, seq, body)
+    assert status == 200, answer
+    return answer
 
 
 async def half_way(agent: AgentProcess) -> None:
     """d0: two resync batches acknowledged, reaching 3 MiB of 8, no `resync_done` yet;
     d1: resynced whole (`ok`); d2: new (`resync_required`)."""
     first = batch("d0", 1, [(0, b"a" * MiB), (2 * MiB, 4096)], flags=("resync",))
-    assert (await put(agent, "d0", 1, first))["state"] == "resyncing"
+    assert (await acknowledged(agent, "d0", 1, first))["state"] == "resyncing"
     second = batch("d0", 2, [(2 * MiB, b"b" * MiB)], flags=("resync",))
-    assert (await put(agent, "d0", 2, second))["state"] == "resyncing"
-    assert (await put(agent, "d1", 1, resync_batch("d1", 1, [(0, b"c" * 4096)])))["state"] == "ok"
+    assert (await acknowledged(agent, "d0", 2, second))["state"] == "resyncing"
+    whole = resync_batch("d1", 1, [(0, b"c" * 4096)])
+    assert (await acknowledged(agent, "d1", 1, whole))["state"] == "ok"
 
 
 def status(agent: AgentProcess, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "status", "--config", str(agent.config_path), *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_mtagent("status", "--config", agent.config_path, *args)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -93,7 +83,7 @@ async def test_status_json_gives_the_resync_offset_and_progress(agent: AgentProc
 async def test_the_resync_column_empties_when_resync_done_commits(agent: AgentProcess) -> None:
     await half_way(agent)
     done = batch("d0", 3, [(3 * MiB, b"d" * MiB)], flags=("resync", "resync_done"))
-    assert (await put(agent, "d0", 3, done))["state"] == "ok"
+    assert (await acknowledged(agent, "d0", 3, done))["state"] == "ok"
 
     rows = table(status(agent))
 

@@ -14,7 +14,6 @@ import pytest
 
 from tests.support.agent_harness import AgentProcess
 from tests.support.batches import batch
-from tests.support.retention_scenario import cli, cli_points, put
 
 MiB = 1 << 20
 SECOND = 1_000_000_000
@@ -36,7 +35,7 @@ async def send(
     body = batch(
         disk, seq, [(seq * 512, bytes([seq]) * 512)], flags=flags, source_time_ns=T0 + at_s * SECOND
     )
-    status, answer = await put(agent, disk, seq, body)
+    status, answer = await agent.put_batch(disk, seq, body)
     assert status == 200, answer
 
 
@@ -48,14 +47,14 @@ async def copy_and_update(agent: AgentProcess, disk: str, at_s: tuple[int, ...])
 
 
 def status_json(agent: AgentProcess) -> dict[str, dict[str, Any]]:
-    code, out, err = cli("status", "--config", str(agent.config_path), "--json")
+    code, out, err = agent.cli("status", "--json")
     assert code == 0, err
     return {disk["id"]: disk for disk in json.loads(out)["disks"]}
 
 
 def status_table(agent: AgentProcess) -> dict[str, dict[str, str]]:
     """Rows of the status table by disk, cells by column name (columns are 2+ spaces apart)."""
-    code, out, err = cli("status", "--config", str(agent.config_path))
+    code, out, err = agent.cli("status")
     assert code == 0, err
     header, *rows = (re.split(r"\s{2,}", line.strip()) for line in out.splitlines())
     return {row[0]: dict(zip(header, row, strict=True)) for row in rows}
@@ -72,7 +71,7 @@ async def test_the_window_of_a_disk_is_its_newest_point_minus_its_oldest(
     assert (d0["oldest_point_ns"], d0["window_seconds"]) == (T0, 3670.0)
     assert status_table(agent)["d0"]["WINDOW"] == "1h01m"
     # The same points `mtagent points` lists.
-    times = [p["time_ns"] for p in cli_points(agent.config_path) if p["id"].startswith("d0@")]
+    times = [p["time_ns"] for p in agent.cli_points() if p["id"].startswith("d0@")]
     assert (min(times), (max(times) - min(times)) / 1e9) == (T0, 3670.0)
 
 
@@ -117,7 +116,7 @@ async def test_disks_leaves_the_recovery_window_to_status(agent: AgentProcess) -
     await copy_and_update(agent, "d0", (0, 10))
     agent.stop()
 
-    code, out, err = cli("disks", "--config", str(agent.config_path), "--json")
+    code, out, err = agent.cli("disks", "--json")
 
     assert code == 0, err
     d0 = next(disk for disk in json.loads(out)["disks"] if disk["id"] == "d0")

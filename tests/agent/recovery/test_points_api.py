@@ -19,10 +19,6 @@ from tests.support.retention_scenario import (
     KiB,
     MiB,
     SourceDisk,
-    cli,
-    cli_points,
-    http_json,
-    put,
     send,
 )
 
@@ -49,21 +45,19 @@ async def copied(agent: AgentProcess) -> dict[str, SourceDisk]:
 
 
 async def ids(agent: AgentProcess) -> list[str]:
-    status, body = await http_json(agent, "/v1/groups/g1/recovery-points")
-    assert status == 200
-    return [point["id"] for point in body["points"]]
+    return [point["id"] for point in await agent.points()]
 
 
 async def test_an_unknown_group_is_404_unknown_group(agent: AgentProcess) -> None:
-    status, body = await http_json(agent, "/v1/groups/nope/recovery-points")
+    status, body = await agent.get_json("/v1/groups/nope/recovery-points")
     assert status == 404 and body["error"]["code"] == "UNKNOWN_GROUP"
-    code, _, err = cli("points", "--config", str(agent.config_path), "--group", "nope")
+    code, _, err = agent.cli("points", "--group", "nope")
     assert code == 1 and "no disk is in group 'nope'" in err
 
 
 async def test_disks_never_copied_have_no_points(agent: AgentProcess) -> None:
     assert await ids(agent) == []
-    code, out, _ = cli("points", "--config", str(agent.config_path), "--group", "g1")
+    code, out, _ = agent.cli("points", "--group", "g1")
     assert code == 0 and "no recovery point" in out
 
 
@@ -74,7 +68,7 @@ async def test_a_tag_is_a_group_point_once_every_disk_acknowledged_it(agent: Age
     await send(agent, sources["d1"], [(512, b"b" * 512)], tag=tag("nightly"))
     listed = await ids(agent)
     assert "tag:nightly" in listed
-    [point] = [p for p in cli_points(agent.config_path) if p["id"] == "tag:nightly"]
+    [point] = [p for p in agent.cli_points() if p["id"] == "tag:nightly"]
     assert point == {
         "id": "tag:nightly",
         "kind": "app",
@@ -82,7 +76,7 @@ async def test_a_tag_is_a_group_point_once_every_disk_acknowledged_it(agent: Age
         "time_ns": 1_800_000_000_000_000_000,
         "disks": {"d0": 2, "d1": 2},
     }
-    code, out, _ = cli("points", "--config", str(agent.config_path), "--group", "g1")
+    code, out, _ = agent.cli("points", "--group", "g1")
     [line] = [line for line in out.splitlines() if line.startswith("tag:nightly")]
     assert code == 0
     assert line.split()[1:4] == ["app", "2027-01-15T08:00:00.000Z", "d0@2,d1@2"]
@@ -131,9 +125,7 @@ async def test_in_place_recovery_needs_the_agent_stopped_and_leaves_disks_recove
             writes = [(rng.randrange(0, DISK - 8 * KiB, 512), rng.randbytes(8 * KiB))]
             await send(agent, sources[disk], writes, tag=tag(f"t{step}") if step == 1 else None)
     config = str(agent.config_path)
-    code, _, err = cli(
-        "recover", "--config", config, "--group", "g1", "--point", "tag:t1", "--in-place"
-    )
+    code, _, err = agent.cli("recover", "--group", "g1", "--point", "tag:t1", "--in-place")
     assert code == 1 and "agent.lock is held by pid" in err and "stop the agent first" in err
     # And an agent does not start beside another one on the same state.
     second = subprocess.run(
@@ -148,23 +140,21 @@ async def test_in_place_recovery_needs_the_agent_stopped_and_leaves_disks_recove
     assert second.returncode == 1 and "already working on these disks" in second.stderr
 
     agent.stop()
-    code, out, err = cli(
-        "recover", "--config", config, "--group", "g1", "--point", "tag:t1", "--in-place"
-    )
+    code, out, err = agent.cli("recover", "--group", "g1", "--point", "tag:t1", "--in-place")
     assert code == 0, err
     assert "now 'recovered'" in out
     for disk in ("d0", "d1"):
         assert agent.target_bytes(disk) == sources[disk].at(3)
     agent.start()
-    status, disk = await http_json(agent, "/v1/disks/d0")
+    status, disk = await agent.get_json("/v1/disks/d0")
     assert disk["state"] == "recovered" and disk["resync"] is True
     assert await ids(agent) == []
     seq = sources["d0"].last_seq + 1
-    status, answer = await put(agent, "d0", seq, batch("d0", seq, [(0, bytes(512))]))
+    status, answer = await agent.put_batch("d0", seq, batch("d0", seq, [(0, bytes(512))]))
     assert status == 409 and answer["error"]["code"] == "RESYNC_REQUIRED"
     # The sender resyncs: points come back from its end on.
     for disk in ("d0", "d1"):
         body = batch(disk, seq, [(0, os.urandom(4 * KiB))], flags=("resync", "resync_done"))
-        status, answer = await put(agent, disk, seq, body)
+        status, answer = await agent.put_batch(disk, seq, body)
         assert status == 200, answer
     assert await ids(agent) == [f"d0@{seq}", f"d1@{seq}"]

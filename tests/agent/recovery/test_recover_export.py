@@ -10,11 +10,11 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.support.agent_harness import REPO, AgentProcess
-from tests.support.retention_scenario import KiB, MiB, SourceDisk, cli, send
+from tests.support.retention_scenario import KiB, MiB, SourceDisk, send
+from tests.support.waiting import wait_until
 
 DISK = 16 * MiB
 
@@ -45,8 +45,12 @@ async def test_an_export_taken_while_batches_land_is_the_point_exactly(tmp_path:
         )  # fmt: skip
         # Caught as its copy begins, the export waits while batches land all over the disk.
         partial = tmp_path / "out" / "d0.img.partial"
-        while not partial.exists() and export.poll() is None:
-            time.sleep(0.001)
+        wait_until(
+            lambda: partial.exists() or export.poll() is not None,
+            timeout=30,
+            interval=0.001,
+            what="the export to begin its copy",
+        )
         export.send_signal(signal.SIGSTOP)
         try:
             for _ in range(4):
@@ -63,13 +67,13 @@ async def test_an_export_taken_while_batches_land_is_the_point_exactly(tmp_path:
         assert (tmp_path / "out" / "d0.img").read_bytes() == source.at(point)
         assert agent.target_bytes("d0") == source.at(source.last_seq)
 
-        code, _, err = cli(
-            "recover", "--config", str(agent.config_path), "--group", "g1",
+        code, _, err = agent.cli(
+            "recover", "--group", "g1",
             "--point", f"d0@{point}", "--output", str(tmp_path / "out"),
         )  # fmt: skip
         assert code == 1 and "d0.img exists" in err
-        code, _, err = cli(
-            "recover", "--config", str(agent.config_path), "--group", "g1",
+        code, _, err = agent.cli(
+            "recover", "--group", "g1",
             "--point", "latest-app", "--output", str(tmp_path / "none"),
         )  # fmt: skip
         assert code == 1 and "no application-consistent recovery point" in err

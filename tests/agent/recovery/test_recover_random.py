@@ -12,16 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.replication.state import RECOVERED, StateStore
+from agent.replication.state import StateStore
+from protocol.documents import DiskState
 from protocol.events import Tag
-from tests.support.agent_harness import AgentProcess
+from tests.support.agent_harness import AgentProcess, cli
 from tests.support.retention_scenario import (
     MiB,
     SourceDisk,
-    cli,
-    cli_points,
     copy_of,
-    http_json,
     random_writes,
     send,
 )
@@ -96,9 +94,7 @@ def expected_ids(scenario: Scenario) -> set[str]:
 
 
 async def test_every_batch_and_every_complete_tag_is_listed(scenario: Scenario) -> None:
-    status, body = await http_json(scenario.agent, "/v1/groups/g1/recovery-points")
-    assert status == 200
-    points = body["points"]
+    points = await scenario.agent.points()
     assert {p["id"] for p in points} == expected_ids(scenario)
     assert any(len(disks) < len(DISKS) for disks in scenario.tags.values())  # one incomplete
     for point in points:
@@ -115,17 +111,16 @@ async def test_every_batch_and_every_complete_tag_is_listed(scenario: Scenario) 
 
 
 async def test_the_cli_lists_the_same_points_as_the_api(scenario: Scenario) -> None:
-    _, body = await http_json(scenario.agent, "/v1/groups/g1/recovery-points")
-    assert cli_points(scenario.agent.config_path) == body["points"]
+    points = await scenario.agent.points()
+    assert scenario.agent.cli_points() == points
 
 
 async def test_export_of_every_listed_point_is_exact(scenario: Scenario, tmp_path: Path) -> None:
-    _, body = await http_json(scenario.agent, "/v1/groups/g1/recovery-points")
-    for n, point in enumerate(body["points"]):
+    points = await scenario.agent.points()
+    for n, point in enumerate(points):
         out = tmp_path / str(n)
-        code, stdout, stderr = cli(
-            "recover", "--config", str(scenario.agent.config_path), "--group", "g1",
-            "--point", point["id"], "--output", str(out), "--json",
+        code, stdout, stderr = scenario.agent.cli(
+            "recover", "--group", "g1", "--point", point["id"], "--output", str(out), "--json",
         )  # fmt: skip
         assert code == 0, stderr
         report = json.loads(stdout)
@@ -136,12 +131,12 @@ async def test_export_of_every_listed_point_is_exact(scenario: Scenario, tmp_pat
 
 
 async def test_export_by_latest_latest_app_and_time(scenario: Scenario, tmp_path: Path) -> None:
-    config = str(scenario.agent.config_path)
+    agent = scenario.agent
     complete = sorted(
         (int(t[1:]), t) for t, disks in scenario.tags.items() if len(disks) == len(DISKS)
     )
-    code, stdout, stderr = cli(
-        "recover", "--config", config, "--group", "g1", "--point", "latest",
+    code, stdout, stderr = agent.cli(
+        "recover", "--group", "g1", "--point", "latest",
         "--output", str(tmp_path / "latest"), "--json",
     )  # fmt: skip
     assert code == 0, stderr
@@ -150,16 +145,16 @@ async def test_export_by_latest_latest_app_and_time(scenario: Scenario, tmp_path
         t for t, k in scenario.tag_kinds.items() if k == "app" and len(scenario.tags[t]) == 2
     ]
     newest_app = max(app_tags, key=lambda t: int(t[1:]))
-    code, stdout, stderr = cli(
-        "recover", "--config", config, "--group", "g1", "--point", "latest-app",
+    code, stdout, stderr = agent.cli(
+        "recover", "--group", "g1", "--point", "latest-app",
         "--output", str(tmp_path / "app"), "--json",
     )  # fmt: skip
     assert code == 0, stderr
     assert json.loads(stdout)["point"]["id"] == f"tag:{newest_app}"
     # time:<ns> of a complete tag point picks it, not the ones after it.
     step, tag = complete[1]
-    code, stdout, stderr = cli(
-        "recover", "--config", config, "--group", "g1",
+    code, stdout, stderr = agent.cli(
+        "recover", "--group", "g1",
         "--point", f"time:{1_800_000_000_000_000_000 + step}", "--output", str(tmp_path / "t"),
         "--json",
     )  # fmt: skip
@@ -173,10 +168,10 @@ async def test_in_place_recovery_to_every_listed_point_is_exact(
     scenario: Scenario, tmp_path: Path
 ) -> None:
     agent = scenario.agent
-    _, body = await http_json(agent, "/v1/groups/g1/recovery-points")
+    points = await agent.points()
     agent.stop()
     try:
-        for n, point in enumerate(body["points"]):
+        for n, point in enumerate(points):
             config = copy_of(agent, tmp_path / str(n))
             code, _, stderr = cli(
                 "recover", "--config", str(config), "--group", "g1", "--point", point["id"],
@@ -189,7 +184,7 @@ async def test_in_place_recovery_to_every_listed_point_is_exact(
                     target = (tmp_path / str(n) / "targets" / f"{disk}.img").read_bytes()
                     if disk in point["disks"]:
                         assert target == scenario.image(disk, point["disks"][disk]), point["id"]
-                        assert state.progress(disk).state == RECOVERED
+                        assert state.progress(disk).state == DiskState.RECOVERED
                     else:
                         last = scenario.sources[disk].last_seq
                         assert target == scenario.image(disk, last)

@@ -12,7 +12,7 @@ import pytest
 
 from protocol.encoder import BatchEncoder
 from protocol.events import Begin, Data
-from tests.support.agent_harness import AgentProcess
+from tests.support.agent_harness import AgentProcess, until_on_target
 from tests.support.batches import apply_in_memory, batch, resync_batch
 
 MiB = 1 << 20
@@ -29,14 +29,6 @@ def big_batch(seq: int, seed: int) -> tuple[list[tuple[int, bytes]], list[bytes]
     frames += [encoder.encode(Data(offset, data)) for offset, data in writes]
     frames.append(encoder.end())
     return writes, frames
-
-
-async def put(agent: AgentProcess, seq: int, body: bytes | AsyncIterator[bytes]) -> int:
-    async with (
-        agent.client() as session,
-        session.put(f"/v1/disks/d0/batches/{seq}", data=body) as response,
-    ):
-        return response.status
 
 
 @pytest.fixture(params=["file", "loop device"])
@@ -60,7 +52,7 @@ async def test_sigkill_mid_batch_leaves_the_last_acknowledged_state(
             (4 * MiB, os.urandom(4 * MiB)),
             (40 * MiB, os.urandom(MiB)),
         ]
-        assert await put(agent, 1, resync_batch("d0", 1, first)) == 200
+        assert (await agent.put_batch("d0", 1, resync_batch("d0", 1, first)))[0] == 200
         acknowledged = agent.target_bytes("d0")
         writes, frames = big_batch(2, seed=7)
 
@@ -68,30 +60,24 @@ async def test_sigkill_mid_batch_leaves_the_last_acknowledged_state(
             for i, frame in enumerate(frames):
                 yield frame
                 if i >= 4:  # the first groups are on the target by now; give time to kill
-                    await asyncio.sleep(1)
+                    await asyncio.sleep(1)  # a slow sender, so that the kill lands mid-batch
 
-        sending = asyncio.create_task(put(agent, 2, slow_body()))
-        for _ in range(400):
-            if agent.target_bytes("d0")[:MiB] != acknowledged[:MiB]:
-                break
-            await asyncio.sleep(0.025)
-        else:
-            pytest.fail("the batch never reached the target")
+        sending = asyncio.create_task(agent.put_batch("d0", 2, slow_body()))
+        await until_on_target(target, 0, writes[0][1][:MiB])
         agent.kill()
         with pytest.raises(Exception):  # noqa: B017 - the connection dies with the agent
             await sending
 
         agent.start()
         assert agent.target_bytes("d0") == acknowledged
-        async with agent.client() as session, session.get("/v1/disks/d0") as response:
-            assert (await response.json())["last_seq"] == 1
+        assert (await agent.disk("d0"))["last_seq"] == 1
         assert "rolled back" in agent.log()
 
         # The sender resumes: the cut-off batch is sent again and completes.
-        assert await put(agent, 2, b"".join(frames)) == 200
+        assert (await agent.put_batch("d0", 2, b"".join(frames)))[0] == 200
         expected = bytearray(acknowledged)
         apply_in_memory(expected, writes)
         assert agent.target_bytes("d0") == expected
-        assert await put(agent, 3, batch("d0", 3, [(0, b"3" * 512)])) == 200
+        assert (await agent.put_batch("d0", 3, batch("d0", 3, [(0, b"3" * 512)])))[0] == 200
     finally:
         agent.stop()

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from tests.conftest import LoopDeviceFactory
-from tests.support.agent_harness import AgentProcess
+from tests.support.agent_harness import AgentProcess, until_on_target
 from tests.support.batches import apply_in_memory, batch, resync_batch
 from tests.support.udev_testbed import UdevTestbed
 
@@ -35,36 +32,6 @@ def agent_in(bed: UdevTestbed, workdir: Path, scsi_uuid: str = UUID) -> AgentPro
     return agent
 
 
-async def get_disk(agent: AgentProcess) -> dict[str, Any]:
-    async with agent.client() as session, session.get("/v1/disks/d0") as response:
-        assert response.status == 200
-        return dict(await response.json())
-
-
-async def wait_for_disk(
-    agent: AgentProcess, condition: Callable[[dict[str, Any]], bool], timeout: float = 15.0
-) -> dict[str, Any]:
-    """The disk's description once `condition` holds for it; fails the test after `timeout`."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        disk = await get_disk(agent)
-        if condition(disk):
-            return disk
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"disk never reached the expected state: {disk}\n{agent.log()}")
-        await asyncio.sleep(0.05)
-
-
-async def put(
-    agent: AgentProcess, seq: int, body: bytes | AsyncIterator[bytes]
-) -> tuple[int, dict[str, Any]]:
-    async with (
-        agent.client() as session,
-        session.put(f"/v1/disks/d0/batches/{seq}", data=body) as response,
-    ):
-        return response.status, dict(await response.json())
-
-
 async def test_a_hot_added_disk_is_used_without_restart_and_a_removed_one_turns_missing(
     tmp_path: Path, loop_device: LoopDeviceFactory
 ) -> None:
@@ -73,37 +40,37 @@ async def test_a_hot_added_disk_is_used_without_restart_and_a_removed_one_turns_
         agent = agent_in(bed, tmp_path)
         agent.start()
         try:
-            assert (await get_disk(agent))["state"] == "missing"
+            assert (await agent.disk("d0"))["state"] == "missing"
             first = [(0, os.urandom(64 * 1024)), (5 * MiB, os.urandom(4096))]
-            status, body = await put(agent, 1, resync_batch("d0", 1, first))
+            status, body = await agent.put_batch("d0", 1, resync_batch("d0", 1, first))
             assert (status, body["error"]["code"]) == (503, "TARGET_UNAVAILABLE")
             assert "no attached disk carries this SCSI id" in body["error"]["message"]
 
             sdb = bed.add_disk("sdb", node=loop, scsi_id=UUID)
-            disk = await wait_for_disk(agent, lambda d: d["state"] != "missing")
+            disk = await agent.wait_for_disk("d0", lambda d: d["state"] != "missing")
             # A new pair: its persisted state; size and sector size from the device itself.
             assert (disk["state"], disk["size_bytes"], disk["sector_bytes"]) == (
                 "resync_required",
                 8 * MiB,
                 4096,
             )
-            assert (await put(agent, 1, resync_batch("d0", 1, first)))[0] == 200
+            assert (await agent.put_batch("d0", 1, resync_batch("d0", 1, first)))[0] == 200
             expected = bytearray(8 * MiB)
             apply_in_memory(expected, first)
             assert loop.read_bytes() == expected
 
             bed.remove_disk(sdb)
-            await wait_for_disk(agent, lambda d: d["state"] == "missing")
+            await agent.wait_for_disk("d0", lambda d: d["state"] == "missing")
             second = [(4096, os.urandom(8192))]
-            status, body = await put(agent, 2, batch("d0", 2, second))
+            status, body = await agent.put_batch("d0", 2, batch("d0", 2, second))
             assert (status, body["error"]["code"]) == (503, "TARGET_UNAVAILABLE")
             assert loop.read_bytes() == expected
 
             # Re-attached disks come back under another name.
             bed.add_disk("sdc", node=loop, scsi_id=UUID)
-            disk = await wait_for_disk(agent, lambda d: d["state"] != "missing")
+            disk = await agent.wait_for_disk("d0", lambda d: d["state"] != "missing")
             assert (disk["state"], disk["last_seq"]) == ("ok", 1)
-            assert (await put(agent, 2, batch("d0", 2, second)))[0] == 200
+            assert (await agent.put_batch("d0", 2, batch("d0", 2, second)))[0] == 200
             apply_in_memory(expected, second)
             assert loop.read_bytes() == expected
         finally:
@@ -120,7 +87,7 @@ async def test_removal_in_the_middle_of_a_batch_loses_nothing(
         agent.start()
         try:
             first = [(i * 4 * MiB, os.urandom(4 * MiB)) for i in range(4)]
-            assert (await put(agent, 1, resync_batch("d0", 1, first)))[0] == 200
+            assert (await agent.put_batch("d0", 1, resync_batch("d0", 1, first)))[0] == 200
             acknowledged = loop.read_bytes()
             # 4 MiB frames: the agent writes a group once 8 MiB have come.
             second = [(i * 4 * MiB, os.urandom(4 * MiB)) for i in range(6)]
@@ -132,28 +99,23 @@ async def test_removal_in_the_middle_of_a_batch_loses_nothing(
                 await resume.wait()
                 yield body[3 * (4 * MiB + 40) + 200 :]
 
-            sending = asyncio.create_task(put(agent, 2, cut_body()))
-            for _ in range(400):
-                if loop.read_bytes()[:MiB] != acknowledged[:MiB]:
-                    break
-                await asyncio.sleep(0.025)
-            else:
-                pytest.fail("the batch never reached the target")
+            sending = asyncio.create_task(agent.put_batch("d0", 2, cut_body()))
+            await until_on_target(loop, 0, second[0][1][:MiB])
 
             bed.remove_disk(sdb)
-            await wait_for_disk(agent, lambda d: d["state"] == "missing")
+            await agent.wait_for_disk("d0", lambda d: d["state"] == "missing")
             resume.set()
             status, answer = await sending
             assert (status, answer["error"]["code"]) == (503, "TARGET_UNAVAILABLE")
-            assert (await get_disk(agent))["last_seq"] == 1
+            assert (await agent.disk("d0"))["last_seq"] == 1
 
             # The disk comes back (here: the same device): the cut-off batch is undone first.
             bed.add_disk("sdc", node=loop, scsi_id=UUID)
-            await wait_for_disk(agent, lambda d: d["state"] == "ok")
+            await agent.wait_for_disk("d0", lambda d: d["state"] == "ok")
             assert loop.read_bytes() == acknowledged
             assert "rolled back" in agent.log()
 
-            assert (await put(agent, 2, body))[0] == 200
+            assert (await agent.put_batch("d0", 2, body))[0] == 200
             expected = bytearray(acknowledged)
             apply_in_memory(expected, second)
             assert loop.read_bytes() == expected
@@ -172,8 +134,10 @@ async def test_a_hot_added_disk_held_by_device_mapper_is_protected_and_never_wri
         try:
             # What LVM on the master target makes of a disk: dm-3 holds it.
             bed.add_disk("sdb", node=loop, scsi_id=UUID, holders=("dm-3",))
-            await wait_for_disk(agent, lambda d: d["state"] == "protected")
-            status, body = await put(agent, 1, resync_batch("d0", 1, [(0, b"\xee" * 4096)]))
+            await agent.wait_for_disk("d0", lambda d: d["state"] == "protected")
+            status, body = await agent.put_batch(
+                "d0", 1, resync_batch("d0", 1, [(0, b"\xee" * 4096)])
+            )
             assert (status, body["error"]["code"]) == (503, "TARGET_UNAVAILABLE")
             assert "protected" in body["error"]["message"]
             assert "sdb is held by dm-3" in body["error"]["message"]

@@ -21,7 +21,7 @@ import pytest
 
 from protocol.encoder import BatchEncoder
 from protocol.events import Begin, Data
-from tests.support.agent_harness import AgentProcess, run_mtagent
+from tests.support.agent_harness import AgentProcess, run_mtagent, until_on_target
 from tests.support.batches import batch, resync_batch
 
 KiB = 1 << 10
@@ -39,25 +39,12 @@ def agent(tmp_path: Path) -> Iterator[AgentProcess]:
     target.write_bytes(random.Random(5).randbytes(DISK))
     agent = AgentProcess.create(tmp_path / "agent", {"d0": target})
     agent.start()
-    status, answer = asyncio.run(put(agent, 1, resync_batch("d0", 1, [(0, b"1" * 4096)])))
+    status, answer = asyncio.run(
+        agent.put_batch("d0", 1, resync_batch("d0", 1, [(0, b"1" * 4096)]))
+    )
     assert status == 200 and answer["state"] == "ok", answer
     yield agent
     agent.stop()
-
-
-async def put(
-    agent: AgentProcess, seq: int, body: bytes | AsyncIterator[bytes]
-) -> tuple[int, dict[str, Any]]:
-    async with (
-        agent.client() as session,
-        session.put(f"/v1/disks/d0/batches/{seq}", data=body) as response,
-    ):
-        return response.status, await response.json()
-
-
-async def disk(agent: AgentProcess) -> dict[str, Any]:
-    async with agent.client() as session, session.get("/v1/disks/d0") as response:
-        return dict(await response.json())
 
 
 def gap_counts(agent: AgentProcess) -> dict[str, float]:
@@ -83,21 +70,11 @@ def big_batch(seq: int) -> tuple[list[bytes], list[bytes], BatchEncoder]:
     return data, frames, encoder
 
 
-async def until_on_target(agent: AgentProcess, offset: int, data: bytes) -> None:
-    """Wait until the target holds `data` at `offset` (the agent wrote that group)."""
-    for _ in range(400):
-        with open(agent.disks["d0"], "rb") as f:
-            f.seek(offset)
-            if f.read(len(data)) == data:
-                return
-        await asyncio.sleep(0.025)
-    pytest.fail(f"the batch never reached the target at {offset}")
-
-
 def damage_first_undo_record(agent: AgentProcess, seq: int) -> None:
     """Flip a byte in the old data of the first undo record of batch `seq` (its first sync
     group, synced before a later group: no reader may take it for an unsynced tail)."""
-    from blockio.journal.records import RecordKind, scan_headers
+    from blockio.journal.reader import scan_headers
+    from blockio.journal.records import RecordKind
 
     for segment in sorted((agent.workdir / "retention" / "d0").glob("seg-*.undo")):
         with open(segment, "rb") as f:
@@ -125,7 +102,7 @@ def resync(agent: AgentProcess, source: Path) -> None:
 async def assert_resync_required(agent: AgentProcess, cause: str, reason: str) -> dict[str, Any]:
     """The disk is resync_required for `reason` (a regex) everywhere an operator looks, and
     refuses an ordinary batch with 409 without touching the target. Returns the Disk JSON."""
-    described = await disk(agent)
+    described = await agent.disk()
     assert described["state"] == "resync_required" and described["resync"] is True
     assert re.search(reason, described["resync_reason"]), described["resync_reason"]
     assert re.search(rf"WARNING .*disk d0: RESYNC REQUIRED \({cause}\): {reason}", agent.log()), (
@@ -140,7 +117,7 @@ async def assert_resync_required(agent: AgentProcess, cause: str, reason: str) -
 
     before = agent.target_bytes("d0")
     seq = described["last_seq"] + 1
-    status, answer = await put(agent, seq, batch("d0", seq, [(0, b"n" * 4096)]))
+    status, answer = await agent.put_batch("d0", seq, batch("d0", seq, [(0, b"n" * 4096)]))
     assert (status, answer["error"]["code"]) == (409, "RESYNC_REQUIRED"), answer
     assert agent.target_bytes("d0") == before
     return described
@@ -155,10 +132,10 @@ async def assert_resync_closes_the_gap(agent: AgentProcess, tmp_path: Path) -> N
     source.write_bytes(image)
     resync(agent, source)
     assert agent.target_bytes("d0") == image
-    described = await disk(agent)
+    described = await agent.disk()
     assert described["state"] == "ok" and "resync_reason" not in described
     seq = described["last_seq"] + 1
-    status, answer = await put(agent, seq, batch("d0", seq, [(MiB, b"after" * 1024)]))
+    status, answer = await agent.put_batch("d0", seq, batch("d0", seq, [(MiB, b"after" * 1024)]))
     assert status == 200, answer
     assert agent.target_bytes("d0")[MiB : MiB + 5 * KiB] == b"after" * 1024
 
@@ -178,8 +155,10 @@ async def test_a_rollback_that_meets_a_damaged_undo_record_requires_a_resync(
         await damaged.wait()
         yield bytes(bad)
 
-    sending = asyncio.create_task(put(agent, 2, body()))
-    await until_on_target(agent, 3 * FRAME, data[3][: 64 * KiB])  # both groups are written
+    sending = asyncio.create_task(agent.put_batch("d0", 2, body()))
+    await until_on_target(
+        agent.disks["d0"], 3 * FRAME, data[3][: 64 * KiB]
+    )  # both groups are written
     damage_first_undo_record(agent, 2)
     damaged.set()
     status, answer = await sending
@@ -194,7 +173,7 @@ async def test_a_rollback_that_meets_a_damaged_undo_record_requires_a_resync(
 
     agent.stop()
     agent.start()
-    described = await disk(agent)
+    described = await agent.disk()
     assert described["state"] == "resync_required" and re.search(reason, described["resync_reason"])
     assert "DAMAGED" not in agent.log()  # the unusable records were dropped, not left behind
     await assert_resync_closes_the_gap(agent, tmp_path)
@@ -209,10 +188,10 @@ async def test_a_batch_cut_off_by_a_crash_with_damaged_undo_requires_a_resync(
     async def body() -> AsyncIterator[bytes]:
         for frame in frames:
             yield frame
-        await asyncio.sleep(60)
+        await asyncio.sleep(60)  # silent until the agent is killed under it
 
-    sending = asyncio.create_task(put(agent, 2, body()))
-    await until_on_target(agent, 3 * FRAME, data[3][: 64 * KiB])
+    sending = asyncio.create_task(agent.put_batch("d0", 2, body()))
+    await until_on_target(agent.disks["d0"], 3 * FRAME, data[3][: 64 * KiB])
     agent.kill()
     with pytest.raises(Exception):  # noqa: B017 - the connection dies with the agent
         await sending
@@ -232,13 +211,17 @@ async def put_behind_a_backup(agent: AgentProcess, backup: Path) -> bytes:
     stopped and its state directory removed. Returns the target's acknowledged bytes."""
     state_dir = agent.workdir / "state"
     for seq in (2, 3):
-        status, _ = await put(agent, seq, batch("d0", seq, [(seq * MiB, bytes([seq]) * 8192)]))
+        status, _ = await agent.put_batch(
+            "d0", seq, batch("d0", seq, [(seq * MiB, bytes([seq]) * 8192)])
+        )
         assert status == 200
     agent.stop()
     shutil.copytree(state_dir, backup)
     agent.start()
     for seq in (4, 5):
-        status, _ = await put(agent, seq, batch("d0", seq, [(seq * MiB, bytes([seq]) * 8192)]))
+        status, _ = await agent.put_batch(
+            "d0", seq, batch("d0", seq, [(seq * MiB, bytes([seq]) * 8192)])
+        )
         assert status == 200
     agent.stop()
     shutil.rmtree(state_dir)
@@ -268,7 +251,7 @@ async def test_a_state_db_behind_the_journal_requires_a_resync_and_rolls_nothing
     agent.stop()
     agent.start()
     assert agent.target_bytes("d0") == settled
-    assert (await disk(agent))["state"] == "ok"
+    assert (await agent.disk())["state"] == "ok"
     assert gap_counts(agent) == dict.fromkeys(CAUSES, 0.0)
     assert os.path.exists(state_dir / "state.db")
 

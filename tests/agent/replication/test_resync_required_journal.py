@@ -15,8 +15,10 @@ from agent.replication.replica import Replica
 from agent.replication.state import DiskProgress
 from blockio.batch_writer import BatchWriter, Write
 from blockio.disks.target import TargetDisk
-from blockio.journal.records import CommitRecord, JournalCorrupt, RecordKind, scan_headers
-from blockio.journal.undo_journal import UndoJournal, UndoLost
+from blockio.journal.reader import scan_headers
+from blockio.journal.records import CommitRecord, JournalCorrupt, RecordKind
+from blockio.journal.rollback import UndoLost
+from blockio.journal.undo_journal import UndoJournal
 from tests.support.damage import flip_byte
 
 KiB = 1 << 10

@@ -7,16 +7,13 @@ from pathlib import Path
 import pytest
 
 from agent.replication.state import (
-    OK,
-    RECOVERED,
-    RESYNC_REQUIRED,
-    RESYNCING,
     BatchCommit,
     DiskProgress,
     ResyncProgress,
     StateStore,
     resync_after,
 )
+from protocol.documents import DiskState
 
 RESYNC = frozenset({"resync"})
 DONE = frozenset({"resync", "resync_done"})
@@ -44,28 +41,28 @@ FINISHED = ResyncProgress(started_seq=3, started_ns=1003, offset=8192, sent_byte
     ("state", "before", "batch", "after"),
     [
         pytest.param(
-            RESYNC_REQUIRED,
+            DiskState.RESYNC_REQUIRED,
             ResyncProgress(),
             commit(1, RESYNC, extent_end=4096, data_bytes=4096),
             ResyncProgress(started_seq=1, started_ns=1001, offset=4096, sent_bytes=4096),
             id="first-resync-batch-of-a-new-pair-starts-a-resync",
         ),
         pytest.param(
-            RESYNCING,
+            DiskState.RESYNCING,
             RUNNING,
             commit(4, RESYNC, extent_end=65536, data_bytes=512),
             ResyncProgress(started_seq=3, started_ns=1003, offset=65536, sent_bytes=4608),
             id="a-later-batch-moves-the-offset-and-adds-its-bytes",
         ),
         pytest.param(
-            RESYNCING,
+            DiskState.RESYNCING,
             RUNNING,
             commit(4, RESYNC, extent_end=1024, data_bytes=512),
             ResyncProgress(started_seq=3, started_ns=1003, offset=4096, sent_bytes=4608),
             id="an-extent-behind-the-offset-does-not-move-it-back",
         ),
         pytest.param(
-            RESYNCING,
+            DiskState.RESYNCING,
             RUNNING,
             commit(4, DONE, extent_end=0, data_bytes=0),
             ResyncProgress(
@@ -79,14 +76,14 @@ FINISHED = ResyncProgress(started_seq=3, started_ns=1003, offset=8192, sent_byte
             id="resync-done-records-the-consistent-point",
         ),
         pytest.param(
-            OK,
+            DiskState.OK,
             FINISHED,
             commit(9, RESYNC, extent_end=512, data_bytes=512),
             ResyncProgress(started_seq=9, started_ns=1009, offset=512, sent_bytes=512),
             id="a-resync-of-an-ok-disk-starts-afresh",
         ),
         pytest.param(
-            RECOVERED,
+            DiskState.RECOVERED,
             FINISHED,
             commit(9, DONE, extent_end=512, data_bytes=512),
             ResyncProgress(
@@ -95,7 +92,7 @@ FINISHED = ResyncProgress(started_seq=3, started_ns=1003, offset=8192, sent_byte
             id="a-recovered-disk-resyncs-in-one-batch",
         ),
         pytest.param(
-            OK,
+            DiskState.OK,
             FINISHED,
             commit(9, NONE, extent_end=512, data_bytes=512),
             FINISHED,
@@ -121,7 +118,7 @@ def test_the_resync_record_is_committed_with_its_batch_and_read_back(tmp_path: P
     reopened.close()
 
     assert progress == first
-    assert progress.state == RESYNCING
+    assert progress.state == DiskState.RESYNCING
     assert progress.resync == ResyncProgress(
         started_seq=1, started_ns=1001, offset=65536, sent_bytes=65536
     )

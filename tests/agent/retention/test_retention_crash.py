@@ -9,22 +9,19 @@ import random
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-from agent.replication.state import RECOVERED, StateStore
+from agent.replication.state import StateStore
+from protocol.documents import DiskState
 from tests.support.agent_harness import REPO, AgentProcess
 from tests.support.batches import batch
 from tests.support.retention_scenario import (
     KiB,
     MiB,
     SourceDisk,
-    cli,
-    cli_points,
-    http_json,
-    put,
     send,
 )
+from tests.support.waiting import wait_until
 
 
 def python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -58,7 +55,7 @@ async def replicated_agent(
 
 
 def check_passes(agent: AgentProcess) -> None:
-    code, out, _ = cli("check", "--config", str(agent.config_path))
+    code, out, _ = agent.cli("check")
     assert code == 0, out
     assert "no problem" in out
 
@@ -99,11 +96,11 @@ async def test_sigkill_in_the_middle_of_pruning_leaves_a_consistent_journal(
     agent.start()
     try:
         assert "DAMAGED" not in agent.log()
-        _, body = await http_json(agent, "/v1/groups/g1/recovery-points")
-        seqs = [p["disks"]["d0"] for p in body["points"]]
+        points = await agent.points()
+        seqs = [p["disks"]["d0"] for p in points]
         assert seqs == list(range(seqs[0], source.last_seq + 1)) and seqs[0] > 1
-        code, _, err = cli(
-            "recover", "--config", str(agent.config_path), "--group", "g1",
+        code, _, err = agent.cli(
+            "recover", "--group", "g1",
             "--point", f"d0@{seqs[0]}", "--output", str(tmp_path / "out"),
         )  # fmt: skip
         assert code == 0, err
@@ -119,7 +116,7 @@ async def test_sigkill_in_the_middle_of_an_export_leaves_the_agent_and_journal_w
     agent, source = await replicated_agent(tmp_path, 64 * MiB, batches=6, seed=2)
     out = tmp_path / "out"
     try:
-        point = cli_points(agent.config_path)[2]["id"]
+        point = agent.cli_points()[2]["id"]
         export = subprocess.Popen(
             [
                 sys.executable, "-m", "agent", "recover", "--config", str(agent.config_path),
@@ -129,9 +126,13 @@ async def test_sigkill_in_the_middle_of_an_export_leaves_the_agent_and_journal_w
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )  # fmt: skip
         partial = out / "d0.img.partial"
-        deadline = time.monotonic() + 30
-        while not partial.exists() and export.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.001)
+        # Polled often: the export is to be killed as soon as its copy begins.
+        wait_until(
+            lambda: partial.exists() or export.poll() is not None,
+            timeout=30,
+            interval=0.001,
+            what="the export to begin its copy",
+        )
         export.kill()
         export.wait()
         assert partial.exists() and not (out / "d0.img").exists()
@@ -141,14 +142,14 @@ async def test_sigkill_in_the_middle_of_an_export_leaves_the_agent_and_journal_w
         seq = source.last_seq + 1
         bad = bytearray(batch("d0", seq, [(0, os.urandom(64 * KiB))], compress=False))
         bad[-200] ^= 0x01
-        status, _ = await asyncio.wait_for(put(agent, "d0", seq, bytes(bad)), timeout=10)
+        status, _ = await asyncio.wait_for(agent.put_batch("d0", seq, bytes(bad)), timeout=10)
         assert status in (400, 422)
         await send(agent, source, [(MiB, os.urandom(64 * KiB))])
         agent.kill()
         agent.start()
         check_passes(agent)
-        code, _, err = cli(
-            "recover", "--config", str(agent.config_path), "--group", "g1", "--point", point,
+        code, _, err = agent.cli(
+            "recover", "--group", "g1", "--point", point,
             "--output", str(tmp_path / "again"),
         )  # fmt: skip
         assert code == 0, err
@@ -184,29 +185,29 @@ async def test_an_in_place_recovery_cut_off_is_finished_by_running_it_again(
     )
     assert died.returncode == -9, died.stderr
     store = StateStore.open_readonly(agent.workdir / "state")
-    assert store.progress("d0").state == RECOVERED  # recorded before any byte was written
+    assert store.progress("d0").state == DiskState.RECOVERED  # recorded before any byte was written
     store.close()
     assert agent.target_bytes("d0") != source.at(2)
 
     agent.start()
     try:
         seq = source.last_seq + 1
-        status, answer = await put(agent, "d0", seq, batch("d0", seq, [(0, bytes(512))]))
+        status, answer = await agent.put_batch("d0", seq, batch("d0", seq, [(0, bytes(512))]))
         assert status == 409 and answer["error"]["code"] == "RESYNC_REQUIRED"
-        code, _, err = cli(
-            "recover", "--config", str(agent.config_path), "--group", "g1", "--point", "d0@2",
+        code, _, err = agent.cli(
+            "recover", "--group", "g1", "--point", "d0@2",
             "--in-place",
         )  # fmt: skip
         assert code == 1 and "stop the agent first" in err
     finally:
         agent.stop()
-    code, _, err = cli(
-        "recover", "--config", str(agent.config_path), "--group", "g1", "--point", "d0@4",
+    code, _, err = agent.cli(
+        "recover", "--group", "g1", "--point", "d0@4",
         "--in-place",
     )  # fmt: skip
     assert code == 1 and "--point d0@2 to finish" in err
-    code, _, err = cli(
-        "recover", "--config", str(agent.config_path), "--group", "g1", "--point", "d0@2",
+    code, _, err = agent.cli(
+        "recover", "--group", "g1", "--point", "d0@2",
         "--in-place",
     )  # fmt: skip
     assert code == 0, err

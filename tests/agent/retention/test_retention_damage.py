@@ -21,11 +21,12 @@ from agent.replication.retention_gate import RetentionGate
 from agent.replication.state import StateStore
 from agent.retention.keeper import RetentionKeeper
 from agent.retention.metrics import RetentionMetrics
-from blockio.journal.index import load_summaries
-from blockio.journal.records import RecordHeader, RecordKind, scan_headers
+from blockio.journal.catalog import load_summaries
+from blockio.journal.reader import scan_headers
+from blockio.journal.records import RecordHeader, RecordKind
 from tests.support.agent_harness import AgentProcess
 from tests.support.damage import flip_byte
-from tests.support.retention_scenario import KiB, MiB, SourceDisk, cli, clone, http_json, send
+from tests.support.retention_scenario import KiB, MiB, SourceDisk, clone, send
 
 DISK = 2 * MiB
 
@@ -107,18 +108,18 @@ async def test_a_damaged_segment_is_reported_and_its_points_withdrawn(
     reachable_from = last_commit_seq(victim)  # batches after it do not need the segment
     damage(victim)
 
-    code, out, _ = cli("check", "--config", str(agent.config_path))
+    code, out, _ = agent.cli("check")
     assert code == 1
     assert f"d0: {victim}: byte " in out and message in out
 
     agent.start()
     try:
         assert f"undo journal {victim}: DAMAGED" in agent.log() and message in agent.log()
-        _, body = await http_json(agent, "/v1/groups/g1/recovery-points")
-        seqs = [p["disks"]["d0"] for p in body["points"]]
+        points = await agent.points()
+        seqs = [p["disks"]["d0"] for p in points]
         assert seqs == list(range(reachable_from, source.last_seq + 1))
-        code, _, err = cli(
-            "recover", "--config", str(agent.config_path), "--group", "g1",
+        code, _, err = agent.cli(
+            "recover", "--group", "g1",
             "--point", f"d0@{reachable_from}", "--output", str(tmp_path / "out"),
         )  # fmt: skip
         assert code == 0, err
@@ -135,27 +136,27 @@ async def test_a_journal_whose_tail_was_cut_off_lists_only_the_newest_point(
     newest = segments(agent)[-1]
     os.truncate(newest, first_undo(newest).payload_position + 100)
 
-    code, out, _ = cli("check", "--config", str(agent.config_path))
+    code, out, _ = agent.cli("check")
     assert code == 1 and "the tail of the journal is missing" in out
 
     agent.start()
     try:
         assert "is missing from the journal" in agent.log()
-        _, body = await http_json(agent, "/v1/groups/g1/recovery-points")
-        assert [p["id"] for p in body["points"]] == [f"d0@{source.last_seq}"]
+        points = await agent.points()
+        assert [p["id"] for p in points] == [f"d0@{source.last_seq}"]
         await send(agent, source, [(0, os.urandom(4 * KiB))])
-        _, body = await http_json(agent, "/v1/groups/g1/recovery-points")
-        seqs = [p["disks"]["d0"] for p in body["points"]]
+        points = await agent.points()
+        seqs = [p["disks"]["d0"] for p in points]
         assert seqs == [source.last_seq - 1, source.last_seq]
-        code, _, err = cli(
-            "recover", "--config", str(agent.config_path), "--group", "g1",
+        code, _, err = agent.cli(
+            "recover", "--group", "g1",
             "--point", f"d0@{seqs[0]}", "--output", str(tmp_path / "out"),
         )  # fmt: skip
         assert code == 0, err
         assert (tmp_path / "out" / "d0.img").read_bytes() == source.at(seqs[0])
     finally:
         agent.stop()
-    code, out, _ = cli("check", "--config", str(agent.config_path))
+    code, out, _ = agent.cli("check")
     assert code == 1 and "its undo records were lost" in out
 
 

@@ -11,6 +11,7 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,12 +22,10 @@ from tests.support.retention_scenario import (
     KiB,
     MiB,
     SourceDisk,
-    cli,
-    http_json,
-    put,
     send,
     settled_points,
 )
+from tests.support.waiting import wait_until_async
 
 FS_BYTES = 16 * MiB
 DISK = 8 * MiB
@@ -60,14 +59,6 @@ def fill(mountpoint: Path, leave_bytes: int) -> Path:
     return filler
 
 
-def metric(agent: AgentProcess, name: str) -> float:
-    total = 0.0
-    for line in agent.metrics_text().splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def make_agent(tmp_path: Path, retention: Path, **options: object) -> AgentProcess:
     agent = AgentProcess.create(tmp_path / "agent", {"d0": DISK}, retention_path=retention)
     agent.retention_options = {"segment_bytes": "256KiB", **options}
@@ -77,8 +68,14 @@ def make_agent(tmp_path: Path, retention: Path, **options: object) -> AgentProce
 
 
 def check_passes(agent: AgentProcess) -> None:
-    code, out, _ = cli("check", "--config", str(agent.config_path))
+    code, out, _ = agent.cli("check")
     assert code == 0, out
+
+
+def free_share(path: Path) -> float:
+    """The share of the file system at `path` that is free."""
+    stat = os.statvfs(path)
+    return stat.f_bavail / stat.f_blocks
 
 
 def initial_copy(rng: random.Random) -> list[tuple[int, bytes]]:
@@ -101,18 +98,18 @@ async def test_shrink_prunes_the_oldest_undo_and_keeps_replicating(
             await send(agent, source, random_batch(rng))
         assert agent.target_bytes("d0") == source.at(source.last_seq)
         # Pruning runs beside replication (after commits and every second): let it catch up.
-        for _ in range(100):
-            stat = os.statvfs(retention_fs)
-            if stat.f_bavail / stat.f_blocks > 0.4:
-                break
-            await asyncio.sleep(0.1)
-        assert stat.f_bavail / stat.f_blocks > 0.4
-        assert metric(agent, 'mtagent_retention_pruned_bytes_total{reason="high_water"}') > 0
+        await wait_until_async(
+            lambda: free_share(retention_fs) > 0.4,
+            timeout=10,
+            interval=0.1,
+            what=lambda: f"pruning to free 40% of the drive, {free_share(retention_fs):.0%} free",
+        )
+        assert agent.metric("mtagent_retention_pruned_bytes_total", reason="high_water") > 0
         assert "ahead of the retention window" in agent.log()
         seqs = await settled_points(agent)
         assert seqs[-1] == source.last_seq and seqs[0] > 8  # the window shrank
-        code, _, err = cli(
-            "recover", "--config", str(agent.config_path), "--group", "g1",
+        code, _, err = agent.cli(
+            "recover", "--group", "g1",
             "--point", f"d0@{seqs[0]}", "--output", str(tmp_path / "out"),
         )  # fmt: skip
         assert code == 0, err
@@ -122,16 +119,18 @@ async def test_shrink_prunes_the_oldest_undo_and_keeps_replicating(
         # Now the drive is full of something else: a batch that cannot get its undo space is
         # refused, rolled back whole, and the agent goes on once space returns.
         filler = fill(retention_fs, leave_bytes=128 * KiB)
-        await asyncio.sleep(1.5)  # a round of the policy prunes all it can...
+        # A round of the policy prunes all it can (rounds run every second, and none is
+        # observable from outside, so this one is waited for by time)...
+        await asyncio.sleep(1.5)
         fill(retention_fs, leave_bytes=128 * KiB)  # ...and the space it freed is taken too
         acknowledged = agent.target_bytes("d0")
         seq = source.last_seq + 1
         writes = random_batch(rng)
-        status, answer = await put(agent, "d0", seq, batch("d0", seq, writes))
+        status, answer = await agent.put_batch("d0", seq, batch("d0", seq, writes))
         assert status == 507 and answer["error"]["code"] == "RETENTION_FULL", answer
         assert "no space left for undo data" in answer["error"]["message"]
         assert agent.target_bytes("d0") == acknowledged
-        status, disk = await http_json(agent, "/v1/disks/d0")
+        status, disk = await agent.get_json("/v1/disks/d0")
         assert status == 200 and disk["last_seq"] == source.last_seq
         filler.unlink()
         await send(agent, source, writes)
@@ -155,36 +154,50 @@ async def test_pause_answers_507_before_touching_anything_until_space_returns(
         journal = retention_fs / "undo" / "d0"
         seq = source.last_seq + 1
         writes = random_batch(rng)
-        for _ in range(50):  # the policy notices within its tick
-            status, answer = await put(agent, "d0", seq, batch("d0", seq, writes))
+        answers: list[tuple[int, dict[str, Any]]] = []
+
+        async def refused() -> bool:
+            nonlocal seq, writes
+            answers.append(await agent.put_batch("d0", seq, batch("d0", seq, writes)))
+            status, answer = answers[-1]
             if status == 507:
-                break
+                return True
             assert status == 200, answer
             source.history.append(writes)
             seq, writes = seq + 1, random_batch(rng)
-            await asyncio.sleep(0.1)
+            return False
+
+        await wait_until_async(
+            refused, timeout=10, interval=0.1, what="the policy to pause within its tick (507)"
+        )
+        status, answer = answers[-1]
         assert status == 507 and answer["error"]["code"] == "RETENTION_FULL"
         assert re.search(r"high-water mark 60%", answer["error"]["message"])
         acknowledged = agent.target_bytes("d0")
         sizes = {p.name: p.stat().st_size for p in journal.glob("seg-*")}
-        status, answer = await put(agent, "d0", seq, batch("d0", seq, writes))
+        status, answer = await agent.put_batch("d0", seq, batch("d0", seq, writes))
         assert status == 507
         assert agent.target_bytes("d0") == acknowledged
         assert {p.name: p.stat().st_size for p in journal.glob("seg-*")} == sizes
-        assert metric(agent, "mtagent_retention_paused ") == 1
-        status, _ = await http_json(agent, "/v1/groups/g1/recovery-points")
+        assert agent.metric("mtagent_retention_paused") == 1
+        status, _ = await agent.get_json("/v1/groups/g1/recovery-points")
         assert status == 200
 
         filler.unlink()
-        for _ in range(50):
-            status, answer = await put(agent, "d0", seq, batch("d0", seq, writes))
-            if status == 200:
-                break
-            await asyncio.sleep(0.1)
-        assert status == 200, answer
+
+        async def accepted() -> bool:
+            answers.append(await agent.put_batch("d0", seq, batch("d0", seq, writes)))
+            return answers[-1][0] == 200
+
+        await wait_until_async(
+            accepted,
+            timeout=10,
+            interval=0.1,
+            what=lambda: f"batches to be accepted once space returns, last {answers[-1]}",
+        )
         source.history.append(writes)
         assert agent.target_bytes("d0") == source.at(source.last_seq)
-        assert metric(agent, "mtagent_retention_paused_seconds_total") > 0
+        assert agent.metric("mtagent_retention_paused_seconds_total") > 0
         assert "refused with 507 RETENTION_FULL" in agent.log()
         check_passes(agent)
     finally:

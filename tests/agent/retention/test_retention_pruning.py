@@ -26,9 +26,6 @@ from tests.support.retention_scenario import (
     KiB,
     MiB,
     SourceDisk,
-    cli,
-    cli_points,
-    http_json,
     send,
     settled_points,
 )
@@ -129,18 +126,18 @@ async def test_max_bytes_shrinks_the_window_and_the_rest_still_restores(tmp_path
         seqs = await settled_points(agent)
         undo = sum(p.stat().st_size for p in (tmp_path / "agent/retention/d0").glob("seg-*"))
         assert undo <= 256 * KiB
-        _, body = await http_json(agent, "/v1/groups/g1/recovery-points")
-        assert seqs == [p["disks"]["d0"] for p in body["points"]]
+        points = await agent.points()
+        assert seqs == [p["disks"]["d0"] for p in points]
         assert seqs == list(range(seqs[0], source.last_seq + 1)) and seqs[0] > 5
-        assert cli_points(agent.config_path) == body["points"]
-        code, _, err = cli(
-            "recover", "--config", str(agent.config_path), "--group", "g1",
+        assert agent.cli_points() == points
+        code, _, err = agent.cli(
+            "recover", "--group", "g1",
             "--point", f"d0@{seqs[0]}", "--output", str(tmp_path / "out"),
         )  # fmt: skip
         assert code == 0, err
         assert (tmp_path / "out" / "d0.img").read_bytes() == source.at(seqs[0])
-        code, _, err = cli(
-            "recover", "--config", str(agent.config_path), "--group", "g1",
+        code, _, err = agent.cli(
+            "recover", "--group", "g1",
             "--point", f"d0@{seqs[0] - 1}", "--output", str(tmp_path / "gone"),
         )  # fmt: skip
         assert code == 1 and f"no recovery point 'd0@{seqs[0] - 1}'" in err

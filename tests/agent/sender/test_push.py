@@ -20,7 +20,8 @@ import pytest
 from agent.certs import init_pki
 from agent.commands import cli
 from agent.commands.progress import ProgressBar, progress_line
-from agent.sender.push import BatchRefused, PushFailed, PushResult, push_image
+from agent.sender.errors import BatchRefused, PushFailed
+from agent.sender.push import PushResult, push_image
 from protocol.client import AgentClient, client_ssl_context, error_from_response
 from protocol.errors import ChecksumMismatch, ProtocolError, SequenceGap
 from protocol.events import Tag
@@ -74,7 +75,7 @@ class Target:
     async def state(self) -> dict[str, object]:
         context = client_ssl_context(self.agent.cert, self.agent.key, self.agent.ca)
         async with AgentClient(self.agent.url, context) as client:
-            return await client.disk(self.disk)
+            return (await client.disk(self.disk)).to_json()
 
     def content(self, size: int = DISK_BYTES) -> bytes:
         return self.agent.target_bytes(self.disk)[:size]

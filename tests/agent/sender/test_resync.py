@@ -24,9 +24,11 @@ import pytest
 from agent.commands import cli
 from agent.commands.push import CompareBar, resync_line
 from agent.replication.state import StateStore
-from agent.sender.push import PushFailed
-from agent.sender.resync import CompareProgress, ResyncResult, resync_image
+from agent.sender.compare import CompareProgress
+from agent.sender.errors import PushFailed
+from agent.sender.resync import ResyncResult, resync_image
 from protocol.client import AgentClient, client_ssl_context
+from protocol.documents import BatchResult
 from protocol.errors import ResyncRequired
 from tests.support.agent_harness import REPO, AgentProcess
 from tests.support.batches import batch
@@ -87,9 +89,9 @@ class Pair:
 
     async def state(self) -> dict[str, object]:
         async with self.client() as client:
-            return await client.disk(self.disk)
+            return (await client.disk(self.disk)).to_json()
 
-    async def put(self, body: bytes, seq: int) -> dict[str, object]:
+    async def put(self, body: bytes, seq: int) -> BatchResult:
         async with self.client() as client:
             return await client.put_batch(self.disk, seq, body)
 
@@ -323,8 +325,13 @@ async def test_a_resync_goes_on_when_the_agent_restarts_in_the_middle(tmp_path: 
             restarts[0].start()
 
     try:
+        # No checkpoint however long the restart takes: its sector would count in data_bytes.
         result = await pair.resync(
-            progress=restart_midway, window_bytes=MiB, batch_bytes=128 * KiB, retries=8
+            progress=restart_midway,
+            window_bytes=MiB,
+            batch_bytes=128 * KiB,
+            retries=8,
+            checkpoint_seconds=3600,
         )
     finally:
         for thread in restarts:

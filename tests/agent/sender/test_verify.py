@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.sender.resync import ResyncResult, resync_image, verify_image
+from agent.sender.resync import ResyncResult, resync_image
+from agent.sender.verify import verify_image
 from protocol.client import AgentClient, client_ssl_context
 from tests.support.agent_harness import REPO, AgentProcess
 
@@ -76,7 +77,7 @@ class Replicated:
 
     async def last_seq(self) -> int:
         async with self.client() as client:
-            return int((await client.disk(self.disk))["last_seq"])
+            return (await client.disk(self.disk)).last_seq
 
 
 @pytest.fixture

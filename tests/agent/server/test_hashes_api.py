@@ -7,8 +7,6 @@ import asyncio
 import json
 import os
 import random
-import re
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,11 +16,11 @@ import xxhash
 
 from agent.server.hashes_api import ReadWindows, WindowGrant
 from blockio.scan.chunk_digests import DEFAULT_WINDOW_BYTES, SCAN_READERS, SCAN_WINDOW_BYTES
-from protocol.client import AgentClient, client_ssl_context
 from protocol.encoder import BatchEncoder
 from protocol.errors import OutOfRange, TargetUnavailable, UnknownDisk
 from protocol.events import Begin, Data
 from tests.support.agent_harness import AgentProcess
+from tests.support.waiting import wait_until_async
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -65,10 +63,6 @@ def agent(tmp_path_factory: pytest.TempPathFactory, content: bytes) -> Iterator[
     agent.stop()
 
 
-def client(agent: AgentProcess) -> AgentClient:
-    return AgentClient(agent.url, client_ssl_context(agent.cert, agent.key, agent.ca), timeout=30)
-
-
 async def post(agent: AgentProcess, disk: str, body: object) -> tuple[int, str, bytes]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     async with (
@@ -81,7 +75,7 @@ async def post(agent: AgentProcess, disk: str, body: object) -> tuple[int, str, 
 async def test_digests_match_a_local_computation_with_a_short_last_chunk(
     agent: AgentProcess, content: bytes
 ) -> None:
-    async with client(agent) as agent_client:
+    async with agent.sender_client() as agent_client:
         digests = [d async for d in agent_client.hashes("d0", 1 * MiB, DISK_BYTES - MiB, 64 * KiB)]
 
     assert digests == local_digests(content, 1 * MiB, DISK_BYTES - MiB, 64 * KiB)
@@ -158,7 +152,7 @@ async def test_a_bad_request_is_400_bad_request_naming_the_field(
 
 
 async def test_a_range_past_the_end_of_the_disk_is_416_out_of_range(agent: AgentProcess) -> None:
-    async with client(agent) as agent_client:
+    async with agent.sender_client() as agent_client:
         with pytest.raises(OutOfRange) as caught:
             await anext(aiter(agent_client.hashes("d0", 16 * MiB, 128 * KiB, 64 * KiB)))
 
@@ -171,13 +165,13 @@ async def test_a_range_past_the_end_of_the_disk_is_416_out_of_range(agent: Agent
 
 
 async def test_an_unknown_disk_is_404(agent: AgentProcess) -> None:
-    async with client(agent) as agent_client:
+    async with agent.sender_client() as agent_client:
         with pytest.raises(UnknownDisk):
             await anext(aiter(agent_client.hashes("vm9-disk9", 0, 64 * KiB, 64 * KiB)))
 
 
 async def test_a_missing_target_is_503(agent: AgentProcess) -> None:
-    async with client(agent) as agent_client:
+    async with agent.sender_client() as agent_client:
         with pytest.raises(TargetUnavailable) as caught:
             await anext(aiter(agent_client.hashes("gone", 0, 64 * KiB, 64 * KiB)))
 
@@ -191,19 +185,13 @@ async def test_only_post_is_allowed(agent: AgentProcess) -> None:
 
 
 async def test_the_bytes_compared_are_counted_per_disk(agent: AgentProcess) -> None:
-    before = compared_bytes(agent.metrics_text(), "d0")
+    before = agent.metric("mtagent_resync_compared_bytes_total", disk="d0")
 
-    async with client(agent) as agent_client:
+    async with agent.sender_client() as agent_client:
         async for _ in agent_client.hashes("d0", 0, 2 * MiB, 64 * KiB):
             pass
 
-    assert compared_bytes(agent.metrics_text(), "d0") == before + 2 * MiB
-
-
-def compared_bytes(metrics: str, disk: str) -> float:
-    pattern = rf'^mtagent_resync_compared_bytes_total{{disk="{disk}"}} (\S+)$'
-    match = re.search(pattern, metrics, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+    assert agent.metric("mtagent_resync_compared_bytes_total", disk="d0") == before + 2 * MiB
 
 
 def peak_rss_bytes(pid: int) -> int:
@@ -216,13 +204,13 @@ def peak_rss_bytes(pid: int) -> int:
 async def read_sparse_slowly(agent: AgentProcess) -> int:
     """Peak RSS growth of the agent while a slow client reads the digests of 512 MiB."""
     assert agent.process is not None
-    async with client(agent) as agent_client:
+    async with agent.sender_client() as agent_client:
         # What a first request allocates once (threads, TLS, parsers) is not what is measured.
         async for _ in agent_client.hashes("sparse", 0, 1 * MiB, 1 * MiB):
             pass
     before = peak_rss_bytes(agent.process.pid)
     count = 0
-    async with client(agent) as agent_client:
+    async with agent.sender_client() as agent_client:
         async for digest in agent_client.hashes("sparse", 0, SPARSE_BYTES, 1 * MiB):
             count += 1
             if count % 256 == 0:
@@ -296,19 +284,15 @@ class StalledBatch:
         await self.release.wait()
         raise ConnectionAbortedError("the sender gives up mid-batch")
 
-    async def start(self, session: aiohttp.ClientSession) -> asyncio.Task[object]:
+    async def start(self) -> asyncio.Task[object]:
         """Send it; returns once its first group is on the target (and the batch open)."""
-        put = asyncio.create_task(
-            session.put(
-                f"/v1/disks/{self.disk}/batches/1",
-                data=self.body(),
-                headers={"Content-Type": "application/x-mtagent-batch"},
-            )
+        put = asyncio.create_task(self.agent.put_batch(self.disk, 1, self.body()))
+        await wait_until_async(
+            lambda: read_at(self.agent.disks[self.disk], 0, 4) == self.new[:4],
+            timeout=20,
+            interval=0.02,
+            what="the batch's first group to reach the target",
         )
-        deadline = time.monotonic() + 20
-        while read_at(self.agent.disks[self.disk], 0, 4) != self.new[:4]:
-            assert time.monotonic() < deadline, "the batch's first group never reached the target"
-            await asyncio.sleep(0.02)
         return put
 
 
@@ -320,11 +304,11 @@ async def test_no_digest_is_read_while_a_batch_is_open_and_a_rollback_wins(
     target = agent.disks["race"]
     stalled = StalledBatch(agent, "race")
 
-    async with agent.client() as session, client(agent) as agent_client:
-        put = await stalled.start(session)
+    async with agent.sender_client() as agent_client:
+        put = await stalled.start()
         digests = aiter(agent_client.hashes("race", 0, DISK_BYTES, 64 * KiB))
         first = asyncio.create_task(anext(digests))
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the time a digest would take to come if nothing held it
         waited = not first.done()
         stalled.release.set()
         with pytest.raises(aiohttp.ClientError):
@@ -341,8 +325,8 @@ async def test_a_batch_writing_elsewhere_does_not_pause_the_digests(
 ) -> None:
     stalled = StalledBatch(agent, "elsewhere")
 
-    async with agent.client() as session, client(agent) as agent_client:
-        put = await stalled.start(session)
+    async with agent.sender_client() as agent_client:
+        put = await stalled.start()
         try:
             async with asyncio.timeout(10):
                 got = [

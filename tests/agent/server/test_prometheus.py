@@ -23,9 +23,10 @@ import pytest
 
 from agent.certs import init_pki, issue_client
 from agent.sender.push import push_image
-from protocol.client import AgentClient, client_ssl_context
-from tests.support.agent_harness import REPO, AgentProcess, client_context, free_port
+from protocol.client import client_ssl_context
+from tests.support.agent_harness import REPO, AgentProcess, free_port
 from tests.support.batches import batch, resync_batch
+from tests.support.waiting import wait_until, wait_until_async
 
 MiB = 1 << 20
 ALERTS = REPO / "deploy" / "prometheus" / "mtagent-alerts.yml"
@@ -45,15 +46,13 @@ def require(tool: str) -> str:
     return path
 
 
-def put(agent: AgentProcess, seq: int, body: bytes, disk: str = "d0") -> int:
-    async def send() -> int:
-        async with (
-            agent.client() as session,
-            session.put(f"/v1/disks/{disk}/batches/{seq}", data=body) as response,
-        ):
-            return response.status
-
-    return asyncio.run(send())
+async def load(agent: AgentProcess) -> None:
+    """Two batches acknowledged on d0, one refused on d1."""
+    assert (await agent.put_batch("d0", 1, resync_batch("d0", 1, [(0, b"a" * 4096)])))[0] == 200
+    d0_2 = batch("d0", 2, [(4096, b"b" * 4096), (65536, 8192)])
+    assert (await agent.put_batch("d0", 2, d0_2))[0] == 200
+    d1_1 = batch("d1", 1, [(0, b"c" * 512)])
+    assert (await agent.put_batch("d1", 1, d1_1))[0] == 409  # no resync yet
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +61,7 @@ def busy_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProces
     agent = AgentProcess.create(tmp_path_factory.mktemp("agent"), {"d0": 4 * MiB, "d1": 4 * MiB})
     agent.start()
     try:
-        assert put(agent, 1, resync_batch("d0", 1, [(0, b"a" * 4096)])) == 200
-        assert put(agent, 2, batch("d0", 2, [(4096, b"b" * 4096), (65536, 8192)])) == 200
-        assert put(agent, 1, batch("d1", 1, [(0, b"c" * 512)]), disk="d1") == 409  # no resync yet
+        asyncio.run(load(agent))
         # A sender without a client certificate.
         handshake(agent, ssl.create_default_context(cafile=str(agent.ca)))
         yield agent
@@ -142,9 +139,9 @@ def test_failed_handshakes_are_counted_by_reason(busy_agent: AgentProcess, tmp_p
     # A client certificate from another CA; a client that does not trust the agent; plain HTTP.
     handshake(
         busy_agent,
-        client_context(stranger / "impostor.crt", stranger / "impostor.key", busy_agent.ca),
+        client_ssl_context(stranger / "impostor.crt", stranger / "impostor.key", busy_agent.ca),
     )
-    handshake(busy_agent, client_context(busy_agent.cert, busy_agent.key, stranger / "ca.crt"))
+    handshake(busy_agent, client_ssl_context(busy_agent.cert, busy_agent.key, stranger / "ca.crt"))
     handshake(busy_agent, None)
     expected = {
         "no_client_certificate": 1,  # the busy agent's own
@@ -152,16 +149,22 @@ def test_failed_handshakes_are_counted_by_reason(busy_agent: AgentProcess, tmp_p
         "rejected_by_client": 1,
         "protocol": 1,
     }
-    for _ in range(100):  # the agent may read a client's alert after the client has moved on
+    counted: dict[str, float] = {}
+
+    def counted_as_expected() -> bool:
         values = samples(busy_agent.metrics_text())
-        counted = {
-            reason: values[f'mtagent_tls_handshake_failures_total{{reason="{reason}"}}']
+        counted.update(
+            (reason, values[f'mtagent_tls_handshake_failures_total{{reason="{reason}"}}'])
             for reason in expected
-        }
-        if counted == expected:
-            return
-        time.sleep(0.05)
-    assert counted == expected
+        )
+        return counted == expected
+
+    # The agent may read a client's alert after the client has moved on.
+    wait_until(
+        counted_as_expected,
+        timeout=5,
+        what=lambda: f"the failed handshakes counted as {expected}, counted {counted}",
+    )
 
 
 def queried_metrics(expression: str) -> set[str]:
@@ -231,24 +234,30 @@ class PrometheusServer:
         return body["data"]
 
     def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"prometheus exited:\n{self.log.read_text()}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=1):
-                    return
+                    return True
             except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"prometheus not ready:\n{self.log.read_text()}")
+                return False
+
+        wait_until(
+            ready,
+            timeout=timeout,
+            interval=0.1,
+            what=lambda: f"prometheus to be ready:\n{self.log.read_text()}",
+        )
 
     def wait_scraping(self, timeout: float = 30) -> None:
         """Until the agent has been scraped once (service discovery takes a few seconds)."""
-        deadline = time.monotonic() + timeout
-        while self.value('up{job="mtagent"}') != 1:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus does not scrape the agent:\n{self.log.read_text()}")
-            time.sleep(0.2)
+        wait_until(
+            lambda: self.value('up{job="mtagent"}') == 1,
+            timeout=timeout,
+            interval=0.2,
+            what=lambda: f"prometheus to scrape the agent:\n{self.log.read_text()}",
+        )
 
     def value(self, query: str) -> float | None:
         result = self.api("/api/v1/query", query=query)["result"]
@@ -267,9 +276,8 @@ async def replicate(agent: AgentProcess, source: Path, seconds: float) -> int:
     """A full push, then a delta push every half second for `seconds`: what a process server
     does. Returns the disk bytes acknowledged."""
     base = source.with_suffix(".base")
-    context = client_ssl_context(agent.cert, agent.key, agent.ca)
     sent = 0
-    async with AgentClient(agent.url, context, timeout=30) as client:
+    async with agent.sender_client() as client:
 
         async def push(mode: str) -> int:
             result = await push_image(
@@ -295,7 +303,7 @@ async def replicate(agent: AgentProcess, source: Path, seconds: float) -> int:
                 f.seek(os.urandom(1)[0] % 16 * MiB)
                 f.write(os.urandom(MiB))
             sent += await push("delta")
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the cadence of a process server, not a wait
     return sent
 
 
@@ -316,15 +324,17 @@ async def test_prometheus_scrapes_the_agent_and_sees_applied_bytes_grow(tmp_path
                 value = await asyncio.to_thread(prometheus.value, query)
                 if value is not None and (not seen or value != seen[-1]):
                     seen.append(value)
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(0.25)  # a sampling rate: each value is kept, not waited on
 
         watching = asyncio.create_task(watch())
         try:
             sent = await replicate(agent, source, seconds=3)
-            for _ in range(40):  # the last scrape after the last push
-                if seen and seen[-1] == sent:
-                    break
-                await asyncio.sleep(0.25)
+            await wait_until_async(
+                lambda: seen and seen[-1] == sent,
+                timeout=10,
+                interval=0.25,
+                what=lambda: f"the last scrape after the last push ({sent}), seen {seen}",
+            )
         finally:
             watching.cancel()
             await asyncio.gather(watching, return_exceptions=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from protocol.events import Begin, Data, End, Zero
 from protocol.wire import FLAG_LZ4, HEADER, FrameType
 from tests.support.agent_harness import AgentProcess
 from tests.support.batches import batch, resync_batch
+from tests.support.waiting import wait_until_async
 
 MiB = 1 << 20
 DISK = 32 * MiB
@@ -149,48 +149,29 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     agent.start()
     writes = [(offset, os.urandom(4 * MiB)) for offset in range(0, 16 * MiB, 4 * MiB)]
     body = resync_batch("d0", 1, writes, compress=False)
-    assert asyncio.run(put(agent, "d0", 1, body))[0] == 200
+    assert asyncio.run(agent.put_batch("d0", 1, body))[0] == 200
     yield agent
     agent.stop()
-
-
-async def put(agent: AgentProcess, disk: str, seq: int, body: bytes | AsyncIterator[bytes]):
-    async with (
-        agent.client() as session,
-        session.put(f"/v1/disks/{disk}/batches/{seq}", data=body) as response,
-    ):
-        return response.status, await response.json()
-
-
-async def last_seq(agent: AgentProcess) -> int:
-    async with agent.client() as session, session.get("/v1/disks/d0") as response:
-        return int((await response.json())["last_seq"])
 
 
 @pytest.mark.parametrize("case", CASES)
 async def test_refused_batch_leaves_no_trace(agent: AgentProcess, case: str) -> None:
     make_body, status, code, frame_index = CASES[case]
     before = agent.target_bytes("d0")
-    got_status, body = await put(agent, "d0", SEQ, make_body())
+    got_status, body = await agent.put_batch("d0", SEQ, make_body())
     assert (got_status, body["error"]["code"]) == (status, code), body
     assert body["error"].get("frame") == frame_index
     assert body["error"]["message"]
     assert agent.target_bytes("d0") == before
-    assert await last_seq(agent) == 1
+    assert (await agent.disk())["last_seq"] == 1
 
 
 async def test_the_agent_still_applies_batches_after_refusals(agent: AgentProcess) -> None:
-    await put(agent, "d0", SEQ, CASES["payload digest"][0]())
-    status, _ = await put(agent, "d0", SEQ, batch("d0", SEQ, [(0, b"ok" * 256)]))
+    await agent.put_batch("d0", SEQ, CASES["payload digest"][0]())
+    status, _ = await agent.put_batch("d0", SEQ, batch("d0", SEQ, [(0, b"ok" * 256)]))
     assert status == 200
     assert agent.target_bytes("d0")[:512] == b"ok" * 256
-    assert await last_seq(agent) == SEQ
-
-
-def metric(agent: AgentProcess, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    match = re.search(rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$", agent.metrics_text(), re.M)
-    return float(match.group(1)) if match else 0.0
+    assert (await agent.disk())["last_seq"] == SEQ
 
 
 @pytest.fixture
@@ -198,7 +179,7 @@ def fresh_agent(tmp_path: Path) -> Iterator[AgentProcess]:
     agent = AgentProcess.create(tmp_path, {"d0": DISK}, stall_timeout="1s")
     agent.start()
     body = resync_batch("d0", 1, [(0, os.urandom(4 * MiB))])
-    assert asyncio.run(put(agent, "d0", 1, body))[0] == 200
+    assert asyncio.run(agent.put_batch("d0", 1, body))[0] == 200
     yield agent
     agent.stop()
 
@@ -210,12 +191,12 @@ async def test_a_sender_that_stalls_is_cut_off_with_408_and_rolled_back(
 
     async def stalls() -> AsyncIterator[bytes]:
         yield with_tail()
-        await asyncio.sleep(30)
+        await asyncio.sleep(30)  # a stall far longer than the agent's stall_timeout
 
-    status, body = await asyncio.wait_for(put(fresh_agent, "d0", SEQ, stalls()), 20)
+    status, body = await asyncio.wait_for(fresh_agent.put_batch("d0", SEQ, stalls()), 20)
     assert (status, body["error"]["code"]) == (408, "STALLED")
     assert fresh_agent.target_bytes("d0") == before
-    assert await last_seq(fresh_agent) == 1
+    assert (await fresh_agent.disk())["last_seq"] == 1
 
 
 async def test_a_disconnect_mid_batch_is_rolled_back(fresh_agent: AgentProcess) -> None:
@@ -226,29 +207,27 @@ async def test_a_disconnect_mid_batch_is_rolled_back(fresh_agent: AgentProcess) 
 
     async def dies() -> AsyncIterator[bytes]:
         yield with_tail()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # the agent has the first part before the sender dies
         raise SenderDied
 
     with pytest.raises(Exception):  # noqa: B017 - whatever aiohttp wraps it in
-        await put(fresh_agent, "d0", SEQ, dies())
-    for _ in range(200):
-        if metric(fresh_agent, "mtagent_rejected_batches_total", code="TRUNCATED", disk="d0"):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail("the agent never noticed the disconnect")
+        await fresh_agent.put_batch("d0", SEQ, dies())
+    await wait_until_async(
+        lambda: fresh_agent.metric("mtagent_rejected_batches_total", code="TRUNCATED", disk="d0"),
+        timeout=10,
+        what="the agent to count the disconnect as a TRUNCATED batch",
+    )
     assert fresh_agent.target_bytes("d0") == before
-    assert await last_seq(fresh_agent) == 1
+    assert (await fresh_agent.disk())["last_seq"] == 1
 
 
 async def test_a_missing_target_answers_503(tmp_path: Path) -> None:
     agent = AgentProcess.create(tmp_path, {"gone": tmp_path / "no-such-disk.img"})
     agent.start()
     try:
-        status, body = await put(agent, "gone", 1, resync_batch("gone", 1, [(0, b"x" * 512)]))
+        status, body = await agent.put_batch("gone", 1, resync_batch("gone", 1, [(0, b"x" * 512)]))
         assert (status, body["error"]["code"]) == (503, "TARGET_UNAVAILABLE")
-        async with agent.client() as session, session.get("/v1/disks/gone") as response:
-            assert (await response.json())["state"] == "missing"
+        assert (await agent.disk("gone"))["state"] == "missing"
     finally:
         agent.stop()
 
@@ -271,19 +250,19 @@ async def test_a_full_retention_drive_answers_507_and_keeps_the_target(
     agent.start()
     try:
         before = target.read_bytes()
-        status, body = await put(agent, "d0", 1, resync_batch("d0", 1, PREFIX))
+        status, body = await agent.put_batch("d0", 1, resync_batch("d0", 1, PREFIX))
         assert (status, body["error"]["code"]) == (507, "RETENTION_FULL")
         assert target.read_bytes() == before
-        assert await last_seq(agent) == 0
+        assert (await agent.disk())["last_seq"] == 0
         # Nothing half-written is left behind: a batch that fits still goes through.
-        status, _ = await put(agent, "d0", 1, resync_batch("d0", 1, [(0, b"s" * 4096)]))
+        status, _ = await agent.put_batch("d0", 1, resync_batch("d0", 1, [(0, b"s" * 4096)]))
         assert status == 200
     finally:
         agent.stop()
 
 
 async def test_a_zero_frame_batch_zeroes_the_extent(agent: AgentProcess) -> None:
-    seq = await last_seq(agent) + 1
+    seq = (await agent.disk())["last_seq"] + 1
     encoder = BatchEncoder(seq)
     body = b"".join(
         [
@@ -292,6 +271,6 @@ async def test_a_zero_frame_batch_zeroes_the_extent(agent: AgentProcess) -> None
             encoder.end(),
         ]
     )
-    status, _ = await put(agent, "d0", seq, body)
+    status, _ = await agent.put_batch("d0", seq, body)
     assert status == 200
     assert agent.target_bytes("d0")[MiB : 2 * MiB] == bytes(MiB)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent.certs import init_pki, issue_client
-from tests.support.agent_harness import AgentProcess, client_context
+from protocol.client import client_ssl_context
+from tests.support.agent_harness import AgentProcess
 
 REQUEST = b"GET /v1/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 
@@ -57,7 +58,7 @@ def test_a_certificate_from_another_ca_is_refused(agent: AgentProcess, tmp_path:
     foreign = tmp_path / "foreign"
     init_pki(foreign, ["127.0.0.1"])
     cert, key = issue_client(foreign, "intruder")
-    context = client_context(cert, key, agent.ca)
+    context = client_ssl_context(cert, key, agent.ca)
     with pytest.raises((ssl.SSLError, ConnectionError)):
         answer = exchange(agent, context)
         assert answer == b""
@@ -72,7 +73,7 @@ def test_an_expired_client_certificate_is_refused(agent: AgentProcess, tmp_path:
     shutil.copytree(agent.pki, pki)
     cert, key = issue_client(pki, "stale", not_valid_after=yesterday)
     with pytest.raises((ssl.SSLError, ConnectionError)):
-        answer = exchange(agent, client_context(cert, key, agent.ca))
+        answer = exchange(agent, client_ssl_context(cert, key, agent.ca))
         assert answer == b""
         raise ConnectionError("closed without an answer")
 

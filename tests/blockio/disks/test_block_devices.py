@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from blockio.disks.target import TargetBusy, TargetDisk, TargetError, TargetUnavailable
+from blockio.disks.target import TargetBusy, TargetDisk, TargetError, TargetUnusable
 from tests.conftest import LoopDeviceFactory
 from tests.support.agent_harness import AgentProcess
 from tests.support.batches import apply_in_memory, resync_batch
@@ -103,7 +103,7 @@ def test_a_revoked_target_refuses_all_io_with_the_reason(tmp_path: Path) -> None
             lambda: disk.read(0, 512),
             disk.sync,
         ):
-            with pytest.raises(TargetUnavailable) as caught:
+            with pytest.raises(TargetUnusable) as caught:
                 attempt()
             assert str(caught.value) == f"target {path}: device /dev/sdb was removed"
     assert path.read_bytes() == bytes(MiB)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from blockio.disks.target import TargetDisk, TargetError, TargetUnavailable
+from blockio.disks.target import TargetDisk, TargetError, TargetUnusable
 from tests.conftest import LoopDeviceFactory
 
 MiB = 1 << 20
@@ -97,7 +97,7 @@ def test_writes_through_a_loop_device_land_in_its_backing_file(
 
 def test_missing_path_is_unavailable(tmp_path: Path) -> None:
     path = tmp_path / "absent.img"
-    with pytest.raises(TargetUnavailable) as caught:
+    with pytest.raises(TargetUnusable) as caught:
         TargetDisk.open(path)
     assert caught.value.path == path
     assert str(caught.value) == f"target {path}: does not exist"
@@ -105,12 +105,12 @@ def test_missing_path_is_unavailable(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("writable", [True, False])
 def test_directory_is_unavailable(tmp_path: Path, writable: bool) -> None:
-    with pytest.raises(TargetUnavailable, match="is a directory, not a regular file or block"):
+    with pytest.raises(TargetUnusable, match="is a directory, not a regular file or block"):
         TargetDisk.open(tmp_path, writable=writable)
 
 
 def test_character_device_is_unavailable() -> None:
-    with pytest.raises(TargetUnavailable, match="/dev/null: is a special file"):
+    with pytest.raises(TargetUnusable, match="/dev/null: is a special file"):
         TargetDisk.open("/dev/null")
 
 

@@ -14,14 +14,8 @@ from hypothesis import strategies as st
 
 from blockio.disks.target import TargetDisk
 from blockio.journal.records import CommitRecord
-from blockio.journal.recovery import (
-    RecoveryError,
-    SparseFile,
-    export_disk,
-    owned_ranges,
-    plan_rollback,
-    rollback_in_place,
-)
+from blockio.journal.restore import SparseFile, export_disk, rollback_in_place
+from blockio.journal.restore_plan import RecoveryError, owned_ranges, plan_rollback
 from blockio.journal.undo_journal import UndoJournal
 
 KiB = 1 << 10

@@ -14,22 +14,12 @@ import pytest
 from agent.replication.retention_gate import complete_commit_records
 from agent.replication.state import BatchCommit, StateStore
 from blockio.disks.target import TargetDisk
-from blockio.journal.index import (
-    SIDECAR_NAME,
-    SegmentSummary,
-    load_summaries,
-    restorable_floor,
-    walk_segment,
-)
-from blockio.journal.records import (
-    CommitRecord,
-    JournalCorrupt,
-    RecordKind,
-    encode_commit,
-    read_commit,
-    scan_headers,
-)
-from blockio.journal.undo_journal import UndoJournal, shared_lock
+from blockio.journal.catalog import SIDECAR_NAME, load_summaries
+from blockio.journal.index import SegmentSummary, restorable_floor, walk_segment
+from blockio.journal.reader import read_commit, scan_headers
+from blockio.journal.records import CommitRecord, JournalCorrupt, RecordKind, encode_commit
+from blockio.journal.segments import shared_lock
+from blockio.journal.undo_journal import UndoJournal
 
 KiB = 1 << 10
 DISK = "d0"

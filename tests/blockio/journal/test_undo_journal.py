@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from blockio.disks.target import TargetDisk
-from blockio.journal.records import JournalCorrupt, read_record, scan_headers
+from blockio.journal.reader import read_record, scan_headers
+from blockio.journal.records import JournalCorrupt
 from blockio.journal.undo_journal import UndoJournal
 from tests.support.damage import flip_byte
 

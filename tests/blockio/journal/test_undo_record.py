@@ -12,6 +12,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from blockio.journal.reader import read_record, scan_headers
 from blockio.journal.records import (
     FLAG_GROUP_START,
     FLAG_LZ4,
@@ -24,8 +25,6 @@ from blockio.journal.records import (
     RecordKind,
     UndoRecord,
     encode_record,
-    read_record,
-    scan_headers,
 )
 
 SEGMENT = Path("/retention/d0/seg-00000001.undo")
