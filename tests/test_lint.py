@@ -1,4 +1,5 @@
-"""The code base stays clean: ruff (lint and format) and shellcheck on every script."""
+"""The code base stays clean: ruff (lint and format), mypy (strict for protocol/ and blockio/) and
+shellcheck on every script."""
 
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ def test_ruff_finds_nothing() -> None:
 
 def test_code_is_formatted() -> None:
     result = run(sys.executable, "-m", "ruff", "format", "--check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_finds_nothing() -> None:
+    # pyproject.toml's [tool.mypy] names the packages and holds protocol/ and blockio/ to the
+    # flags of --strict.
+    result = run(sys.executable, "-m", "mypy")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_protocol_and_blockio_pass_mypy_strict() -> None:
+    result = run(sys.executable, "-m", "mypy", "--strict", "protocol", "blockio")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
