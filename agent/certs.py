@@ -1,7 +1,7 @@
 """The small private CA of one agent: its CA, its server certificate, its clients' certificates.
 
-Mutual TLS (PROTOCOL.md section 1) needs the agent to present a server certificate and to accept
-only client certificates chaining to its client CA. `init_pki` writes both halves in one
+Mutual TLS (docs/protocol.md section 1) needs the agent to present a server certificate and to
+accept only client certificates chaining to its client CA. `init_pki` writes both halves in one
 directory; `issue_client` signs one certificate per process server with that CA.
 
 Keys are ECDSA P-256 (cheap handshakes), PKCS8 PEM, unencrypted (the daemon starts unattended),

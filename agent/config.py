@@ -1,4 +1,5 @@
-"""The agent's configuration: one TOML file, read once, checked whole (DESIGN.md "Configuration").
+"""The agent's configuration: one TOML file, read once, checked whole (README "Configuration
+reference").
 
 Every mistake is a `ConfigError` whose one-line message names the file, the key and what was
 expected, so an operator can fix the file without reading this code. Unknown sections and keys

@@ -1,4 +1,4 @@
-"""Extents in, the events of numbered batches out (PROTOCOL.md section 3), sans-I/O.
+"""Extents in, the events of numbered batches out (docs/protocol.md section 3), sans-I/O.
 
 `batch_events` turns the extents a push has to send into one flat stream of events:
 each batch is `Begin`, its `Data`/`Zero` frames, an optional `Tag`, and `End`. The

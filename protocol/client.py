@@ -1,4 +1,4 @@
-"""The sender's side of PROTOCOL.md: an HTTPS client of the agent.
+"""The sender's side of docs/protocol.md: an HTTPS client of the agent.
 
 This is the one module of `protocol/` with I/O. `AgentClient` speaks the endpoints of
 section 2 over mutual TLS and turns error bodies into the typed errors of
@@ -69,7 +69,7 @@ def client_ssl_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
 
 
 def error_from_response(status: int, body: bytes) -> ProtocolError:
-    """The typed error of an agent's error response (PROTOCOL.md section 1).
+    """The typed error of an agent's error response (docs/protocol.md section 1).
 
     A known code gives its `protocol.errors` class; an unknown code a plain
     ProtocolError that keeps the agent's code and status; a body that is not the
@@ -291,7 +291,7 @@ class AgentClient:
     async def hashes(
         self, disk_id: str, offset: int, length: int, chunk_bytes: int
     ) -> AsyncIterator[bytes]:
-        """`POST /v1/disks/{disk}/hashes` (PROTOCOL.md section 5): the 16-byte XXH3-128
+        """`POST /v1/disks/{disk}/hashes` (docs/protocol.md section 5): the 16-byte XXH3-128
         digest of each chunk of `[offset, offset + length)` of the target, in order, yielded
         one by one as the agent streams them (the last chunk may be short).
 

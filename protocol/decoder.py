@@ -1,4 +1,4 @@
-"""Bytes in, verified events out: the receiving side of a batch (PROTOCOL.md section 3), sans-I/O.
+"""Bytes in, verified events out: the receiving side of a batch (docs/protocol.md 3), sans-I/O.
 
 Every rule of section 3 is checked here, in this order for each frame:
 
@@ -16,7 +16,7 @@ Steps 1-6 run on the header alone, so an over-limit frame is refused before a by
 payload is buffered. A DATA frame's `length` is at most `max_frame_bytes` and an LZ4 payload at
 most `lz4_payload_bound(length)`, so no frame holds more than the bound of `max_frame_bytes`.
 An oversized JSON payload (BEGIN, TAG, END over MAX_JSON_PAYLOAD) is FrameTooLarge, like any
-frame over a limit (PROTOCOL.md 4.5 answers those 413).
+frame over a limit (docs/protocol.md 4.5 answers those 413).
 
 JSON payloads are held to the exact objects of section 3.2: every field present, no other
 field, no key twice, ints that are not bools, strings without lone surrogates, times in

@@ -1,4 +1,4 @@
-"""Events in, frame bytes out: the sending side of a batch (PROTOCOL.md section 3), sans-I/O."""
+"""Events in, frame bytes out: the sending side of a batch (docs/protocol.md 3), sans-I/O."""
 
 from __future__ import annotations
 

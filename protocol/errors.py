@@ -1,10 +1,10 @@
-"""Every error code of PROTOCOL.md, as typed exceptions, and the error body they are sent as.
+"""Every error code of docs/protocol.md, as typed exceptions, and the error body they are sent as.
 
 Each carries the stable `code`, the HTTP `status` the agent answers with, the
 index of the frame at fault where there is one (BEGIN is frame 0), and any
 further details that belong in the JSON error body (`expected_seq`, ...).
 
-`BadDocument` is the one error the agent never sends: a document of PROTOCOL.md (this error
+`BadDocument` is the one error the agent never sends: a document of docs/protocol.md (this error
 body, or one of `protocol.documents`) that lacks a field or has one of the wrong type.
 `JsonFields` is how every document checks its fields, so that they all refuse alike.
 """
@@ -37,7 +37,7 @@ class ProtocolError(Exception):
         return ErrorBody(self.code, self.message, self.frame, self.details)
 
     def to_json(self) -> dict[str, Any]:
-        """The response body of PROTOCOL.md section 1: `{"error": {...}}`."""
+        """The response body of docs/protocol.md section 1: `{"error": {...}}`."""
         return self.body().to_json()
 
     def __str__(self) -> str:

@@ -1,4 +1,4 @@
-"""The batches of a resync by hash comparison (PROTOCOL.md section 5), planned, sans-I/O.
+"""The batches of a resync by hash comparison (docs/protocol.md section 5), planned, sans-I/O.
 
 A resync compares the source with the target chunk by chunk, window by window, and sends the
 chunks that differ while the comparison goes on. `ResyncPlanner` decides, as the windows

@@ -1,4 +1,4 @@
-"""Constants and the frame header layout of protocol v1 (PROTOCOL.md section 3.1)."""
+"""Constants and the frame header layout of protocol v1 (docs/protocol.md section 3.1)."""
 
 from __future__ import annotations
 

@@ -42,8 +42,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import xxhash  # noqa: E402
-from sample_image import make_image, mutate_image, parse_size  # noqa: E402
+from sample_image import make_image, mutate_image  # noqa: E402
 
+from agent.units import parse_size  # noqa: E402
 from protocol.client import AgentClient, client_ssl_context  # noqa: E402
 from tests.support.agent_harness import AgentProcess  # noqa: E402
 from tests.support.batches import batch  # noqa: E402

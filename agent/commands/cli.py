@@ -1,6 +1,6 @@
 """The `mtagent` command line: one entry point, a subcommand per job.
 
-Exit codes (DESIGN.md "Command line"): 0 on success, 2 on usage errors
+Exit codes (README "Quick start"): 0 on success, 2 on usage errors
 (argparse's own), 1 on failure with a one-line reason on stderr.
 """
 

@@ -26,7 +26,6 @@ from agent.errors import CommandFailed
 from agent.sender import compare, resync, verify
 from agent.sender import push as sender
 from agent.sender.compare import CompareProgress
-from agent.sender.errors import PushFailed
 from agent.sender.push import PushResult, push_image
 from agent.sender.resync import ResyncResult
 from agent.sender.verify import VerifyResult
@@ -189,12 +188,10 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext:
 
 
 def _run_shown(work: Coroutine[Any, Any, T], display: ProgressBar | CompareBar | None) -> T:
-    """Run `work`, closing its progress display whatever happens; a push that failed is a
-    one-line CommandFailed."""
+    """Run `work`, closing its progress display whatever happens (a PushFailed is an AgentError:
+    the CLI prints its one line)."""
     try:
         return asyncio.run(work)
-    except PushFailed as exc:
-        raise CommandFailed(str(exc)) from exc
     finally:
         if display is not None:
             display.close()

@@ -1,4 +1,4 @@
-"""Recovery points of a consistency group (PROTOCOL.md section 6), for the API (served by
+"""Recovery points of a consistency group (docs/protocol.md section 6), for the API (served by
 `agent.server.points_api`) and the CLI.
 
 A point (`protocol.documents.Point`) is `{"id", "kind", "name", "time_ns", "disks": {disk: seq}}`:

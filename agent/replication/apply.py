@@ -60,7 +60,7 @@ class BodyReader(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ApplyLimits:
-    """Bounds of one batch (PROTOCOL.md section 4.5)."""
+    """Bounds of one batch (docs/protocol.md section 4.5)."""
 
     max_frame_bytes: int
     max_batch_bytes: int

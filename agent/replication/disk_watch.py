@@ -1,4 +1,4 @@
-"""Following target disks as they come and go: udev events on the event loop (DESIGN.md "Target
+"""Following target disks as they come and go: udev events on the event loop (README "Target
 disks").
 
 A disk attached while the agent runs (the process server hot-adds target disks during reprotect)

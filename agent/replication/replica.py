@@ -69,7 +69,7 @@ class Replica:
 
     @property
     def state(self) -> DiskState:
-        """The PROTOCOL.md state: `protected` while the target is in use on this host,
+        """The docs/protocol.md state: `protected` while the target is in use on this host,
         `missing` while it cannot be found or opened, else the persisted state."""
         if self.target is None:
             return DiskState.PROTECTED if self.protected_reason else DiskState.MISSING
@@ -236,7 +236,7 @@ class Replica:
         self.target = self.journal = None
 
     def describe(self) -> Disk:
-        """The Disk document of PROTOCOL.md section 2."""
+        """The Disk document of docs/protocol.md section 2."""
         target = self.target
         progress = self.progress
         resyncing = progress.state == DiskState.RESYNCING

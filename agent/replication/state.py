@@ -135,7 +135,7 @@ class BatchCommit:
 
 
 def state_after(progress: DiskProgress, flags: frozenset[str]) -> DiskState:
-    """The disk's state once a batch with `flags` commits (PROTOCOL.md section 5)."""
+    """The disk's state once a batch with `flags` commits (docs/protocol.md section 5)."""
     if BEGIN_FLAG_RESYNC_DONE in flags:
         return DiskState.OK
     if BEGIN_FLAG_RESYNC in flags:
@@ -313,7 +313,7 @@ class StateStore:
     def require_resync(
         self, disk: str, reason: str, detected_ns: int, *, last_seq: int = 0
     ) -> DiskProgress:
-        """Record a gap found on `disk` (PROTOCOL.md section 5: a divergence the agent detects):
+        """Record a gap found on `disk` (docs/protocol.md 5: a divergence the agent detects):
         its state becomes `resync_required` (a `recovered` disk stays `recovered`, which already
         refuses all but a resync) and `reason` says why until a `resync_done` commits. `last_seq`:
         a batch the undo journal committed that the store does not know; the disk's last_seq

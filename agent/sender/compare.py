@@ -1,4 +1,4 @@
-"""The comparison of a source with its target by chunk digests (PROTOCOL.md section 5), shared
+"""The comparison of a source with its target by chunk digests (docs/protocol.md section 5), shared
 by resync and verify.
 
 A pipeline in which neither side waits for a whole pass of the other: worker threads read

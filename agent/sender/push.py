@@ -16,15 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from agent.sender.batch_sender import BatchSender
-from agent.sender.errors import BatchRefused, PushFailed
 from agent.sender.retry import RetryBudget
 from agent.sender.source_fit import check_fits, measure_source
 from blockio.scan.source_image import BLOCK_BYTES, Extent, delta_extents, full_extents
 from protocol.batching import batch_events
 from protocol.client import AgentClient
 from protocol.events import Event, Tag
-
-__all__ = ["MODES", "BatchRefused", "PushFailed", "PushResult", "push_image"]
 
 MODES = ("full", "delta")
 

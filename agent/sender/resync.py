@@ -1,5 +1,5 @@
 """`resync_image`: make a target that holds an older copy of the source equal to it,
-sending only the chunks whose digests differ (PROTOCOL.md section 5).
+sending only the chunks whose digests differ (docs/protocol.md section 5).
 
 The comparison (`agent.sender.compare`) finds the differing chunks window by window; a
 `protocol.batching.ResyncPlanner` cuts them into batches meanwhile, and a second task sends

@@ -1,4 +1,4 @@
-"""The HTTP API of PROTOCOL.md section 2, and the plain-HTTP metrics listener."""
+"""The HTTP API of docs/protocol.md section 2, and the plain-HTTP metrics listener."""
 
 from __future__ import annotations
 
@@ -49,11 +49,20 @@ def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Applicat
     return app
 
 
+# The codes docs/protocol.md gives aiohttp's own refusals, pinned: they were named after the
+# status's reason phrase, which Python renames (413 is "Content Too Large" from 3.13 on).
+HTTP_LAYER_CODES = {
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "REQUEST_ENTITY_TOO_LARGE",
+}
+
+
 @web.middleware
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], object]
 ) -> web.StreamResponse:
-    """Every error as PROTOCOL.md's JSON body, with its status."""
+    """Every error as docs/protocol.md's JSON body, with its status."""
     try:
         return await handler(request)  # type: ignore[misc]
     except ProtocolError as exc:
@@ -61,7 +70,7 @@ async def error_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = exc.reason.upper().replace(" ", "_")
+        code = HTTP_LAYER_CODES.get(exc.status) or exc.reason.upper().replace(" ", "_")
         body = ErrorBody(code, f"{request.method} {request.path}: {exc.reason}")
         return web.json_response(body.to_json(), status=exc.status, headers=_allow_header(exc))
 

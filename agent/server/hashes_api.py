@@ -1,4 +1,4 @@
-"""`POST /v1/disks/{disk}/hashes` (PROTOCOL.md section 5) and the resync metrics.
+"""`POST /v1/disks/{disk}/hashes` (docs/protocol.md section 5) and the resync metrics.
 
 The endpoint streams the XXH3-128 digest of each chunk of a range of the target, as
 they are computed: a sender compares them with its source's (agent/sender/compare.py) while

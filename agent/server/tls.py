@@ -13,7 +13,7 @@ class ServerTlsError(AgentError):
 
 
 def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-    """A server context for mutual TLS (PROTOCOL.md section 1).
+    """A server context for mutual TLS (docs/protocol.md section 1).
 
     Raises ServerTlsError naming the file when a certificate or key cannot be loaded.
     """

@@ -1,4 +1,4 @@
-"""Whether a target is in use on this host, and so must never be written (DESIGN.md "Target disks").
+"""Whether a target is in use on this host, and so must never be written (README "Target disks").
 
 The master target's own disks sit beside the replication targets: a mistyped id or a /dev/sdX
 renumbered at boot must never make the agent overwrite a mounted file system, a swap area, an

@@ -88,7 +88,7 @@ class RecordKind(IntEnum):
 
 # What became of a committed batch's undo records (CommitRecord.undo).
 UNDO_KEPT = "kept"
-UNDO_DISCARDED = "discarded"  # a resync batch: its records are dropped at commit (PROTOCOL.md 5)
+UNDO_DISCARDED = "discarded"  # a resync batch: its records are dropped at commit
 UNDO_MISSING = "missing"  # start-up found the batch committed but its records gone
 UNDO_STATES = frozenset({UNDO_KEPT, UNDO_DISCARDED, UNDO_MISSING})
 # A commit record's payload is a few hundred bytes; a TAG payload is at most 64 KiB.

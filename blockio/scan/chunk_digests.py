@@ -1,6 +1,6 @@
 """Chunk digests of an image or a target: XXH3-128 of each fixed-size chunk, read in order.
 
-A resync by hash comparison (PROTOCOL.md section 5) compares a source with its target
+A resync by hash comparison (docs/protocol.md section 5) compares a source with its target
 chunk by chunk: the agent digests the target for `POST /v1/disks/{disk}/hashes`, the
 sender digests its source, both with this module, so both sides agree byte for byte on
 what a chunk is and what its digest is. Chunks lie on a grid fixed at offset 0 (a chunk

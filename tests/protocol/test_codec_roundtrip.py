@@ -1,4 +1,4 @@
-"""The batch codec: encoder -> decoder round trips, and the bytes PROTOCOL.md section 3 fixes.
+"""The batch codec: encoder -> decoder round trips, and the bytes docs/protocol.md section 3 fixes.
 
 Every round trip is decoded fed whole, one byte at a time and split at random (seeded),
 as bytes, bytearray and memoryview chunks, and must give the same events each way.
@@ -149,7 +149,7 @@ def test_each_event_comes_out_as_soon_as_its_frame_is_complete() -> None:
 
 
 def test_begin_frame_is_bytes_of_protocol_table() -> None:
-    # Built from PROTOCOL.md 3.1 alone, field by field, as another sender would.
+    # Built from docs/protocol.md 3.1 alone, field by field, as another sender would.
     payload = b'{"disk":"disk-a","seq":7,"source_time_ns":42,"flags":["resync","resync_done"]}'
     head = (
         b"MTF1"

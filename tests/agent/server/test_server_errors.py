@@ -1,4 +1,4 @@
-"""Every refusal of PROTOCOL.md section 4, over real TLS: the right status and code, and
+"""Every refusal of docs/protocol.md section 4, over real TLS: the right status and code, and
 the target bytes and `last_seq` exactly as they were before the refused batch."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ SAS = "5000c500a1b2c3d4"
 @pytest.mark.parametrize(
     ("spelling", "canonical"),
     [
-        ("36000c29a1b2c3d4e5f60718293a4b5c6", VMWARE),  # udev ID_SERIAL, what DESIGN.md shows
+        ("36000c29a1b2c3d4e5f60718293a4b5c6", VMWARE),  # udev ID_SERIAL, what the README shows
         ("6000c29a1b2c3d4e5f60718293a4b5c6", VMWARE),  # ID_SERIAL_SHORT
         ("0x6000c29a1b2c3d4e5f60718293a4b5c6", VMWARE),  # ID_WWN_WITH_EXTENSION
         ("6000C29A1B2C3D4E5F60718293A4B5C6", VMWARE),

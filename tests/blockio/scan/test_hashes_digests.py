@@ -25,7 +25,7 @@ MiB = 1 << 20
 
 
 def local_digests(data: bytes, offset: int, length: int, chunk: int) -> list[bytes]:
-    """The digests of PROTOCOL.md section 5, computed the plain way."""
+    """The digests of docs/protocol.md section 5, computed the plain way."""
     end = offset + length
     return [
         xxhash.xxh3_128(data[at : min(at + chunk, end)]).digest()
