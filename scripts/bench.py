@@ -143,7 +143,7 @@ def bench_full_push(workdir: Path, size: int) -> dict[str, Any]:
 async def measure_acks(agent: AgentProcess, count: int) -> list[float]:
     context = client_ssl_context(agent.cert, agent.key, agent.ca)
     async with AgentClient(agent.url, context) as client:
-        first = (await client.disk("bench0"))["last_seq"] + 1
+        first = (await client.disk("bench0")).last_seq + 1
         payload = os.urandom(64 * 1024)
         flags = ("resync", "resync_done") if first == 1 else ()
         latencies = []
@@ -366,7 +366,7 @@ async def send_random_batches(agent: AgentProcess, count: int, batch_bytes: int)
     rng = random.Random(17)
     async with AgentClient(agent.url, context) as client:
         disk = await client.disk("bench0")
-        first, size = disk["last_seq"] + 1, disk["size_bytes"]
+        first, size = disk.last_seq + 1, disk.size_bytes
         for seq in range(first, first + count):
             offset = rng.randrange(0, size - batch_bytes + 1, 4096)
             body = batch("bench0", seq, [(offset, os.urandom(batch_bytes))])
