@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--mode",
         choices=MODES,
         required=True,
-        help="no default: full and resync rewrite the target and drop its recovery points",
+        help="no default: full and resync write over the target and drop its older recovery points",
     )
     parser.add_argument(
         "--chunk-bytes",

@@ -23,7 +23,7 @@ from agent.commands.progress import ProgressBar, progress_line
 from agent.sender.errors import BatchRefused, PushFailed
 from agent.sender.push import PushResult, push_image
 from protocol.client import AgentClient, client_ssl_context, error_from_response
-from protocol.errors import ChecksumMismatch, ProtocolError, SequenceGap
+from protocol.errors import ChecksumMismatch, ProtocolError, SequenceGap, WrongGroup
 from protocol.events import Tag
 from tests.support.agent_harness import REPO, AgentProcess
 
@@ -373,6 +373,16 @@ def test_a_sequence_gap_carries_the_expected_seq() -> None:
 
     assert isinstance(error, SequenceGap)
     assert error.details == {"expected_seq": 7}
+
+
+def test_a_wrong_group_names_the_tags_group_and_the_disks() -> None:
+    body = b'{"error": {"code": "WRONG_GROUP", "message": "m", "frame": 3, "group": "vm2", '
+    body += b'"expected": "vm1"}}'
+
+    error = error_from_response(400, body)
+
+    assert isinstance(error, WrongGroup)
+    assert (error.frame, error.details) == (3, {"group": "vm2", "expected": "vm1"})
 
 
 def test_an_unknown_code_keeps_the_agents_code_and_status() -> None:
