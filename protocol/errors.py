@@ -77,6 +77,14 @@ class BadRequest(ProtocolError):
     status = 400
 
 
+class WrongGroup(ProtocolError):
+    """A TAG names a consistency group other than the one of the batch's disk: the batch is
+    refused and rolled back, so that no point is ever listed under a group it does not cover."""
+
+    code = "WRONG_GROUP"
+    status = 400
+
+
 class UnknownDisk(ProtocolError):
     code = "UNKNOWN_DISK"
     status = 404
@@ -150,6 +158,7 @@ ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {
         BadOrder,
         Truncated,
         BadRequest,
+        WrongGroup,
         UnknownDisk,
         UnknownGroup,
         Stalled,

@@ -82,7 +82,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--ca", required=True, type=Path, help="CA of the agent's certificate")
     parser.add_argument("--disk", required=True, metavar="ID", help="target disk id")
     parser.add_argument("--source", required=True, type=Path, metavar="IMG", help="source image")
-    parser.add_argument("--mode", choices=MODES, default="full", help="default: full")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        required=True,
+        help="no default: full and resync write over the target and drop its older recovery points",
+    )
     parser.add_argument(
         "--chunk-bytes",
         type=size_argument,
@@ -319,6 +324,14 @@ def verify_lines(result: VerifyResult) -> list[str]:
     compared = f"{human_bytes(result.compared_bytes)} compared in {result.seconds:.1f} s"
     if result.identical:
         return [f"{result.disk}: verify: identical ({compared})"]
+    longer = (
+        f"{result.disk}: verify: the target is longer than the source by "
+        f"{human_bytes(result.target_longer_bytes)} ({result.target_longer_bytes} bytes from "
+        f"offset {result.compared_bytes}, which no source byte matches)"
+    )
+    if result.differing_chunks == 0:
+        first = human_bytes(result.compared_bytes)
+        return [f"{result.disk}: verify: the first {first} are identical ({compared})", longer]
     lines = [
         f"{result.disk}: verify: {result.differing_chunks} chunks of "
         f"{human_bytes(result.chunk_bytes)} differ ({human_bytes(result.differing_bytes)}) "
@@ -331,6 +344,8 @@ def verify_lines(result: VerifyResult) -> list[str]:
     ]
     if result.ranges_truncated:
         lines.append(f"  ... (only the first {len(result.ranges)} ranges are listed)")
+    if result.target_longer_bytes:
+        lines.append(longer)
     return lines
 
 

@@ -41,6 +41,7 @@ from protocol.errors import (
     Stalled,
     TargetUnavailable,
     Truncated,
+    WrongGroup,
 )
 from protocol.events import Begin, Data, End, Tag, Zero
 from protocol.wire import BEGIN_FLAG_RESYNC
@@ -200,6 +201,7 @@ class _BatchApplication:
         self.group_bytes = 0
         self.extent_end = 0
         self.in_flight: asyncio.Future[None] | None = None
+        self.frame = 0  # the index of the frame being handled (BEGIN is 0)
 
     async def run(self, body: BodyReader) -> BatchResult:
         try:
@@ -208,6 +210,7 @@ class _BatchApplication:
                 self.digest.update(chunk)
                 for event in self.decoder.feed(chunk):
                     await self._handle(event)
+                    self.frame += 1
             self.decoder.eof()
             await self._flush()
             await self._settle()
@@ -240,6 +243,16 @@ class _BatchApplication:
                 await self._add(Write(offset, len(data), data))
             case Zero(offset=offset, length=length):
                 await self._add(Write(offset, length, None))
+            case Tag(group=group) if group != self.replica.config.group:
+                # TAG stands just before END, after the batch's writes: the rollback of the
+                # refused batch leaves the target, last_seq and the points as they were.
+                raise WrongGroup(
+                    f"disk {self.replica.id} is in group {self.replica.config.group!r}; "
+                    f"a TAG for group {group!r} cannot mark a point of it",
+                    frame=self.frame,
+                    group=group,
+                    expected=self.replica.config.group,
+                )
             case Tag():
                 self.tag = event
             case End():

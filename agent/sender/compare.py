@@ -72,22 +72,33 @@ class Comparison:
         self.retries = RetryBudget(retries, disk, client.base_url)
         self.started = time.monotonic()
         self.size = 0
+        self.disk_bytes = 0
         self.source_time_ns = 0
         self.sector = 512
         self.compared = 0
         self.differing_chunks = 0
         self.differing_bytes = 0
 
-    async def open(self, sizes: Mapping[str, int]) -> Disk:
+    async def open(self, sizes: Mapping[str, int], *, shorter_ok: bool = False) -> Disk:
         """The agent's Disk, once the source is measured and known to fit it, sent in
-        `sizes` ("frame size", "batch size"). Raises PushFailed if it does not."""
+        `sizes` ("frame size", "batch size"); a source shorter than the disk only where
+        `shorter_ok`. Raises PushFailed if it does not."""
         info = await self.retries.call(self.client.info)
         disk = await self.retries.call(lambda: self.client.disk(self.disk))
         self.size, self.source_time_ns = await asyncio.to_thread(
             measure_source, self.disk, self.source
         )
         self.sector = disk.sector_bytes
-        check_fits(self.disk, self.source, self.size, info=info, disk=disk, sizes=sizes)
+        self.disk_bytes = disk.size_bytes
+        check_fits(
+            self.disk,
+            self.source,
+            self.size,
+            info=info,
+            disk=disk,
+            sizes=sizes,
+            shorter_ok=shorter_ok,
+        )
         return disk
 
     def resume_offset(self, disk: Disk) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.sender.batch_sender import BatchSender
+from agent.sender.errors import PushFailed
 from agent.sender.retry import RetryBudget
 from agent.sender.source_fit import check_fits, measure_source
 from blockio.scan.source_image import BLOCK_BYTES, Extent, delta_extents, full_extents
@@ -76,9 +77,10 @@ async def push_image(
     A delta with nothing to send sends nothing, unless there is a `tag`: then one batch
     carrying only the tag. `tag` goes at the end of the last batch.
 
-    The source must fit the disk and be a whole number of its sectors, and the frame and
-    batch sizes must be multiples of the sector size within the agent's limits: checked
-    before anything is sent. On a disconnect, a timeout, a 5xx answer or
+    The source must be the disk's size (a shorter one is refused, not padded) and a whole
+    number of its sectors, the frame and batch sizes multiples of the sector size within the
+    agent's limits, and a `tag` must name the disk's own group: checked before anything is
+    sent. On a disconnect, a timeout, a 5xx answer or
     TARGET_UNAVAILABLE, the push waits (0.5 s, doubling up to 10 s), asks the agent for
     its last_seq and goes on after it: acknowledged batches are never sent again, and a
     batch sent again has the content it had. `retries` bounds the failures in a row
@@ -88,8 +90,8 @@ async def push_image(
     into the source the push is, in bytes, of the source's size.
 
     Raises BatchRefused for an error answer retrying cannot fix, PushFailed for a source
-    that does not fit, a source that cannot be read, or when retries run out; ValueError
-    for a bad mode or missing base.
+    that does not fit, a tag for another group, a source that cannot be read, or when
+    retries run out; ValueError for a bad mode or missing base.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -99,6 +101,12 @@ async def push_image(
     budget = RetryBudget(retries, disk_id, client.base_url)
     info = await budget.call(client.info)
     disk = await budget.call(lambda: client.disk(disk_id))
+    if tag is not None and tag.group != disk.group:
+        raise PushFailed(
+            f"disk {disk_id} is in group {disk.group!r}: a tag for group {tag.group!r} cannot "
+            "mark a point of it; tag it with its own group",
+            disk=disk_id,
+        )
     size, source_time_ns = await asyncio.to_thread(measure_source, disk_id, source, base)
     check_fits(
         disk_id,

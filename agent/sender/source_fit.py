@@ -36,9 +36,11 @@ def check_fits(
     info: Info,
     disk: Disk,
     sizes: Mapping[str, int],
+    shorter_ok: bool = False,
 ) -> None:
     """Check that a source of `size` bytes, sent in `sizes` ("frame size", "batch size"),
-    can go to the agent's `disk` within the limits of its `info`.
+    can go to the agent's `disk` within the limits of its `info`. A source shorter than the
+    disk is refused unless `shorter_ok` (a verify, which reports it instead).
 
     Raises PushFailed saying why not.
     """
@@ -53,6 +55,7 @@ def check_fits(
         disk_bytes=disk.size_bytes,
         sector=disk.sector_bytes,
         sizes={name: (value, *limits[name]) for name, value in sizes.items()},
+        shorter_ok=shorter_ok,
     )
     if problem:
         raise PushFailed(f"disk {disk_id}: {problem}", disk=disk_id)
@@ -65,14 +68,23 @@ def source_problem(
     disk_bytes: int,
     sector: int,
     sizes: dict[str, tuple[int, str, int | None]],
+    shorter_ok: bool = False,
 ) -> str | None:
     """Why a source of `size` bytes, sent in the given frame and batch sizes, cannot go to
-    a disk of `disk_bytes` with `sector`-byte sectors; None if it can."""
+    a disk of `disk_bytes` with `sector`-byte sectors; None if it can. A shorter source is a
+    problem unless `shorter_ok`: the target's tail would keep what it holds, and the replica
+    would not be a copy of the source."""
     if size > disk_bytes:
         return f"source {source} is {size} bytes, larger than the disk ({disk_bytes} bytes)"
     if size % sector:
         return (
             f"source {source} is {size} bytes, not a multiple of the disk's {sector}-byte sectors"
+        )
+    if size < disk_bytes and not shorter_ok:
+        return (
+            f"source {source} is {size} bytes, smaller than the disk ({disk_bytes} bytes): "
+            f"the target's last {disk_bytes - size} bytes would keep what they hold; extend "
+            f"the source to the disk's size (truncate -s {disk_bytes}) and push again"
         )
     for name, (value, key, limit) in sizes.items():
         if value <= 0 or value % sector:

@@ -21,11 +21,14 @@ MAX_REPORTED_RANGES = 10_000
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
     """What a verify found: the chunks of the source that differ on the target, counted,
-    and as coalesced byte ranges `(offset, length)` (the first MAX_REPORTED_RANGES)."""
+    and as coalesced byte ranges `(offset, length)` (the first MAX_REPORTED_RANGES).
+    `target_bytes` is the disk's size: a target longer than the source is not identical,
+    as its tail past the source's end is compared with nothing."""
 
     disk: str
     chunk_bytes: int
     compared_bytes: int
+    target_bytes: int
     differing_chunks: int
     differing_bytes: int
     ranges: tuple[tuple[int, int], ...]
@@ -34,8 +37,13 @@ class VerifyResult:
     retries: int
 
     @property
+    def target_longer_bytes(self) -> int:
+        """How much longer the target is than the source (0: the same size)."""
+        return self.target_bytes - self.compared_bytes
+
+    @property
     def identical(self) -> bool:
-        return self.differing_chunks == 0
+        return self.differing_chunks == 0 and self.target_longer_bytes == 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -44,6 +52,7 @@ class VerifyResult:
             "identical": self.identical,
             "chunk_bytes": self.chunk_bytes,
             "compared_bytes": self.compared_bytes,
+            "target_bytes": self.target_bytes,
             "differing_chunks": self.differing_chunks,
             "differing_bytes": self.differing_bytes,
             "ranges": [{"offset": offset, "length": length} for offset, length in self.ranges],
@@ -65,6 +74,8 @@ async def verify_image(
 ) -> VerifyResult:
     """Compare `source` with disk `disk_id` of the agent over `[0, size of source)` by chunk
     digests, and report the chunks that differ. Sends no batch: the target is not written.
+    A source shorter than the disk is compared over its length, and the result says the
+    target is longer (it is not identical).
 
     Retries like `agent.sender.resync.resync_image`. Raises PushFailed for a source that
     does not fit or cannot be read, an error answer that retrying cannot fix, or when retries
@@ -73,7 +84,7 @@ async def verify_image(
     comparison = Comparison(
         client, disk_id, source, chunk_bytes=chunk_bytes, retries=retries, window_bytes=window_bytes
     )
-    await comparison.open({})
+    await comparison.open({}, shorter_ok=True)
     size = comparison.size
     ranges: list[tuple[int, int]] = []
     truncated = False
@@ -95,6 +106,7 @@ async def verify_image(
         disk=disk_id,
         chunk_bytes=comparison.chunk_bytes,
         compared_bytes=comparison.compared,
+        target_bytes=comparison.disk_bytes,
         differing_chunks=comparison.differing_chunks,
         differing_bytes=comparison.differing_bytes,
         ranges=tuple(ranges),

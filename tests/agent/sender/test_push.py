@@ -23,14 +23,15 @@ from agent.commands.progress import ProgressBar, progress_line
 from agent.sender.errors import BatchRefused, PushFailed
 from agent.sender.push import PushResult, push_image
 from protocol.client import AgentClient, client_ssl_context, error_from_response
-from protocol.errors import ChecksumMismatch, ProtocolError, SequenceGap
+from protocol.errors import ChecksumMismatch, ProtocolError, SequenceGap, WrongGroup
 from protocol.events import Tag
 from tests.support.agent_harness import REPO, AgentProcess
 
 KiB = 1 << 10
 MiB = 1 << 20
-DISK_BYTES = 16 * MiB
 SOURCE_BYTES = 12 * MiB
+DISK_BYTES = SOURCE_BYTES  # a push's source is the whole disk
+OWN_DISK_BYTES = 16 * MiB  # four batches of 4 MiB
 TAG = Tag(tag_id="p-1", name="nightly", kind="crash", group="g1", time_ns=1_700_000_000 * 10**9)
 
 
@@ -90,7 +91,7 @@ def target(shared_agent: AgentProcess, unused_disks: Iterator[str]) -> Target:
 @pytest.fixture
 def own_target(tmp_path: Path) -> Iterator[Target]:
     """A disk of an agent of the test's own, for tests that kill the agent."""
-    agent = AgentProcess.create(tmp_path / "agent", {"d0": DISK_BYTES})
+    agent = AgentProcess.create(tmp_path / "agent", {"d0": OWN_DISK_BYTES})
     agent.start()
     yield Target(agent, "d0")
     agent.stop()
@@ -315,7 +316,7 @@ async def test_push_resumes_after_the_agent_dies_mid_batch_without_reapplying_a_
     target = own_target
     agent = target.agent
     source = tmp_path / "source.img"
-    source.write_bytes(image(random.Random(3), DISK_BYTES))
+    source.write_bytes(image(random.Random(3), OWN_DISK_BYTES))
     restarted: list[threading.Thread] = []
 
     def kill_in_batch_three(done: int, total: int) -> None:
@@ -335,7 +336,7 @@ async def test_push_resumes_after_the_agent_dies_mid_batch_without_reapplying_a_
     assert restarted, "the push ended before the agent could be killed"
     assert result.retries >= 1
     assert (result.first_seq, result.last_seq, result.batches) == (1, 4, 4)
-    assert target.content() == source.read_bytes()
+    assert target.content(OWN_DISK_BYTES) == source.read_bytes()
     state = await target.state()
     assert (state["state"], state["last_seq"]) == ("ok", 4)
 
@@ -372,6 +373,16 @@ def test_a_sequence_gap_carries_the_expected_seq() -> None:
 
     assert isinstance(error, SequenceGap)
     assert error.details == {"expected_seq": 7}
+
+
+def test_a_wrong_group_names_the_tags_group_and_the_disks() -> None:
+    body = b'{"error": {"code": "WRONG_GROUP", "message": "m", "frame": 3, "group": "vm2", '
+    body += b'"expected": "vm1"}}'
+
+    error = error_from_response(400, body)
+
+    assert isinstance(error, WrongGroup)
+    assert (error.frame, error.details) == (3, {"group": "vm2", "expected": "vm1"})
 
 
 def test_an_unknown_code_keeps_the_agents_code_and_status() -> None:
@@ -412,7 +423,9 @@ def mtagent_push(agent: AgentProcess | None, *args: str) -> subprocess.Completed
 
 def test_cli_push_exits_0_and_prints_one_summary_line(target: Target, source: Path) -> None:
     done = mtagent_push(
-        target.agent, "--disk", target.disk, "--source", str(source), "--batch-bytes", "4MiB"
+        target.agent,
+        *("--disk", target.disk, "--source", str(source), "--mode", "full"),
+        *("--batch-bytes", "4MiB"),
     )
 
     assert done.returncode == 0, done.stderr
@@ -424,7 +437,9 @@ def test_cli_push_exits_0_and_prints_one_summary_line(target: Target, source: Pa
 
 
 def test_cli_push_json_is_one_object_with_the_result(target: Target, source: Path) -> None:
-    done = mtagent_push(target.agent, "--disk", target.disk, "--source", str(source), "--json")
+    done = mtagent_push(
+        target.agent, "--disk", target.disk, "--source", str(source), "--mode", "full", "--json"
+    )
 
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -446,12 +461,65 @@ def test_cli_push_json_is_one_object_with_the_result(target: Target, source: Pat
 
 
 def test_cli_push_to_an_unknown_disk_exits_1_with_one_line(target: Target, source: Path) -> None:
-    done = mtagent_push(target.agent, "--disk", "vm9-disk9", "--source", str(source))
+    done = mtagent_push(
+        target.agent, "--disk", "vm9-disk9", "--source", str(source), "--mode", "delta",
+        "--base", str(source),
+    )  # fmt: skip
 
     assert done.returncode == 1
     assert done.stdout == ""
     (line,) = done.stderr.splitlines()
     assert line.startswith("mtagent: ") and "UNKNOWN_DISK" in line and "vm9-disk9" in line
+
+
+async def test_cli_push_without_a_mode_exits_2_and_writes_nothing(
+    target: Target, source: Path
+) -> None:
+    done = mtagent_push(target.agent, "--disk", target.disk, "--source", str(source))
+
+    assert done.returncode == 2
+    assert "the following arguments are required: --mode" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert target.content() == bytes(DISK_BYTES)
+    assert (await target.state())["last_seq"] == 0
+
+
+async def test_cli_push_of_a_source_smaller_than_the_disk_is_refused_in_one_line(
+    target: Target, source: Path, tmp_path: Path
+) -> None:
+    short = tmp_path / "short.img"
+    short.write_bytes(source.read_bytes()[: 8 * MiB])
+
+    done = mtagent_push(
+        target.agent, "--disk", target.disk, "--source", str(short), "--mode", "full"
+    )
+
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"mtagent: disk {target.disk}: source ")
+    assert f"{8 * MiB} bytes, smaller than the disk ({DISK_BYTES} bytes)" in line
+    assert f"truncate -s {DISK_BYTES}" in line
+    assert target.content() == bytes(DISK_BYTES)
+    assert (await target.state())["last_seq"] == 0
+
+
+async def test_cli_push_with_a_tag_for_another_group_is_refused_before_sending(
+    target: Target, source: Path
+) -> None:
+    tag = ("--tag", "nightly", "--tag-kind", "app", "--tag-group", "vm2", "--tag-id", "t1")
+
+    done = mtagent_push(
+        target.agent, "--disk", target.disk, "--source", str(source), "--mode", "full", *tag
+    )
+
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert line == (
+        f"mtagent: disk {target.disk} is in group 'g1': a tag for group 'vm2' cannot mark a "
+        "point of it; tag it with its own group"
+    )
+    assert target.content() == bytes(DISK_BYTES)
+    assert (await target.state())["last_seq"] == 0
 
 
 def test_cli_push_without_its_options_exits_2() -> None:
@@ -476,7 +544,7 @@ def test_cli_push_usage_errors_exit_2(
     args: list[str], complaint: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["push", "--server", "https://127.0.0.1:1", "--cert", "c", "--key", "k", "--ca", "ca"]
-    argv += ["--disk", "d0", "--source", "x.img", *args]
+    argv += ["--disk", "d0", "--source", "x.img", "--mode", "full", *args]
 
     with pytest.raises(SystemExit) as caught:
         cli.main(argv)

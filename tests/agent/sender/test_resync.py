@@ -495,7 +495,10 @@ def test_the_summary_line_says_what_was_compared_differed_and_sent() -> None:
 @pytest.mark.parametrize(
     ("args", "complaint"),
     [
-        (["--chunk-bytes", "1MiB"], "--chunk-bytes is only for --mode resync and verify"),
+        (
+            ["--mode", "full", "--chunk-bytes", "1MiB"],
+            "--chunk-bytes is only for --mode resync and verify",
+        ),
         (["--mode", "resync", "--chunk-bytes", "96KiB"], "must be a power of two"),
         (["--mode", "verify", "--chunk-bytes", "32MiB"], "from 65536 to 16777216"),
         (["--mode", "resync", "--chunk-bytes", "1MiB", "--batch-bytes", "512KiB"], "at least"),

@@ -24,7 +24,7 @@ KiB = 1 << 10
 MiB = 1 << 20
 CHUNK = 64 * KiB
 DISK_BYTES = 8 * MiB + 4 * KiB  # the last chunk is short
-DISKS = ["d0", "d1", "d2", "d3"]
+DISKS = [f"d{n}" for n in range(8)]
 
 
 @dataclass
@@ -132,6 +132,37 @@ def test_verify_of_equal_images_says_identical_and_exits_0(replicated: Replicate
     assert done.returncode == 0, done.stderr
     (line,) = done.stdout.splitlines()
     assert line.startswith(f"{replicated.disk}: verify: identical (8.0 MiB compared in ")
+
+
+def test_verify_of_a_shorter_source_says_the_target_is_longer_and_exits_1(
+    replicated: Replicated, tmp_path: Path
+) -> None:
+    short = tmp_path / "short.img"
+    short.write_bytes(replicated.source.read_bytes()[: 6 * MiB])
+
+    done = replicated.mtagent_push("--mode", "verify", "--source", str(short))
+
+    assert done.returncode == 1, done.stderr
+    first, longer = done.stdout.splitlines()
+    assert first.startswith(f"{replicated.disk}: verify: the first 6.0 MiB are identical (")
+    assert longer == (
+        f"{replicated.disk}: verify: the target is longer than the source by 2.0 MiB "
+        f"({DISK_BYTES - 6 * MiB} bytes from offset {6 * MiB}, which no source byte matches)"
+    )
+
+
+def test_verify_json_of_a_shorter_source_is_not_identical_and_gives_both_sizes(
+    replicated: Replicated, tmp_path: Path
+) -> None:
+    short = tmp_path / "short.img"
+    short.write_bytes(replicated.source.read_bytes()[: 6 * MiB])
+
+    done = replicated.mtagent_push("--mode", "verify", "--source", str(short), "--json")
+
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["identical"], report["differing_chunks"]) == (False, 0)
+    assert (report["compared_bytes"], report["target_bytes"]) == (6 * MiB, DISK_BYTES)
 
 
 def test_verify_lists_each_differing_range_for_a_person(replicated: Replicated) -> None:
