@@ -237,10 +237,11 @@ def _run_comparison(args: argparse.Namespace) -> int:
         context = _tls_context(args)
         bar = CompareBar(sys.stderr, label=args.disk) if sys.stderr.isatty() else None
         result = _run_shown(_compare(args, context, bar), bar)
-    except AgentError as exc:
+    except (AgentError, KeyboardInterrupt) as exc:
         if args.mode != "verify":
             raise
-        raise CannotCompare(str(exc)) from exc
+        # Cut off, a verify has compared nothing it could vouch for: never "different" (1).
+        raise CannotCompare(str(exc) or "interrupted") from exc
     if args.json:
         print_json(result.to_json(), indent=None)
     elif isinstance(result, VerifyResult):

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 
+from agent.commands import cli, push
 from agent.commands.push import EXIT_CANNOT_COMPARE
 from tests.support.agent_harness import AgentProcess, free_port, run_mtagent
 
@@ -101,3 +104,19 @@ def test_a_usage_error_of_verify_exits_2(
     result = verify(shared_agent, tmp_path / "absent.img", *option)
 
     assert result.returncode == 2
+
+
+def test_an_interrupted_verify_exits_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    def interrupted(work: Coroutine[Any, Any, Any], display: object) -> NoReturn:
+        work.close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(push, "_tls_context", lambda args: None)
+    monkeypatch.setattr(push, "_run_shown", interrupted)
+    argv = ["push", "--server", "https://127.0.0.1:1", "--cert", "c", "--key", "k", "--ca", "ca"]
+    argv += ["--disk", "d0", "--source", str(tmp_path / "x.img"), "--mode", "verify"]
+
+    assert cli.main(argv) == EXIT_CANNOT_COMPARE
+    assert capsys.readouterr().err == "mtagent: interrupted\n"
