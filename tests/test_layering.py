@@ -14,7 +14,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-AGENT_ROOTS = {"agent.config", "agent.units", "agent.errors", "agent.metrics", "agent.certs"}
+AGENT_ROOTS = {
+    "agent.config",
+    "agent.units",
+    "agent.errors",
+    "agent.metrics",
+    "agent.certs",
+    "agent.version",
+}
 LOWER = {"protocol", "blockio"}
 # blockio's shared roots: every room of blockio may import them.
 BLOCKIO_ROOTS = {"blockio.errors", "blockio.durable"}

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from functools import partial
 
+from agent.commands.json_output import print_json
 from agent.commands.table import add_config_argument
 from agent.config import load_config
 from agent.errors import CommandFailed
@@ -54,25 +54,22 @@ def run(args: argparse.Namespace) -> int:
             store.close()
     problems = [f"{c.disk}: {p}" for c in checks for p in c.problems]
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "ok": not problems,
-                    "disks": [
-                        {
-                            "disk": c.disk,
-                            "segments": c.segments,
-                            "records": c.records,
-                            "undo_bytes": c.undo_bytes,
-                            "commits": c.commits,
-                            "problems": [str(p) for p in c.problems],
-                            "notes": list(c.notes),
-                        }
-                        for c in checks
-                    ],
-                },
-                indent=2,
-            )
+        print_json(
+            {
+                "ok": not problems,
+                "disks": [
+                    {
+                        "disk": c.disk,
+                        "segments": c.segments,
+                        "records": c.records,
+                        "undo_bytes": c.undo_bytes,
+                        "commits": c.commits,
+                        "problems": [str(p) for p in c.problems],
+                        "notes": list(c.notes),
+                    }
+                    for c in checks
+                ],
+            }
         )
     else:
         for check in checks:

@@ -1,33 +1,56 @@
 """The `mtagent` command line: one entry point, a subcommand per job.
 
-Exit codes (README "Quick start"): 0 on success, 2 on usage errors
-(argparse's own), 1 on failure with a one-line reason on stderr.
+Exit codes (docs/cli.md): 0 on success, 2 on usage errors, 1 on failure with a one-line reason
+on stderr; a command may document others (`status`, `push --mode verify`). Under `--json` a
+failure also prints `{"schema": 1, "error": {"message": ..., "exit_code": ...}}` on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
+from agent.commands.json_output import error_document
 from agent.errors import AgentError
+from agent.version import agent_version
 
 # Each names a module of agent/commands with `register(subparsers)`.
 COMMANDS = ("serve", "certs", "push", "disks", "status", "points", "recover", "check")
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+class _JsonErrorsParser(argparse.ArgumentParser):
+    """The parser of a run with `--json`: a usage error also prints the JSON error document
+    on stdout (its subcommands' parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(json.dumps(error_document(message, EXIT_USAGE)))
+        super().error(message)  # exits 2
+
+
+def build_parser(only: str | None = None, *, json_errors: bool = False) -> argparse.ArgumentParser:
     """The argument parser with every subcommand, or with just `only`.
 
     Importing a command pulls in what it needs (aiohttp, cryptography, ...): a run
     of one command imports only that one, which saves most of a second per run.
     """
-    parser = argparse.ArgumentParser(
+    parser_class = _JsonErrorsParser if json_errors else argparse.ArgumentParser
+    parser = parser_class(
         prog="mtagent",
         description="Master target for block-level disaster recovery.",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action="version", version=f"mtagent {agent_version()}")
+    subparsers = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        required=True,
+        parser_class=parser_class,
+    )
     for name in COMMANDS if only is None else (only,):
         importlib.import_module(f"agent.commands.{name}").register(subparsers)
     return parser
@@ -37,16 +60,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
-    parser = build_parser(only=chosen)
+    wants_json = "--json" in argv
+    parser = build_parser(only=chosen, json_errors=wants_json)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except AgentError as exc:
-        print(f"mtagent: {exc}", file=sys.stderr)
-        return 1
+        return _failed(str(exc), exc.exit_code, wants_json)
     except KeyboardInterrupt:
-        print("mtagent: interrupted", file=sys.stderr)
-        return 1
+        return _failed("interrupted", EXIT_FAILURE, wants_json)
+
+
+def _failed(message: str, exit_code: int, wants_json: bool) -> int:
+    """Say why on stderr in one line (and on stdout as JSON under `--json`); return the code."""
+    print(f"mtagent: {message}", file=sys.stderr)
+    if wants_json:
+        print(json.dumps(error_document(message, exit_code)))
+    return exit_code
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ have none.
 from __future__ import annotations
 
 import argparse
-import json
 
+from agent.commands.json_output import print_json
 from agent.commands.table import add_config_argument, print_table
 from agent.config import load_config
 from agent.reports.disk_report import disk_reports, host_disks, unconfigured_disks
@@ -37,14 +37,11 @@ def run(args: argparse.Namespace) -> int:
     reports = disk_reports(config, disks_on_host=on_host)
     others = unconfigured_disks(config, on_host or [])
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "disks": [r.to_json() for r in reports],
-                    "unconfigured": [d.to_json() for d in others],
-                },
-                indent=2,
-            )
+        print_json(
+            {
+                "disks": [r.to_json() for r in reports],
+                "unconfigured": [d.to_json() for d in others],
+            }
         )
         return 0
     print_table(

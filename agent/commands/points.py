@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from agent.commands.json_output import print_json
 from agent.commands.table import add_config_argument, print_table
 from agent.config import load_config
 from agent.errors import CommandFailed
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     if args.json:
-        print(json.dumps({"points": [point.to_json() for point in points]}, indent=2))
+        print_json({"points": [point.to_json() for point in points]})
         return 0
     print_table(
         ["ID", "KIND", "TIME (UTC)", "DISKS", "NAME"],

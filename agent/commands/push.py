@@ -3,7 +3,8 @@
 `--mode full` is the initial replication (every byte, flagged resync); `--mode delta`
 sends what changed since `--base`. See `agent.sender.push.push_image` for the guarantees.
 `--mode resync` sends only the chunks whose digests differ on the target, and `--mode
-verify` compares the same way without writing (`agent.sender.resync`, `agent.sender.verify`).
+verify` compares the same way without writing (`agent.sender.resync`, `agent.sender.verify`);
+its exit code says the outcome: 0 identical, 1 different, 2 usage, 3 could not compare.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import argparse
 import asyncio
 import functools
 import io
-import json
 import os
 import ssl
 import sys
@@ -21,8 +21,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+from agent.commands.json_output import print_json
 from agent.commands.progress import ProgressBar
-from agent.errors import CommandFailed
+from agent.errors import AgentError, CommandFailed
 from agent.sender import compare, resync, verify
 from agent.sender import push as sender
 from agent.sender.compare import CompareProgress
@@ -40,6 +41,15 @@ MODES = sender.MODES + compare.MODES
 _ERASE_LINE = "\r\x1b[2K"
 _COMPARING = frozenset(compare.MODES)
 T = TypeVar("T")
+EXIT_DIFFERENT = 1
+EXIT_CANNOT_COMPARE = 3
+
+
+class CannotCompare(AgentError):
+    """`push --mode verify` could not compare (the agent unreachable or refusing, the source or
+    the TLS files unreadable): exit 3, so that a script never takes it for "different" (1)."""
+
+    exit_code = EXIT_CANNOT_COMPARE
 
 
 def size_argument(text: str) -> int:
@@ -72,7 +82,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--base (--mode delta), or the chunks whose digests differ on the target (--mode "
         "resync, for a target that holds an older copy; a resync cut off resumes where it "
         "was). --mode verify compares by digests, writes nothing, lists the differing "
-        "chunks and exits 1 if there are any. Batches are numbered after the disk's last "
+        "chunks and exits 0 when identical, 1 when they differ, 3 when it could not compare "
+        "(agent unreachable, source unreadable). Batches are numbered after the disk's last "
         "acknowledged one; failures are retried with backoff and the push resumes where "
         "the agent is.",
     )
@@ -179,7 +190,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     progress = ProgressBar(sys.stderr, label=args.disk) if sys.stderr.isatty() else None
     result = _run_shown(_push(args, context, tag, progress), progress)
     if args.json:
-        print(json.dumps(result.to_json()))
+        print_json(result.to_json(), indent=None)
     else:
         print(summary_line(result))
     return 0
@@ -225,17 +236,24 @@ async def _push(
 
 
 def _run_comparison(args: argparse.Namespace) -> int:
-    """`--mode resync` and `--mode verify`: 0 when done (verify: identical), 1 otherwise."""
-    context = _tls_context(args)
-    bar = CompareBar(sys.stderr, label=args.disk) if sys.stderr.isatty() else None
-    result = _run_shown(_compare(args, context, bar), bar)
+    """`--mode resync`: 0 when done. `--mode verify`: 0 identical, 1 different; raises
+    CannotCompare (exit 3) when it could not compare."""
+    try:
+        context = _tls_context(args)
+        bar = CompareBar(sys.stderr, label=args.disk) if sys.stderr.isatty() else None
+        result = _run_shown(_compare(args, context, bar), bar)
+    except (AgentError, KeyboardInterrupt) as exc:
+        if args.mode != "verify":
+            raise
+        # Cut off, a verify has compared nothing it could vouch for: never "different" (1).
+        raise CannotCompare(str(exc) or "interrupted") from exc
     if args.json:
-        print(json.dumps(result.to_json()))
+        print_json(result.to_json(), indent=None)
     elif isinstance(result, VerifyResult):
         print("\n".join(verify_lines(result)))
     else:
         print(resync_line(result))
-    return 1 if isinstance(result, VerifyResult) and not result.identical else 0
+    return EXIT_DIFFERENT if isinstance(result, VerifyResult) and not result.identical else 0
 
 
 async def _compare(

@@ -4,10 +4,10 @@ consistency group to a recovery point (see agent/recovery/restore.py)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from agent.commands.json_output import print_json
 from agent.commands.progress import ProgressBar
 from agent.commands.table import add_config_argument
 from agent.config import load_config
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         if bars is not None:
             bars.close()
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        print_json(report.to_json())
     else:
         print_report(report)
     return 0

@@ -21,7 +21,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Run the master target agent: the TLS data port and the metrics listener.",
     )
     add_config_argument(parser)
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="the least important messages logged (default info)",
+    )
     parser.set_defaults(run=run)
 
 

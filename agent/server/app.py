@@ -16,13 +16,15 @@ from agent.replication.replica import Replica
 from agent.server import hashes_api, keys, points_api
 from agent.server.contexts import hold_agent_lock, open_replicas, run_retention, watch_disks
 from agent.server.health import Readiness
+from agent.version import agent_version
 from protocol.documents import Info
 from protocol.errors import BadRequest, ErrorBody, ProtocolError, UnknownDisk
 from protocol.wire import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 
-AGENT_VERSION = "0.1.0"
+# Written only in pyproject.toml (agent.version).
+AGENT_VERSION = agent_version()
 
 
 def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Application:

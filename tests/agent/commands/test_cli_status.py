@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.commands.status import EXIT_DISK_NOT_OK
 from tests.support.agent_harness import AgentProcess, run_mtagent
 from tests.support.batches import resync_batch
 
@@ -44,7 +45,7 @@ async def test_disks_json_shows_size_sector_and_state(agent: AgentProcess) -> No
 async def test_status_table_shows_last_seq_and_lag(agent: AgentProcess) -> None:
     await push_one_batch(agent)
     result = run_mtagent("status", "--config", agent.config_path)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == EXIT_DISK_NOT_OK, result.stderr  # d1 is missing
     header, *rows = result.stdout.splitlines()
     assert header.split()[:4] == ["DISK", "GROUP", "STATE", "LAST"]
     d0 = next(row.split() for row in rows if row.startswith("d0"))

@@ -444,6 +444,7 @@ def test_cli_push_json_is_one_object_with_the_result(target: Target, source: Pat
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert set(result) == {
+        "schema",
         "disk",
         "mode",
         "batches",
