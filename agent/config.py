@@ -126,6 +126,8 @@ class RetentionConfig:
     # The fraction of the retention file system above which it counts as full.
     high_water: float = DEFAULT_RETENTION_HIGH_WATER
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    # Refuse to start unless `path` is on a mounted file system other than `/`.
+    require_mount: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +288,15 @@ class _ConfigReader:
         self.check_keys(
             "retention",
             table,
-            ("path", "window", "max_bytes", "on_full", "high_water", "segment_bytes"),
+            (
+                "path",
+                "window",
+                "max_bytes",
+                "on_full",
+                "high_water",
+                "segment_bytes",
+                "require_mount",
+            ),
         )
         segment_bytes = self.size(table, "retention", "segment_bytes", DEFAULT_SEGMENT_BYTES)
         if not MIN_SEGMENT_BYTES <= segment_bytes <= MAX_SEGMENT_BYTES:
@@ -327,6 +337,7 @@ class _ConfigReader:
             on_full=cast(OnFull, on_full),
             high_water=float(high_water),
             segment_bytes=segment_bytes,
+            require_mount=self.boolean(table, "retention", "require_mount", default=False),
         )
 
     def read_disks(self, entries: object) -> tuple[DiskConfig, ...]:

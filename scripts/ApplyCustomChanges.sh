@@ -424,6 +424,7 @@ client_ca = "/etc/mtagent/tls/ca.crt"   # senders need a client certificate from
 
 [retention]
 path = "/var/lib/mtagent/retention"  # mount the retention drive here (the unit may write it)
+require_mount = true                 # refuse to start while the drive is not mounted there
 window = "24h"
 max_bytes = "500GiB"
 on_full = "shrink"                   # or "pause"

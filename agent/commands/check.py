@@ -10,6 +10,7 @@ from agent.commands.table import add_config_argument
 from agent.config import load_config
 from agent.errors import CommandFailed
 from agent.replication.state import StateStore
+from agent.reports.sources import require_retention_dir, require_state_store
 from agent.units import human_bytes
 from blockio.journal.check import JournalCheck, check_journal
 from blockio.journal.segments import shared_lock
@@ -37,21 +38,21 @@ def _committed(store: StateStore, disk: str) -> tuple[int, int | None]:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    state_dir = config.server.state_dir
-    store = StateStore.open_readonly(state_dir) if (state_dir / "state.db").exists() else None
+    require_state_store(config)
+    require_retention_dir(config)
+    store = StateStore.open_readonly(config.server.state_dir)
     checks: list[JournalCheck] = []
     try:
         for disk in config.disks:
             directory = config.retention.path / disk.id
-            committed = None if store is None else partial(_committed, store, disk.id)
+            committed = partial(_committed, store, disk.id)
             try:
                 with shared_lock(directory):
                     checks.append(check_journal(directory, disk.id, committed))
             except OSError as exc:
                 raise CommandFailed(f"disk {disk.id}: cannot read {directory}: {exc}") from exc
     finally:
-        if store is not None:
-            store.close()
+        store.close()
     problems = [f"{c.disk}: {p}" for c in checks for p in c.problems]
     if args.json:
         print_json(

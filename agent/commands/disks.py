@@ -14,6 +14,7 @@ from agent.commands.json_output import print_json
 from agent.commands.table import add_config_argument, print_table
 from agent.config import load_config
 from agent.reports.disk_report import disk_reports, host_disks, unconfigured_disks
+from agent.reports.sources import require_state_dir
 from agent.units import human_bytes
 
 
@@ -33,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    require_state_dir(config)
     on_host = host_disks()
     reports = disk_reports(config, disks_on_host=on_host)
     others = unconfigured_disks(config, on_host or [])

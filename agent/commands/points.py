@@ -10,6 +10,7 @@ from agent.config import load_config
 from agent.errors import CommandFailed
 from agent.recovery.points import format_time, require_group, stored_points
 from agent.replication.state import StateStore
+from agent.reports.sources import require_retention_dir, require_state_store
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,15 +31,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     require_group(config, args.group)
-    state_dir = config.server.state_dir
-    store = StateStore.open_readonly(state_dir) if (state_dir / "state.db").exists() else None
+    require_state_store(config)
+    require_retention_dir(config)
+    store = StateStore.open_readonly(config.server.state_dir)
     try:
         points = stored_points(config, store, args.group)
     except OSError as exc:
         raise CommandFailed(f"cannot read the retention journals: {exc}") from exc
     finally:
-        if store is not None:
-            store.close()
+        store.close()
     if args.json:
         print_json({"points": [point.to_json() for point in points]})
         return 0

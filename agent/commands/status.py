@@ -19,6 +19,7 @@ from agent.reports.disk_report import (
     disk_reports,
     recovery_windows,
 )
+from agent.reports.sources import require_retention_dir, require_state_store
 from agent.units import human_bytes, human_duration
 from protocol.documents import DiskState
 
@@ -45,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    require_state_store(config)
+    require_retention_dir(config)
     reports = disk_reports(config)
     windows = recovery_windows(config)
     liveness = agent_liveness(config)

@@ -19,6 +19,7 @@ from agent.replication.instance_lock import acquire_agent_lock
 from agent.replication.replica import Replica
 from agent.replication.retention_gate import RetentionGate
 from agent.replication.state import StateStore
+from agent.retention.drive import prepare_retention_dir
 from agent.retention.keeper import RetentionKeeper
 from agent.retention.metrics import RetentionCollector, RetentionMetrics
 from agent.server import keys
@@ -43,8 +44,11 @@ async def hold_agent_lock(app: web.Application) -> AsyncIterator[None]:
 
 
 async def open_replicas(app: web.Application) -> AsyncIterator[None]:
-    """Open the state store and every disk, rolling back batches cut off by a crash."""
+    """Open the state store and every disk, rolling back batches cut off by a crash, once the
+    retention directory is ready (RetentionDirRefused, before any disk is opened, if it is not:
+    see `agent.retention.drive`)."""
     config = app[keys.CONFIG]
+    await asyncio.to_thread(prepare_retention_dir, config.retention)
     store = await asyncio.to_thread(StateStore.open, config.server.state_dir)
     replicas: dict[str, Replica] = {}
     for disk in config.disks:
@@ -115,11 +119,6 @@ async def run_retention(app: web.Application) -> AsyncIterator[None]:
     registry = app[keys.REGISTRY]
     gate = RetentionGate()
     app[keys.RETENTION_GATE] = gate
-    try:
-        # Its free space is watched even before a disk has opened its journal there.
-        await asyncio.to_thread(config.retention.path.mkdir, parents=True, exist_ok=True)
-    except OSError as exc:
-        log.error("retention drive %s: %s", config.retention.path, exc)
     keeper = RetentionKeeper(config.retention, replicas, store, gate, RetentionMetrics(registry))
     registry.register(RetentionCollector(config, replicas, store, gate, lambda: keeper.full))
     await keeper.tick()

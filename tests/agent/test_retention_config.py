@@ -55,3 +55,15 @@ def test_segment_bytes_takes_a_size_within_bounds(tmp_path: Path) -> None:
             ConfigError, match=r"retention.segment_bytes: expected .* 64KiB to 4GiB"
         ):
             retention(tmp_path, f"segment_bytes = {text}\n")
+
+
+def test_require_mount_is_off_unless_asked_so_existing_configs_keep_starting(
+    tmp_path: Path,
+) -> None:
+    assert retention(tmp_path, "").require_mount is False
+    assert retention(tmp_path, "require_mount = true\n").require_mount is True
+
+
+def test_a_require_mount_that_is_no_boolean_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"retention.require_mount: expected true or false"):
+        retention(tmp_path, 'require_mount = "yes"\n')

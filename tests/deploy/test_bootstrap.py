@@ -159,6 +159,8 @@ def test_bootstrap_sets_up_a_master_target_and_a_second_run_changes_nothing(
     config = load_config(config_path)
     assert config.tls.cert == Path("/etc/mtagent/tls/server.crt")
     assert config.retention.path == Path("/var/lib/mtagent/retention")
+    # Undo data never silently lands on / while the retention drive is not mounted.
+    assert config.retention.require_mount
     assert config.disks == ()
 
     # Certificates for the names given; the service reads its key through its group.

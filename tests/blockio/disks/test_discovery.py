@@ -222,7 +222,9 @@ def test_not_found_message_explains_enable_uuid_when_disks_show_no_identity() ->
 
 
 def write_config(tmp_path: Path, disks: dict[str, str]) -> Path:
-    """A config whose disks are named by SCSI UUID (group = the id's prefix)."""
+    """A config whose disks are named by SCSI UUID (group = the id's prefix), and its empty
+    state directory (a fresh install: `disks` refuses a state_dir that does not exist)."""
+    (tmp_path / "state").mkdir(exist_ok=True)
     lines = [
         "[server]",
         f'state_dir = "{tmp_path / "state"}"',
