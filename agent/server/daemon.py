@@ -14,6 +14,7 @@ from agent.server import keys
 from agent.server.app import create_app, create_metrics_app
 from agent.server.draining import RequestDrain
 from agent.server.health import HealthProbe, Readiness, status_line
+from agent.server.listeners import bind_listeners
 from agent.server.sdnotify import SystemdNotifier, notify_while_running, watchdog_interval
 from agent.server.tls import server_ssl_context
 from agent.server.tls_handshakes import count_handshake_failures
@@ -31,8 +32,25 @@ STATUS_INTERVAL_SECONDS = 10.0
 
 
 async def run_daemon(config: AgentConfig) -> None:
-    """Serve until a stop signal; every resource is released on the way out."""
+    """Serve until a stop signal; every resource is released on the way out.
+
+    Raises ServerTlsError or ListenError (one line each) before any disk is opened when a
+    certificate cannot be loaded or a port cannot be bound.
+    """
     ssl_context = server_ssl_context(config.tls)
+    server = config.server
+    data_sockets = bind_listeners(
+        server.listen_host, server.listen_port, "data port (server.listen)"
+    )
+    try:
+        metrics_sockets = bind_listeners(
+            server.metrics_host, server.metrics_port, "metrics port (server.metrics_listen)"
+        )
+    except BaseException:
+        for sock in data_sockets:
+            sock.close()
+        raise
+    listening = [*data_sockets, *metrics_sockets]
     registry = CollectorRegistry()
     app = create_app(config, registry)
     count_handshake_failures(ssl_context, app[keys.METRICS].count_handshake_failure)
@@ -51,20 +69,14 @@ async def run_daemon(config: AgentConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     notifier.notify(f"STATUS={readiness.reason}")
-    await runner.setup()
-    await metrics_runner.setup()
     supervision: asyncio.Task[None] | None = None
     try:
-        server = config.server
-        data_site = web.TCPSite(
-            runner,
-            server.listen_host,
-            server.listen_port,
-            ssl_context=ssl_context,
-        )
-        metrics_site = web.TCPSite(metrics_runner, server.metrics_host, server.metrics_port)
-        await data_site.start()
-        await metrics_site.start()
+        await runner.setup()
+        await metrics_runner.setup()
+        data_sites = [web.SockSite(runner, sock, ssl_context=ssl_context) for sock in data_sockets]
+        metrics_sites = [web.SockSite(metrics_runner, sock) for sock in metrics_sockets]
+        for site in [*data_sites, *metrics_sites]:
+            await site.start()
         assert runner.server is not None
         http_server = runner.server
         app[keys.METRICS].watch_connections(lambda: len(http_server.connections))
@@ -80,16 +92,17 @@ async def run_daemon(config: AgentConfig) -> None:
             "ready: %d disks, data on https://%s:%d, metrics on http://%s:%d",
             len(config.disks),
             server.listen_host,
-            _bound_port(data_site),
+            data_sockets[0].getsockname()[1],
             server.metrics_host,
-            _bound_port(metrics_site),
+            metrics_sockets[0].getsockname()[1],
         )
         await stop.wait()
         log.info("stopping: finishing or rolling back batches in flight")
         readiness.set_stopping()
         notifier.notify("STOPPING=1", f"STATUS={readiness.reason}")
         drain.close()
-        await data_site.stop()
+        for site in data_sites:
+            await site.stop()
         if await drain.wait(SHUTDOWN_GRACE_SECONDS):
             # Nothing is in progress: what is left are idle connections, or ones lingering
             # to read the rest of a refused body, which need not hold up the stop.
@@ -108,6 +121,8 @@ async def run_daemon(config: AgentConfig) -> None:
             supervision.cancel()
         await metrics_runner.cleanup()
         notifier.close()
+        for sock in listening:
+            sock.close()  # already closed by their site once it started; not before
     log.info("stopped")
 
 
@@ -138,11 +153,3 @@ def _supervise(
     )
     task.add_done_callback(lambda _: probe.close())
     return task
-
-
-def _bound_port(site: web.TCPSite) -> int:
-    # aiohttp keeps the asyncio server here; the port may have been 0
-    server = site._server
-    if isinstance(server, asyncio.Server) and server.sockets:
-        return int(server.sockets[0].getsockname()[1])
-    return int(site._port)
