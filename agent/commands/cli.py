@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(only=chosen)
     args = parser.parse_args(argv)
+    # `serve` logs as a daemon does; the other commands' warnings (a push retrying) are lines
+    # of their own on stderr.
+    warnings = None if args.command == "serve" else _StderrLines()
+    if warnings is not None:
+        logging.getLogger("agent").addHandler(warnings)
     try:
         return int(args.run(args) or 0)
     except AgentError as exc:
@@ -47,6 +53,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mtagent: interrupted", file=sys.stderr)
         return 1
+    finally:
+        if warnings is not None:
+            logging.getLogger("agent").removeHandler(warnings)
+
+
+class _StderrLines(logging.Handler):
+    """Warnings as `mtagent: ...` lines on whatever sys.stderr is when they are logged (a line
+    drawn over by a progress bar is erased first)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            erase = "\r\x1b[2K" if sys.stderr.isatty() else ""
+            sys.stderr.write(f"{erase}mtagent: {record.getMessage()}\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
 
 
 if __name__ == "__main__":
