@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import ssl
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from agent.config import AgentConfig
+from agent.replication.instance_lock import acquire_agent_lock
 from agent.server import keys
 from agent.server.app import create_app, create_metrics_app
 from agent.server.draining import RequestDrain
@@ -35,9 +38,23 @@ async def run_daemon(config: AgentConfig) -> None:
     """Serve until a stop signal; every resource is released on the way out.
 
     Raises ServerTlsError or ListenError (one line each) before any disk is opened when a
-    certificate cannot be loaded or a port cannot be bound.
+    certificate cannot be loaded or a port cannot be bound, AgentLockHeld when another agent
+    or an in-place recovery works on the same state.
     """
     ssl_context = server_ssl_context(config.tls)
+    # The lock first: a second agent on the same state is told so, not that its port is taken.
+    lock = acquire_agent_lock(
+        config.server.state_dir,
+        holder="mtagent serve",
+        refusal="an agent or an in-place recovery is already working on these disks",
+    )
+    try:
+        await _serve_holding_the_lock(config, ssl_context)
+    finally:
+        os.close(lock)
+
+
+async def _serve_holding_the_lock(config: AgentConfig, ssl_context: ssl.SSLContext) -> None:
     server = config.server
     data_sockets = bind_listeners(
         server.listen_host, server.listen_port, "data port (server.listen)"

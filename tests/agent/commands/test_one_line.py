@@ -46,7 +46,7 @@ def test_serve_on_a_data_port_in_use_says_so_before_opening_anything(
     line = one_line(run_mtagent("serve", "--config", agent.config_path, timeout=60))
 
     assert f"127.0.0.1:{taken_port}" in line and "server.listen" in line and "in use" in line
-    assert not (agent.workdir / "state").exists(), "the state dir was made before the bind"
+    assert not (agent.workdir / "state" / "state.db").exists(), "the state opened before the bind"
 
 
 def test_serve_on_a_metrics_port_in_use_says_so(agent: AgentProcess, taken_port: int) -> None:
@@ -56,7 +56,7 @@ def test_serve_on_a_metrics_port_in_use_says_so(agent: AgentProcess, taken_port:
     line = one_line(run_mtagent("serve", "--config", agent.config_path, timeout=60))
 
     assert f"127.0.0.1:{taken_port}" in line and "server.metrics_listen" in line
-    assert not (agent.workdir / "state").exists()
+    assert not (agent.workdir / "state" / "state.db").exists()
 
 
 @pytest.mark.parametrize("command", ["serve", "status"])
