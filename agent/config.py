@@ -262,12 +262,17 @@ class _ConfigReader:
                 f"a size of at least server.max_frame_bytes ({max_frame_bytes} bytes)",
                 describe_value(table.get("max_batch_bytes", max_batch_bytes)),
             )
+        state_dir = self.path(table, "server", "state_dir", default=DEFAULT_STATE_DIR)
+        if state_dir.exists() and not state_dir.is_dir():
+            raise self.error(
+                "server.state_dir", "a directory (or a path where one can be made)", "a file"
+            )
         return ServerConfig(
             listen_host=listen_host,
             listen_port=listen_port,
             metrics_host=metrics_host,
             metrics_port=metrics_port,
-            state_dir=self.path(table, "server", "state_dir", default=DEFAULT_STATE_DIR),
+            state_dir=state_dir,
             max_frame_bytes=max_frame_bytes,
             max_batch_bytes=max_batch_bytes,
             stall_timeout_seconds=self.duration(

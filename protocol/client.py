@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
@@ -43,6 +45,9 @@ _READ_BYTES = 256 * 1024
 # closes idle connections after 75 s, and a request on one it has just closed would fail
 # with nothing to show for it.
 _IDLE_SECONDS = 15.0
+# How long a TLS 1.3 probe waits, after its handshake, for the agent to drop it: an agent that
+# refuses a certificate does so within a round trip; one that accepts it waits for a request.
+_VERDICT_SECONDS = 1.0
 
 
 class TransportError(ConnectionError):
@@ -53,6 +58,52 @@ class TransportError(ConnectionError):
 class TlsRefused(TransportError):
     """The TLS handshake failed: one side refuses the other's certificate. Trying again
     will not help until the certificates change."""
+
+
+class Unreachable(TransportError):
+    """No connection could be made: nothing listens at that port, or the host cannot be
+    reached or resolved. The agent has seen nothing of the request."""
+
+
+def certificate_refusal(
+    host: str, port: int, context: ssl.SSLContext, timeout: float = 10.0
+) -> str | None:
+    """Why a certificate is refused between this sender and the agent at `host:port`, or None
+    when a TLS handshake there shows no refusal (or cannot be tried: nothing listens).
+
+    A blocking handshake, run on a thread: asyncio drops a connection whose handshake fails
+    without sending the TLS alert, so the agent would never hear why; a blocking socket sends
+    it (the agent counts it as rejected_by_client). Under TLS 1.3 the agent checks this
+    sender's certificate after our side of the handshake is over and refuses it by closing:
+    the probe waits up to a second to see whether it does.
+    """
+    agent_refuses = (
+        "the agent closed the connection after the TLS handshake: it refuses this sender's "
+        "certificate (is it issued by the agent's client CA, and still valid?)"
+    )
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout)
+    except OSError:
+        return None
+    with raw:
+        try:
+            tls = context.wrap_socket(raw, server_hostname=host)
+        except ssl.SSLCertVerificationError as exc:
+            return f"this sender refuses the agent's certificate: {exc.verify_message}"
+        except (ssl.SSLError, ConnectionError):
+            return agent_refuses
+        except OSError:
+            return None
+        with tls:
+            if tls.version() != "TLSv1.3":
+                return None  # the agent checked our certificate during the handshake
+            tls.settimeout(_VERDICT_SECONDS)
+            try:
+                return agent_refuses if tls.recv(1) == b"" else None
+            except TimeoutError:
+                return None
+            except (ssl.SSLError, ConnectionError):
+                return agent_refuses
 
 
 def client_ssl_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
@@ -150,6 +201,11 @@ class _Connection:
             raise TransportError(
                 f"the connection to {self.where} broke: {exc}{self._hint()}"
             ) from exc
+
+    @property
+    def unheard(self) -> bool:
+        """Whether not a byte of any answer has come on this connection."""
+        return not self._heard
 
     def _hint(self) -> str:
         # Under TLS 1.3 our side of the handshake is over before the agent checks our
@@ -369,6 +425,15 @@ class AgentClient:
             answer = _Answer(connection, response)
             yield answer
             reusable = connection.reusable()
+        except TransportError as exc:
+            if isinstance(exc, TlsRefused) or not connection.unheard:
+                raise
+            # Dropped before a single byte came back on a new connection: under TLS 1.3 that
+            # is how an agent refuses this sender's certificate, or the agent went away.
+            refusal = await self._certificate_refusal()
+            if refusal is None:
+                raise
+            raise TlsRefused(f"the TLS handshake with {self._where} failed: {refusal}") from exc
         finally:
             self._busy.discard(connection)
             if reusable and self._open:
@@ -448,14 +513,30 @@ class AgentClient:
                     server_hostname=self._host if self._ssl else None,
                     limit=_READ_BYTES,
                 )
-        except ssl.SSLError as exc:
-            raise TlsRefused(f"the TLS handshake with {self._where} failed: {exc}") from exc
+        except (ssl.SSLError, ConnectionResetError, ConnectionAbortedError) as exc:
+            # Connected, then the handshake failed: a refused certificate, one way or the other.
+            refusal = await self._certificate_refusal()
+            if refusal is not None or isinstance(exc, ssl.SSLError):
+                # Our own verdict on the agent's certificate says it best.
+                own = isinstance(exc, ssl.SSLCertVerificationError)
+                reason = str(exc) if own or refusal is None else refusal
+                raise TlsRefused(f"the TLS handshake with {self._where} failed: {reason}") from exc
+            raise TransportError(f"the connection to {self._where} broke: {exc}") from exc
         except OSError as exc:
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise TransportError(f"cannot connect to {self._where}: {reason}") from exc
+            # asyncio's own text for a refused connect repeats the address: the errno's is enough
+            errno = exc.errno if isinstance(exc.errno, int) and exc.errno > 0 else None
+            reason = (os.strerror(errno) if errno else exc.strerror) or str(exc)
+            raise Unreachable(f"cannot connect to {self._where}: {reason}") from exc
         connection = _Connection(reader, writer, self._where)
         self._busy.add(connection)
         return connection
+
+    async def _certificate_refusal(self) -> str | None:
+        if self._ssl is None:
+            return None
+        return await asyncio.to_thread(
+            certificate_refusal, self._host, self._port, self._ssl, min(self._timeout, 10.0)
+        )
 
 
 def _bytes_like(data: object) -> bytes:

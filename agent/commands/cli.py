@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -63,12 +64,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     wants_json = "--json" in argv
     parser = build_parser(only=chosen, json_errors=wants_json)
     args = parser.parse_args(argv)
+    # `serve` logs as a daemon does; the other commands' warnings (a push retrying) are lines
+    # of their own on stderr.
+    warnings = None if args.command == "serve" else _StderrLines()
+    if warnings is not None:
+        logging.getLogger("agent").addHandler(warnings)
     try:
         return int(args.run(args) or 0)
     except AgentError as exc:
         return _failed(str(exc), exc.exit_code, wants_json)
     except KeyboardInterrupt:
         return _failed("interrupted", EXIT_FAILURE, wants_json)
+    finally:
+        if warnings is not None:
+            logging.getLogger("agent").removeHandler(warnings)
 
 
 def _failed(message: str, exit_code: int, wants_json: bool) -> int:
@@ -77,6 +86,22 @@ def _failed(message: str, exit_code: int, wants_json: bool) -> int:
     if wants_json:
         print(json.dumps(error_document(message, exit_code)))
     return exit_code
+
+
+class _StderrLines(logging.Handler):
+    """Warnings as `mtagent: ...` lines on whatever sys.stderr is when they are logged (a line
+    drawn over by a progress bar is erased first)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            erase = "\r\x1b[2K" if sys.stderr.isatty() else ""
+            sys.stderr.write(f"{erase}mtagent: {record.getMessage()}\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
 
 
 if __name__ == "__main__":

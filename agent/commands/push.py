@@ -197,6 +197,11 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def _tls_context(args: argparse.Namespace) -> ssl.SSLContext:
+    for option, path in (("--cert", args.cert), ("--key", args.key), ("--ca", args.ca)):
+        try:
+            path.open("rb").close()
+        except OSError as exc:
+            raise CommandFailed(f"{option} {path}: {exc.strerror}") from exc
     try:
         return client_ssl_context(args.cert, args.key, args.ca)
     except OSError as exc:  # ssl.SSLError included

@@ -14,7 +14,7 @@ from agent.metrics import AgentMetrics
 from agent.replication.apply import ApplyLimits, apply_batch
 from agent.replication.replica import Replica
 from agent.server import hashes_api, keys, points_api
-from agent.server.contexts import hold_agent_lock, open_replicas, run_retention, watch_disks
+from agent.server.contexts import open_replicas, run_retention, watch_disks
 from agent.server.health import Readiness
 from agent.version import agent_version
 from protocol.documents import Info
@@ -28,7 +28,8 @@ AGENT_VERSION = agent_version()
 
 
 def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Application:
-    """The data-port application; its state and disks are opened by its cleanup context."""
+    """The data-port application; its state and disks are opened by its cleanup context, once
+    the caller holds the agent lock (`run_daemon` does)."""
     app = web.Application(middlewares=[error_middleware])
     app[keys.CONFIG] = config
     app[keys.REGISTRY] = registry
@@ -38,7 +39,6 @@ def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Applicat
         max_batch_bytes=config.server.max_batch_bytes,
         stall_timeout_seconds=config.server.stall_timeout_seconds,
     )
-    app.cleanup_ctx.append(hold_agent_lock)  # before any disk is opened
     app.cleanup_ctx.append(open_replicas)
     app.cleanup_ctx.append(watch_disks)
     app.cleanup_ctx.append(run_retention)

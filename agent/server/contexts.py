@@ -1,21 +1,19 @@
 """Every cleanup context of the data-port application: each resource and background task set up
 before the listeners take requests and torn down after they stop, in the order `create_app`
-appends them (the lock before any disk is opened, the disks before their watch and the retention
-task)."""
+appends them (the disks before their watch and the retention task; the agent lock is taken by
+`run_daemon` before any of them)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator
 
 import pyudev
 from aiohttp import web
 
 from agent.replication.disk_watch import DiskWatcher
-from agent.replication.instance_lock import acquire_agent_lock
 from agent.replication.replica import Replica
 from agent.replication.retention_gate import RetentionGate
 from agent.replication.state import StateStore
@@ -26,21 +24,6 @@ from agent.server import keys
 from blockio.disks.udev_monitor import DiskMonitor, udev_is_running
 
 log = logging.getLogger(__name__)
-
-
-async def hold_agent_lock(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context of the daemon: hold the lock for the application's whole life. It must
-    come before the context that opens the disks."""
-    state_dir = app[keys.CONFIG].server.state_dir
-    fd = acquire_agent_lock(
-        state_dir,
-        holder="mtagent serve",
-        refusal="an agent or an in-place recovery is already working on these disks",
-    )
-    try:
-        yield
-    finally:
-        os.close(fd)
 
 
 async def open_replicas(app: web.Application) -> AsyncIterator[None]:

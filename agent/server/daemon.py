@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import ssl
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from agent.config import AgentConfig
+from agent.replication.instance_lock import acquire_agent_lock
 from agent.server import keys
 from agent.server.app import create_app, create_metrics_app
 from agent.server.draining import RequestDrain
 from agent.server.health import HealthProbe, Readiness, status_line
+from agent.server.listeners import bind_listeners
 from agent.server.sdnotify import SystemdNotifier, notify_while_running, watchdog_interval
 from agent.server.tls import server_ssl_context
 from agent.server.tls_handshakes import count_handshake_failures
@@ -31,8 +35,39 @@ STATUS_INTERVAL_SECONDS = 10.0
 
 
 async def run_daemon(config: AgentConfig) -> None:
-    """Serve until a stop signal; every resource is released on the way out."""
+    """Serve until a stop signal; every resource is released on the way out.
+
+    Raises ServerTlsError or ListenError (one line each) before any disk is opened when a
+    certificate cannot be loaded or a port cannot be bound, AgentLockHeld when another agent
+    or an in-place recovery works on the same state.
+    """
     ssl_context = server_ssl_context(config.tls)
+    # The lock first: a second agent on the same state is told so, not that its port is taken.
+    lock = acquire_agent_lock(
+        config.server.state_dir,
+        holder="mtagent serve",
+        refusal="an agent or an in-place recovery is already working on these disks",
+    )
+    try:
+        await _serve_holding_the_lock(config, ssl_context)
+    finally:
+        os.close(lock)
+
+
+async def _serve_holding_the_lock(config: AgentConfig, ssl_context: ssl.SSLContext) -> None:
+    server = config.server
+    data_sockets = bind_listeners(
+        server.listen_host, server.listen_port, "data port (server.listen)"
+    )
+    try:
+        metrics_sockets = bind_listeners(
+            server.metrics_host, server.metrics_port, "metrics port (server.metrics_listen)"
+        )
+    except BaseException:
+        for sock in data_sockets:
+            sock.close()
+        raise
+    listening = [*data_sockets, *metrics_sockets]
     registry = CollectorRegistry()
     app = create_app(config, registry)
     count_handshake_failures(ssl_context, app[keys.METRICS].count_handshake_failure)
@@ -51,20 +86,14 @@ async def run_daemon(config: AgentConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     notifier.notify(f"STATUS={readiness.reason}")
-    await runner.setup()
-    await metrics_runner.setup()
     supervision: asyncio.Task[None] | None = None
     try:
-        server = config.server
-        data_site = web.TCPSite(
-            runner,
-            server.listen_host,
-            server.listen_port,
-            ssl_context=ssl_context,
-        )
-        metrics_site = web.TCPSite(metrics_runner, server.metrics_host, server.metrics_port)
-        await data_site.start()
-        await metrics_site.start()
+        await runner.setup()
+        await metrics_runner.setup()
+        data_sites = [web.SockSite(runner, sock, ssl_context=ssl_context) for sock in data_sockets]
+        metrics_sites = [web.SockSite(metrics_runner, sock) for sock in metrics_sockets]
+        for site in [*data_sites, *metrics_sites]:
+            await site.start()
         assert runner.server is not None
         http_server = runner.server
         app[keys.METRICS].watch_connections(lambda: len(http_server.connections))
@@ -80,16 +109,17 @@ async def run_daemon(config: AgentConfig) -> None:
             "ready: %d disks, data on https://%s:%d, metrics on http://%s:%d",
             len(config.disks),
             server.listen_host,
-            _bound_port(data_site),
+            data_sockets[0].getsockname()[1],
             server.metrics_host,
-            _bound_port(metrics_site),
+            metrics_sockets[0].getsockname()[1],
         )
         await stop.wait()
         log.info("stopping: finishing or rolling back batches in flight")
         readiness.set_stopping()
         notifier.notify("STOPPING=1", f"STATUS={readiness.reason}")
         drain.close()
-        await data_site.stop()
+        for site in data_sites:
+            await site.stop()
         if await drain.wait(SHUTDOWN_GRACE_SECONDS):
             # Nothing is in progress: what is left are idle connections, or ones lingering
             # to read the rest of a refused body, which need not hold up the stop.
@@ -108,6 +138,8 @@ async def run_daemon(config: AgentConfig) -> None:
             supervision.cancel()
         await metrics_runner.cleanup()
         notifier.close()
+        for sock in listening:
+            sock.close()  # already closed by their site once it started; not before
     log.info("stopped")
 
 
@@ -138,11 +170,3 @@ def _supervise(
     )
     task.add_done_callback(lambda _: probe.close())
     return task
-
-
-def _bound_port(site: web.TCPSite) -> int:
-    # aiohttp keeps the asyncio server here; the port may have been 0
-    server = site._server
-    if isinstance(server, asyncio.Server) and server.sockets:
-        return int(server.sockets[0].getsockname()[1])
-    return int(site._port)

@@ -9,7 +9,12 @@ at the moment it does.
 Not counted: a connection that closes or times out before the handshake is over
 (a port probe, a load balancer's TCP check). OpenSSL reports nothing for it and
 asyncio drops it without a call into the SSL object, so the only trace would be
-the object's garbage collection, whose timing would make the counter lie.
+the object's garbage collection, whose timing would make the counter lie. That is also
+what a client on asyncio looks like when it refuses our certificate: asyncio drops a
+connection whose handshake failed without sending the TLS alert, so no reason code ever
+reaches us (OpenSSL's `TLSV1_ALERT_UNKNOWN_CA` and the like only come with an alert).
+The project's own client therefore tells us with a handshake of a blocking socket,
+which sends the alert (`protocol.client.certificate_refusal`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.certs import init_pki
+from agent.certs import init_pki, issue_client
 from agent.commands import cli
 from agent.commands.progress import ProgressBar, progress_line
 from agent.sender.errors import BatchRefused, PushFailed
@@ -25,7 +25,7 @@ from agent.sender.push import PushResult, push_image
 from protocol.client import AgentClient, client_ssl_context, error_from_response
 from protocol.errors import ChecksumMismatch, ProtocolError, SequenceGap, WrongGroup
 from protocol.events import Tag
-from tests.support.agent_harness import REPO, AgentProcess
+from tests.support.agent_harness import REPO, AgentProcess, free_port
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -575,3 +575,47 @@ def test_progress_bar_redraws_at_most_four_times_a_second_and_always_at_the_end(
     draws = stream.getvalue().split("\r\x1b[2K")[1:]
     assert 4 <= len(draws) <= 6
     assert draws[-1].startswith("d0 [##############################] 100%  100.0 MiB/100.0 MiB")
+
+
+# -- failing fast ---------------------------------------------------------------------------------
+
+
+def test_cli_push_to_a_port_where_no_agent_listens_fails_within_5_s_saying_each_wait(
+    target: Target, source: Path
+) -> None:
+    port = free_port()
+    started = time.monotonic()
+
+    done = mtagent_push(target.agent, "--disk", "d0", "--source", str(source),
+                        "--server", f"https://127.0.0.1:{port}")  # fmt: skip
+
+    assert time.monotonic() - started < 5 + 2  # 3.5 s of waits, and the interpreter's start
+    assert done.returncode == 1
+    *waits, last = done.stderr.splitlines()
+    assert len(waits) == 3 and all("trying again in" in line for line in waits)
+    assert last.startswith("mtagent: disk d0: gave up after 3 retries: ")
+    assert f"cannot connect to 127.0.0.1:{port}: Connection refused" in last
+    assert "is the agent running" in last
+
+
+async def test_a_sender_certificate_the_agent_refuses_fails_at_once_without_retrying(
+    target: Target, source: Path, tmp_path: Path
+) -> None:
+    init_pki(tmp_path / "other", ["127.0.0.1"])
+    cert, key = issue_client(tmp_path / "other", "intruder")
+    context = client_ssl_context(cert, key, target.agent.ca)
+    started = time.monotonic()
+
+    with pytest.raises(PushFailed) as caught:
+        async with AgentClient(target.agent.url, context) as client:
+            await client_push(client, target.disk, source)
+
+    assert "refuses this sender's certificate" in str(caught.value)
+    assert time.monotonic() - started < 5  # eight retries would take 45 s
+
+
+async def client_push(client: AgentClient, disk: str, source: Path) -> PushResult:
+    return await push_image(
+        client, disk, source, mode="full", base=None, frame_bytes=MiB, batch_bytes=4 * MiB,
+        compress=True, tag=None, retries=8, progress=None,
+    )  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from collections.abc import Iterator
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from agent.certs import init_pki, issue_client
-from protocol.client import client_ssl_context
+from protocol.client import AgentClient, TlsRefused, client_ssl_context
 from tests.support.agent_harness import AgentProcess
+from tests.support.waiting import wait_until
 
 REQUEST = b"GET /v1/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 
@@ -106,3 +108,45 @@ def test_plain_http_on_the_data_port_gets_no_answer(agent: AgentProcess) -> None
             pass
     assert b"HTTP/1.1 200" not in received
     assert b'"agent"' not in received
+
+
+REJECTED_BY_CLIENT = {"reason": "rejected_by_client"}
+HANDSHAKE_FAILURES = "mtagent_tls_handshake_failures_total"
+
+
+def test_the_mtagent_client_refusing_the_agents_certificate_is_counted_as_rejected_by_client(
+    agent: AgentProcess, tmp_path: Path
+) -> None:
+    init_pki(tmp_path / "other", ["127.0.0.1"])
+    context = client_ssl_context(agent.cert, agent.key, tmp_path / "other" / "ca.crt")
+    before = agent.metric(HANDSHAKE_FAILURES, **REJECTED_BY_CLIENT)
+
+    async def ask() -> None:
+        async with AgentClient(agent.url, context, timeout=10) as client:
+            await client.info()
+
+    with pytest.raises(TlsRefused, match="certificate verify failed"):
+        asyncio.run(ask())
+
+    wait_until(
+        lambda: agent.metric(HANDSHAKE_FAILURES, **REJECTED_BY_CLIENT) == before + 1,
+        timeout=5,
+        what="the client's refusal counted as rejected_by_client",
+    )
+
+
+def test_a_python_ssl_client_trusting_another_ca_is_counted_as_rejected_by_client(
+    agent: AgentProcess, tmp_path: Path
+) -> None:
+    init_pki(tmp_path / "other", ["127.0.0.1"])
+    context = ssl.create_default_context(cafile=str(tmp_path / "other" / "ca.crt"))
+    before = agent.metric(HANDSHAKE_FAILURES, **REJECTED_BY_CLIENT)
+
+    with pytest.raises(ssl.SSLCertVerificationError):
+        exchange(agent, context)
+
+    wait_until(
+        lambda: agent.metric(HANDSHAKE_FAILURES, **REJECTED_BY_CLIENT) == before + 1,
+        timeout=5,
+        what="the client's refusal counted as rejected_by_client",
+    )
