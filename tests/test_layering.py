@@ -21,6 +21,7 @@ AGENT_ROOTS = {
     "agent.metrics",
     "agent.certs",
     "agent.version",
+    "agent.log_fields",
 }
 LOWER = {"protocol", "blockio"}
 # blockio's shared roots: every room of blockio may import them.
