@@ -78,6 +78,7 @@ def test_push_names_a_missing_tls_file(agent: AgentProcess, tmp_path: Path, opti
 
     done = run_mtagent(
         "push", "--server", "https://127.0.0.1:1", *tls, "--disk", "d0", "--source", source,
+        "--mode", "full",
         timeout=60,
     )  # fmt: skip
 

@@ -72,7 +72,19 @@ async def test_status_exits_3_and_says_so_when_the_agent_is_not_running(
     assert out.splitlines()[1].split()[2] == "ok"  # what state.db says is still shown
 
 
-def test_status_of_a_never_started_agent_exits_3(agent: AgentProcess) -> None:
+def test_status_of_a_never_started_agent_fails_naming_the_missing_state_store(
+    agent: AgentProcess,
+) -> None:
+    code, _, err = agent.cli("status")
+
+    assert code == 1
+    assert "does not exist" in err and str(agent.workdir / "state") in err
+
+
+def test_status_of_an_agent_that_ran_once_and_stopped_exits_3(agent: AgentProcess) -> None:
+    agent.start()
+    agent.stop()
+
     code, out, _ = agent.cli("status")
 
     assert code == EXIT_NOT_SERVING
@@ -80,6 +92,8 @@ def test_status_of_a_never_started_agent_exits_3(agent: AgentProcess) -> None:
 
 
 def test_a_lock_held_by_another_command_is_not_a_running_agent(agent: AgentProcess) -> None:
+    agent.start()
+    agent.stop()
     fd = acquire_agent_lock(
         agent.workdir / "state", holder="mtagent recover --in-place", refusal="test"
     )

@@ -35,7 +35,7 @@ OWN_DISK_BYTES = 16 * MiB  # four batches of 4 MiB
 TAG = Tag(tag_id="p-1", name="nightly", kind="crash", group="g1", time_ns=1_700_000_000 * 10**9)
 
 
-DISKS = [f"d{n}" for n in range(20)]
+DISKS = [f"d{n}" for n in range(24)]
 
 
 @dataclass
@@ -586,7 +586,7 @@ def test_cli_push_to_a_port_where_no_agent_listens_fails_within_5_s_saying_each_
     port = free_port()
     started = time.monotonic()
 
-    done = mtagent_push(target.agent, "--disk", "d0", "--source", str(source),
+    done = mtagent_push(target.agent, "--disk", "d0", "--source", str(source), "--mode", "full",
                         "--server", f"https://127.0.0.1:{port}")  # fmt: skip
 
     assert time.monotonic() - started < 5 + 2  # 3.5 s of waits, and the interpreter's start
