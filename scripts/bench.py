@@ -5,7 +5,8 @@ Every figure is a ratio against a baseline measured in the same run, on the same
 file system, because these machines are shared and noisy; absolute times stand
 beside the ratios.
 
-    scripts/bench.py [--only full_push|ack_latency|resync|hashes] [--size 1GiB] [--keep]
+    scripts/bench.py [--only full_push|ack_latency|resync|hashes|recover|soak] [--size 1GiB]
+                     [--soak-disks 60] [--soak-rate 120MB] [--soak-seconds 60]
 
 full_push    a full `mtagent push` of realistic data through the whole path (mutual TLS,
              verify, undo journal, fdatasync) against `dd bs=1M conv=fdatasync` of the
@@ -19,6 +20,11 @@ hashes       the hashes endpoint over a 2 GiB target against `dd bs=1M` reading 
 recover      `mtagent recover --output` of a --size disk (1 GiB) to the point before 100
              batches of 1 MiB, beside the running agent, against `dd bs=1M conv=fdatasync`
              copying that disk.
+soak         scripts/loadgen.py against one agent serving --soak-disks disks (60) of 64 MiB, three
+             per machine, at an aggregate --soak-rate (120 MB/s, bursting to 2.16 times as ASR's
+             field figures do) for --soak-seconds (60): the RPO every disk saw (p50/p99/max),
+             acknowledged bytes, errors, the final model check, and the agent's peak RSS and CPU
+             seconds; the baseline is the rate asked for (`rate_ratio`).
 """
 
 from __future__ import annotations
@@ -419,7 +425,64 @@ def bench_recover(workdir: Path, size: int, batches: int = 100) -> dict[str, Any
     }
 
 
-SECTIONS = {"full_push", "ack_latency", "resync", "hashes", "recover"}
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+SOAK_DISKS_PER_MACHINE = 3
+SOAK_DISK_BYTES = 64 * MiB
+# ASR's field figures: 25 MB/s average and 54 MB/s peak per protected machine.
+SOAK_PEAK_TO_AVERAGE = 54 / 25
+
+
+def bench_soak(workdir: Path, disks: int, rate: int, seconds: float) -> dict[str, Any]:
+    """The load generator for `seconds` against `disks` disks; see the module docstring."""
+    agent = AgentProcess.create(
+        workdir / "agent", {f"s{i:02d}": SOAK_DISK_BYTES for i in range(disks)}
+    )
+    agent.groups.update({f"s{i:02d}": f"m{i // SOAK_DISKS_PER_MACHINE:02d}" for i in range(disks)})
+    agent.write_config()
+    agent.start(timeout=120)
+    machines = -(-disks // SOAK_DISKS_PER_MACHINE)
+    per_machine = rate // machines
+    try:
+        assert agent.process is not None
+        say(f"soak: {disks} disks on {machines} machines at {rate / 1e6:.0f} MB/s for {seconds} s")
+        cpu_before = cpu_seconds(agent.process.pid)
+        command = [
+            sys.executable, str(REPO / "scripts" / "loadgen.py"), "run", "--server", agent.url,
+            "--cert", str(agent.cert), "--key", str(agent.key), "--ca", str(agent.ca),
+            "--workdir", str(workdir / "load"), "--rate", str(per_machine),
+            "--peak", str(int(per_machine * SOAK_PEAK_TO_AVERAGE)), "--duration", str(seconds),
+            "--crash-every", "5", "--app-every", "30", "--heartbeat", "2",
+        ]  # fmt: skip
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+        if not done.stdout:
+            raise RuntimeError(f"loadgen failed: {done.stderr.strip()}")
+        summary = json.loads(done.stdout)
+        cpu = cpu_seconds(agent.process.pid) - cpu_before
+        rss = peak_rss_bytes(agent.process.pid)
+    finally:
+        agent.stop()
+    return {
+        "disks": disks,
+        "machines": machines,
+        "rate_asked_mb_per_s": round(rate / 1e6, 3),
+        "acked_mb_per_s": summary["acked_mb_per_s"],
+        "rate_ratio": round(summary["acked_mb_per_s"] * 1e6 / rate, 3),
+        "rpo_seconds": summary["rpo_seconds"],
+        "acked_bytes": summary["acked_bytes"],
+        "batches": summary["batches"],
+        "errors": len(summary["errors"]),
+        "model_check": "equal" if not summary["differing"] else summary["differing"],
+        "agent_cpu_seconds": round(cpu, 3),
+        "agent_peak_rss_bytes": rss,
+    }
+
+
+SECTIONS = {"full_push", "ack_latency", "resync", "hashes", "recover", "soak"}
 
 
 def main() -> int:
@@ -427,6 +490,9 @@ def main() -> int:
     parser.add_argument("--only", choices=sorted(SECTIONS))
     parser.add_argument("--size", type=parse_size, default=1 << 30, help="full_push image size")
     parser.add_argument("--dir", type=Path, help="work directory (default: a new temporary one)")
+    parser.add_argument("--soak-disks", type=int, default=60)
+    parser.add_argument("--soak-rate", type=parse_size, default=parse_size("120MB"))
+    parser.add_argument("--soak-seconds", type=float, default=60.0)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="mtagent-bench-", dir=args.dir))
     results: dict[str, Any] = {}
@@ -441,6 +507,10 @@ def main() -> int:
             results["hashes"] = bench_hashes(workdir / "hashes")
         if args.only in (None, "recover"):
             results["recover"] = bench_recover(workdir / "recover", args.size)
+        if args.only in (None, "soak"):
+            results["soak"] = bench_soak(
+                workdir / "soak", args.soak_disks, args.soak_rate, args.soak_seconds
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(results))

@@ -242,7 +242,11 @@ class _BatchApplication:
             case Data(offset=offset, data=data):
                 await self._add(Write(offset, len(data), data))
             case Zero(offset=offset, length=length):
-                await self._add(Write(offset, length, None))
+                # Cut to the group size: the undo of a write is its old data, read whole into
+                # memory, and one ZERO frame may cover a gigabyte.
+                step = self.limits.group_bytes
+                for start in range(offset, offset + length, step):
+                    await self._add(Write(start, min(step, offset + length - start), None))
             case Tag(group=group) if group != self.replica.config.group:
                 # TAG stands just before END, after the batch's writes: the rollback of the
                 # refused batch leaves the target, last_seq and the points as they were.

@@ -66,6 +66,8 @@ class AgentProcess:
     env: dict[str, str] = field(default_factory=dict)
     # Extra [retention] keys (window, max_bytes, ...): set, then write_config() again.
     retention_options: dict[str, object] = field(default_factory=dict)
+    # The consistency group of each disk ("g1" for a disk not named): set, then write_config().
+    groups: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -148,7 +150,13 @@ class AgentProcess:
         ]
         lines += [f"{key} = {json.dumps(value)}" for key, value in self.retention_options.items()]
         for disk_id, path in self.disks.items():
-            lines += ["", "[[disks]]", f'id = "{disk_id}"', 'group = "g1"', f'path = "{path}"']
+            lines += [
+                "",
+                "[[disks]]",
+                f'id = "{disk_id}"',
+                f'group = "{self.groups.get(disk_id, "g1")}"',
+                f'path = "{path}"',
+            ]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 30.0) -> None:
