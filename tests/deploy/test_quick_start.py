@@ -43,6 +43,8 @@ def quick_start_ports() -> list[int]:
 
 def port_taken(port: int) -> bool:
     with socket.socket() as sock:
+        # As the agent binds: a connection of an earlier run in TIME_WAIT does not hold the port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
