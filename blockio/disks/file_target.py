@@ -62,8 +62,8 @@ def plan_file_target(disk: str, path: Path, size_bytes: int | None) -> FileTarge
 
     Raises FileTargetRefused when the target can be neither created nor left alone as it is: a
     missing target below /dev (a block device is attached, never made), a missing target whose
-    size is not known or whose directory does not exist, a file of another size than
-    `size_bytes`, or anything else than a regular file or a block device at `path`.
+    size is not known or whose directory does not exist, a link to nothing, a file of another
+    size than `size_bytes`, or anything else than a regular file or a block device at `path`.
     """
     try:
         found = os.stat(path)
@@ -90,6 +90,11 @@ def plan_file_target(disk: str, path: Path, size_bytes: int | None) -> FileTarge
 
 
 def _plan_missing(disk: str, path: Path, size_bytes: int | None) -> FileTargetPlan:
+    if path.is_symlink():
+        # O_EXCL would refuse it anyway; said now, before any other target is created.
+        raise FileTargetRefused(
+            disk, path, f"is a link to {os.readlink(path)}, which does not exist: fix the link"
+        )
     if path.is_relative_to(_DEVICE_DIRECTORY):
         raise FileTargetRefused(
             disk, path, "does not exist: a block device is attached to this host, never created"

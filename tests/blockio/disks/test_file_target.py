@@ -46,3 +46,12 @@ def test_a_plan_to_leave_a_target_alone_writes_nothing(tmp_path: Path) -> None:
         4,
         b"kept",
     )
+
+
+def test_a_link_to_nothing_is_refused_before_anything_is_created(tmp_path: Path) -> None:
+    (tmp_path / "d0.img").symlink_to(tmp_path / "gone.img")
+
+    with pytest.raises(FileTargetRefused, match=r"is a link to .*gone\.img, which does not exist"):
+        plan_file_target("d0", tmp_path / "d0.img", 1 << 20)
+
+    assert not (tmp_path / "gone.img").exists()
