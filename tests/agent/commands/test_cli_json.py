@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.server.app import AGENT_VERSION
-from tests.support.agent_harness import REPO, AgentProcess, run_mtagent
+from tests.support.agent_harness import REPO, AgentProcess, cli, run_mtagent
 
 MiB = 1 << 20
 
@@ -50,13 +50,13 @@ def test_the_version_is_written_only_in_pyproject() -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [("status",), ("disks",), ("points", "--group", "g1"), ("check",)],
-    ids=lambda command: command[0],
+    [("status",), ("disks",), ("points", "--group", "g1"), ("check",), ("targets", "create")],
+    ids=" ".join,
 )
 def test_every_json_document_carries_schema_1(
     configured: AgentProcess, command: tuple[str, ...]
 ) -> None:
-    _, out, err = configured.cli(*command, "--json")
+    _, out, err = cli(*command, "--config", configured.config_path, "--json")
 
     document = json.loads(out)
     assert document["schema"] == 1 and "error" not in document, err
