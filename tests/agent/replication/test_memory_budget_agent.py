@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tests.support.agent_harness import AgentProcess
 from tests.support.batches import resync_batch
+from tests.support.process_memory import peak_rss_bytes
 
 MiB = 1 << 20
 DISKS = 32
@@ -20,13 +21,6 @@ BUDGET = 48 * MiB
 PER_CONNECTION = MiB + MiB // 2
 
 
-def peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc")
-
-
 async def test_thirty_two_disks_at_once_land_within_the_memory_budget(tmp_path: Path):
     agent = AgentProcess.create(
         tmp_path, {f"d{i:02d}": 16 * MiB for i in range(DISKS)}, memory_budget="48MiB"
@@ -34,7 +28,7 @@ async def test_thirty_two_disks_at_once_land_within_the_memory_budget(tmp_path: 
     agent.start()
     try:
         assert agent.process is not None
-        before = peak_rss(agent.process.pid)
+        before = peak_rss_bytes(agent.process.pid)
         contents = {disk: os.urandom(BATCH) for disk in agent.disks}
         bodies = {
             disk: resync_batch(disk, 1, [(o, data[o : o + MiB]) for o in range(0, BATCH, MiB)])
@@ -44,7 +38,7 @@ async def test_thirty_two_disks_at_once_land_within_the_memory_budget(tmp_path: 
         answers = await asyncio.gather(*(agent.put_batch(d, 1, b) for d, b in bodies.items()))
 
         assert [status for status, _ in answers] == [200] * DISKS, answers
-        growth = peak_rss(agent.process.pid) - before
+        growth = peak_rss_bytes(agent.process.pid) - before
         assert growth < BUDGET + DISKS * PER_CONNECTION, f"peak RSS grew {growth / MiB:.0f} MiB"
         for disk, target in agent.disks.items():
             with open(target, "rb") as f:
