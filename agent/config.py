@@ -45,6 +45,20 @@ DEFAULT_METRICS_LISTEN = ("127.0.0.1", 9444)
 DEFAULT_STATE_DIR = Path("/var/lib/mtagent")
 DEFAULT_STALL_TIMEOUT_SECONDS = 60.0
 DEFAULT_HASH_READ_BYTES = 256 * MiB
+WRITE_GROUP_BYTES = 8 * MiB
+"""A batch's writes go to the target in groups of about this much, each behind its undo
+records (docs/design.md, the batch path): larger means fewer journal fdatasyncs, smaller less
+memory per disk."""
+DEFAULT_MEMORY_BUDGET = 256 * MiB
+"""What all batches in flight may hold together (agent.replication.memory_budget)."""
+
+
+def batch_slot_bytes(max_frame_bytes: int) -> int:
+    """The memory budget's unit: a write group that ends with a whole frame, and as much again
+    for the old bytes its undo records copy."""
+    return 2 * (WRITE_GROUP_BYTES + max_frame_bytes)
+
+
 """Memory for reading targets for hash requests (resync, verify): two large direct-read
 windows (blockio.scan.chunk_digests.SCAN_WINDOW_BYTES) at once; more requests read in small
 windows through the page cache."""
@@ -104,6 +118,7 @@ class ServerConfig:
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     stall_timeout_seconds: float = DEFAULT_STALL_TIMEOUT_SECONDS
     hash_read_bytes: int = DEFAULT_HASH_READ_BYTES
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +256,7 @@ class _ConfigReader:
                 "max_batch_bytes",
                 "stall_timeout",
                 "hash_read_bytes",
+                "memory_budget",
             ),
         )
         listen_host, listen_port = self.address(table, "server", "listen", DEFAULT_LISTEN)
@@ -262,6 +278,15 @@ class _ConfigReader:
                 f"a size of at least server.max_frame_bytes ({max_frame_bytes} bytes)",
                 describe_value(table.get("max_batch_bytes", max_batch_bytes)),
             )
+        memory_budget = self.size(table, "server", "memory_budget", DEFAULT_MEMORY_BUDGET)
+        if memory_budget < batch_slot_bytes(max_frame_bytes):
+            # One batch at a time must fit, or nothing could ever be written.
+            raise self.error(
+                "server.memory_budget",
+                f"a size of at least {batch_slot_bytes(max_frame_bytes)} bytes "
+                "(2 x (8MiB + server.max_frame_bytes): one write group in flight)",
+                describe_value(table["memory_budget"]),
+            )
         state_dir = self.path(table, "server", "state_dir", default=DEFAULT_STATE_DIR)
         if state_dir.exists() and not state_dir.is_dir():
             raise self.error(
@@ -279,6 +304,7 @@ class _ConfigReader:
                 table, "server", "stall_timeout", DEFAULT_STALL_TIMEOUT_SECONDS
             ),
             hash_read_bytes=self.size(table, "server", "hash_read_bytes", DEFAULT_HASH_READ_BYTES),
+            memory_budget=memory_budget,
         )
 
     def read_tls(self, table: dict[str, Any]) -> TlsConfig:

@@ -174,9 +174,39 @@ class AgentMetrics:
         """Report per-disk state, read from `snapshots()` at every scrape."""
         self.registry.register(DiskCollector(snapshots))
 
+    def watch_memory_budget(
+        self, budget_bytes: int, held: Callable[[], int], waiting: Callable[[], int]
+    ) -> None:
+        """Report the memory budget and, at every scrape, `held()` bytes and `waiting()` batches."""
+        self.registry.register(MemoryBudgetCollector(budget_bytes, held, waiting))
+
     def watch_connections(self, count: Callable[[], int]) -> None:
         """Report `count()`, the open connections of the data port, at every scrape."""
         self.registry.register(ConnectionCollector(count))
+
+
+class MemoryBudgetCollector(Collector):
+    """The memory budget of batches in flight (agent.replication.memory_budget), at scrape time."""
+
+    def __init__(self, budget_bytes: int, held: Callable[[], int], waiting: Callable[[], int]):
+        self._budget_bytes, self._held, self._waiting = budget_bytes, held, waiting
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "mtagent_memory_budget_bytes",
+            "What batches in flight may hold together (server.memory_budget).",
+            value=self._budget_bytes,
+        )
+        yield GaugeMetricFamily(
+            "mtagent_memory_held_bytes",
+            "Memory of the budget that batches in flight hold now, in whole slots.",
+            value=self._held(),
+        )
+        yield GaugeMetricFamily(
+            "mtagent_memory_waiting_batches",
+            "Batches waiting for memory of the budget (their connections are not read).",
+            value=self._waiting(),
+        )
 
 
 class ConnectionCollector(Collector):

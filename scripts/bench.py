@@ -54,19 +54,13 @@ from agent.units import parse_size  # noqa: E402
 from protocol.client import AgentClient, client_ssl_context  # noqa: E402
 from tests.support.agent_harness import AgentProcess  # noqa: E402
 from tests.support.batches import batch  # noqa: E402
+from tests.support.process_memory import peak_rss_bytes  # noqa: E402
 
 MiB = 1 << 20
 
 
 def say(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def peak_rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
 def file_digest(path: Path) -> bytes:

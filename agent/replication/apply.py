@@ -21,7 +21,9 @@ from typing import Protocol, TypeVar
 
 import xxhash
 
+from agent.config import WRITE_GROUP_BYTES
 from agent.metrics import ROLLBACK_FAILED, AgentMetrics
+from agent.replication.memory_budget import MemoryBudget
 from agent.replication.replica import Replica
 from agent.replication.retention_gate import RetentionGate, commit_record
 from agent.replication.state import BatchCommit, StateStore
@@ -66,9 +68,7 @@ class ApplyLimits:
     max_frame_bytes: int
     max_batch_bytes: int
     stall_timeout_seconds: float
-    # Undo records are made durable once per group: larger groups mean fewer
-    # journal fdatasyncs, smaller ones less memory in flight (two groups).
-    group_bytes: int = 8 << 20
+    group_bytes: int = WRITE_GROUP_BYTES
 
 
 async def apply_batch(
@@ -79,12 +79,14 @@ async def apply_batch(
     limits: ApplyLimits,
     metrics: AgentMetrics,
     gate: RetentionGate | None = None,
+    budget: MemoryBudget | None = None,
 ) -> BatchResult:
     """Apply batch `seq` of `replica` from `body`, durably, or not at all.
 
     On return the batch is on stable storage (target, undo, state) and
     committed. Raises a ProtocolError subclass after rolling the batch back.
     `gate`: the retention policy's admission (507 RETENTION_FULL while paused).
+    `budget`: the memory all batches share; this one waits for its slots.
     """
     started = time.monotonic()
     try:
@@ -99,7 +101,8 @@ async def apply_batch(
                 )
             if gate is not None:
                 gate.admit(replica.id)  # before anything is read or written
-            result = await _BatchApplication(replica, store, seq, limits, metrics).run(body)
+            application = _BatchApplication(replica, store, seq, limits, metrics, budget)
+            result = await application.run(body)
     except ProtocolError as exc:
         metrics.rejected.labels(replica.id, exc.code).inc()
         if isinstance(exc, ChecksumMismatch):
@@ -176,6 +179,7 @@ class _BatchApplication:
         seq: int,
         limits: ApplyLimits,
         metrics: AgentMetrics,
+        budget: MemoryBudget | None = None,
     ) -> None:
         target = replica.target
         assert target is not None
@@ -201,11 +205,16 @@ class _BatchApplication:
         self.group_bytes = 0
         self.extent_end = 0
         self.in_flight: asyncio.Future[None] | None = None
+        self.budget = budget
+        self.gathering = False  # holds a slot of the budget for the group being gathered
         self.frame = 0  # the index of the frame being handled (BEGIN is 0)
 
     async def run(self, body: BodyReader) -> BatchResult:
         try:
-            while chunk := await _read(body, self.limits):
+            while True:
+                await self._gathering_slot()
+                if not (chunk := await _read(body, self.limits)):
+                    break
                 self.metrics.received_bytes.labels(self.replica.id).inc(len(chunk))
                 self.digest.update(chunk)
                 for event in self.decoder.feed(chunk):
@@ -221,6 +230,9 @@ class _BatchApplication:
         finally:
             # Committed or rolled back: what it wrote is settled content now.
             self.replica.inflight.ended()
+            if self.gathering and self.budget is not None:
+                self.gathering = False
+                self.budget.give()
 
     async def _handle(self, event: Begin | Data | Zero | Tag | End) -> None:
         match event:
@@ -262,7 +274,17 @@ class _BatchApplication:
             case End():
                 self.end = event
 
+    async def _gathering_slot(self) -> None:
+        """Hold a slot of the memory budget for the group being gathered, waiting for one if
+        need be: before the body is read further, so that while this waits the connection is
+        not read and TCP pushes back on the sender."""
+        if self.budget is not None and not self.gathering:
+            await self.budget.take()
+            self.gathering = True
+
     async def _add(self, write: Write) -> None:
+        # The slot went with a group flushed earlier in the same chunk's events.
+        await self._gathering_slot()
         self.group.append(write)
         self.group_bytes += write.length
         self.extent_end = max(self.extent_end, write.offset + write.length)
@@ -280,6 +302,11 @@ class _BatchApplication:
         self.replica.inflight.writing((write.offset, write.length) for write in group)
         loop = asyncio.get_running_loop()
         self.in_flight = loop.run_in_executor(self.replica.executor, self.writer.write_group, group)
+        if self.gathering and self.budget is not None:
+            # The group's slot goes with it, back to the budget the moment it is written.
+            self.gathering = False
+            budget = self.budget
+            self.in_flight.add_done_callback(lambda _: budget.give())
 
     async def _settle(self) -> None:
         if self.in_flight is not None:

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, batch_slot_bytes
 from agent.metrics import AgentMetrics
 from agent.replication.apply import ApplyLimits, apply_batch
+from agent.replication.memory_budget import MemoryBudget
 from agent.replication.replica import Replica
 from agent.server import hashes_api, keys, points_api
 from agent.server.contexts import open_replicas, run_retention, watch_disks
@@ -38,6 +39,13 @@ def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Applicat
         max_frame_bytes=config.server.max_frame_bytes,
         max_batch_bytes=config.server.max_batch_bytes,
         stall_timeout_seconds=config.server.stall_timeout_seconds,
+    )
+    budget = MemoryBudget(
+        config.server.memory_budget, batch_slot_bytes(config.server.max_frame_bytes)
+    )
+    app[keys.MEMORY_BUDGET] = budget
+    app[keys.METRICS].watch_memory_budget(
+        budget.budget_bytes, lambda: budget.held_bytes, lambda: budget.waiting
     )
     app.cleanup_ctx.append(open_replicas)
     app.cleanup_ctx.append(watch_disks)
@@ -127,6 +135,7 @@ async def put_batch(request: web.Request) -> web.Response:
         app[keys.LIMITS],
         app[keys.METRICS],
         gate=app.get(keys.RETENTION_GATE),
+        budget=app[keys.MEMORY_BUDGET],
     )
     return web.json_response(result.to_json())
 

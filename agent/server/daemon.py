@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from agent.config import AgentConfig
 from agent.replication.instance_lock import acquire_agent_lock
 from agent.server import keys
+from agent.server.allocator import return_large_buffers
 from agent.server.app import create_app, create_metrics_app
 from agent.server.draining import RequestDrain
 from agent.server.health import HealthProbe, Readiness, status_line
@@ -42,6 +43,7 @@ async def run_daemon(config: AgentConfig) -> None:
     or an in-place recovery works on the same state.
     """
     ssl_context = server_ssl_context(config.tls)
+    return_large_buffers()
     # The lock first: a second agent on the same state is told so, not that its port is taken.
     lock = acquire_agent_lock(
         config.server.state_dir,

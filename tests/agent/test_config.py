@@ -265,6 +265,12 @@ BAD_FILES = [
     ("retention missing", TLS, "retention", "a [retention] section"),
     ("server not a table", 'server = "x"\n' + MINIMAL, "server", "a [server] section"),
     (
+        "memory budget below one write group",
+        '[server]\nmemory_budget = "16MiB"\n' + MINIMAL,
+        "server.memory_budget",
+        "at least 25165824 bytes",
+    ),
+    (
         "tls key missing",
         '[tls]\ncert = "a"\nclient_ca = "c"\n' + RETENTION,
         "tls.key",

@@ -6,16 +6,10 @@ from pathlib import Path
 
 from tests.support.agent_harness import AgentProcess
 from tests.support.batches import resync_batch
+from tests.support.process_memory import peak_rss_bytes
 
 MiB = 1 << 20
 DISK = 256 * MiB
-
-
-def peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc")
 
 
 async def test_a_zero_frame_over_the_whole_disk_is_undone_group_by_group(tmp_path: Path):
@@ -23,7 +17,7 @@ async def test_a_zero_frame_over_the_whole_disk_is_undone_group_by_group(tmp_pat
     agent.start()
     try:
         assert agent.process is not None
-        before = peak_rss(agent.process.pid)
+        before = peak_rss_bytes(agent.process.pid)
         with open(agent.disks["d0"], "r+b") as target:
             target.write(b"\xab" * MiB)
 
@@ -31,7 +25,7 @@ async def test_a_zero_frame_over_the_whole_disk_is_undone_group_by_group(tmp_pat
 
         assert status == 200, answer
         # Its undo data (the old bytes) is read a write group (8 MiB) at a time, two in flight.
-        assert peak_rss(agent.process.pid) - before < 64 * MiB
+        assert peak_rss_bytes(agent.process.pid) - before < 64 * MiB
         with open(agent.disks["d0"], "rb") as target:
             assert target.read(2 * MiB) == bytes(2 * MiB)
     finally:
