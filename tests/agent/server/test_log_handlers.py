@@ -11,63 +11,21 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from agent.log_fields import log_fields
 from agent.server.log_handlers import JOURNAL_SOCKET_ENV, configure_logging
+from tests.support.journald import FakeJournald, parse_entry
 
 HERE = __file__
 
 
-@dataclass
-class Journald:
-    """The journald side: a bound datagram socket and the environment that points at it."""
-
-    sock: socket.socket
-    address: Path
-
-    def entry(self) -> bytes:
-        return self.sock.recv(1 << 20)
-
-    def environment(self) -> dict[str, str]:
-        """What systemd gives a service whose stderr is the journal (fd 2 is ours here)."""
-        stat = os.fstat(2)
-        return {
-            "JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}",
-            JOURNAL_SOCKET_ENV: str(self.address),
-        }
-
-
-def parse_entry(datagram: bytes) -> list[tuple[str, bytes]]:
-    """The fields of a native journal entry, as systemd.io/JOURNAL_NATIVE_PROTOCOL reads them."""
-    fields = []
-    rest = datagram
-    while rest:
-        line_end = rest.index(b"\n")
-        line = rest[:line_end]
-        if b"=" in line:
-            name, _, value = line.partition(b"=")
-            rest = rest[line_end + 1 :]
-        else:
-            name = line
-            (length,) = struct.unpack("<Q", rest[line_end + 1 : line_end + 9])
-            value = rest[line_end + 9 : line_end + 9 + length]
-            assert rest[line_end + 9 + length : line_end + 10 + length] == b"\n"
-            rest = rest[line_end + 10 + length :]
-        fields.append((name.decode(), value))
-    return fields
-
-
 @pytest.fixture
-def journald(tmp_path: Path) -> Iterator[Journald]:
-    address = tmp_path / "journal.socket"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(str(address))
-        sock.settimeout(10)
-        yield Journald(sock, address)
+def journald(tmp_path: Path) -> Iterator[FakeJournald]:
+    with FakeJournald(tmp_path / "journal.socket") as journald:
+        yield journald
 
 
 @pytest.fixture
@@ -83,14 +41,14 @@ def restore_root_logger() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("restore_root_logger")
-def test_under_journald_a_record_is_one_datagram_of_native_fields(journald: Journald) -> None:
-    configure_logging("info", journald.environment())
+def test_under_journald_a_record_is_one_datagram_of_native_fields(journald: FakeJournald) -> None:
+    configure_logging("info", journald.environment(fd=2))
     line = _next_line()
     logging.getLogger("agent.replication.replica").info(
         "disk vm1-disk0: state ok (was resyncing)",
         extra=log_fields(disk="vm1-disk0", state="ok", previous="resyncing"),
     )
-    assert journald.entry() == (
+    assert journald.receive() == (
         b"MESSAGE=disk vm1-disk0: state ok (was resyncing)\n"
         b"PRIORITY=6\n"
         b"SYSLOG_IDENTIFIER=mtagent\n"
@@ -104,13 +62,13 @@ def test_under_journald_a_record_is_one_datagram_of_native_fields(journald: Jour
 
 
 @pytest.mark.usefixtures("restore_root_logger")
-def test_a_value_with_newlines_is_sent_with_its_length(journald: Journald) -> None:
-    configure_logging("info", journald.environment())
+def test_a_value_with_newlines_is_sent_with_its_length(journald: FakeJournald) -> None:
+    configure_logging("info", journald.environment(fd=2))
     try:
         raise OSError("disk gone")
     except OSError:
         logging.getLogger("agent.replication.apply").exception("batch 2 failed")
-    datagram = journald.entry()
+    datagram = journald.receive()
     fields = dict(parse_entry(datagram))
     message = fields["MESSAGE"]
     assert message.startswith(b"batch 2 failed\nTraceback (most recent call last):\n")
@@ -121,8 +79,8 @@ def test_a_value_with_newlines_is_sent_with_its_length(journald: Journald) -> No
 
 
 @pytest.mark.usefixtures("restore_root_logger")
-def test_an_entry_too_large_for_a_datagram_goes_in_a_sealed_memfd(journald: Journald) -> None:
-    configure_logging("info", journald.environment())
+def test_an_entry_too_large_for_a_datagram_goes_in_a_sealed_memfd(journald: FakeJournald) -> None:
+    configure_logging("info", journald.environment(fd=2))
     huge = "x" * (1 << 20)
     logging.getLogger("agent").warning(huge)
     payload, fds, _flags, _address = socket.recv_fds(journald.sock, 1024, 1)
@@ -141,10 +99,10 @@ def test_an_entry_too_large_for_a_datagram_goes_in_a_sealed_memfd(journald: Jour
 
 
 @pytest.mark.usefixtures("restore_root_logger")
-def test_a_structured_field_cannot_replace_the_entrys_own(journald: Journald) -> None:
-    configure_logging("info", journald.environment())
+def test_a_structured_field_cannot_replace_the_entrys_own(journald: FakeJournald) -> None:
+    configure_logging("info", journald.environment(fd=2))
     logging.getLogger("agent").info("real", extra=log_fields(message="forged", priority=2))
-    fields = parse_entry(journald.entry())
+    fields = parse_entry(journald.receive())
     assert [value for name, value in fields if name in ("MESSAGE", "PRIORITY")] == [b"real", b"6"]
 
 
@@ -174,9 +132,9 @@ def test_when_the_journal_socket_cannot_be_used_lines_carry_their_priority(
 
 @pytest.mark.usefixtures("restore_root_logger")
 def test_a_record_journald_does_not_take_goes_to_stderr_with_its_priority(
-    journald: Journald, capfd: pytest.CaptureFixture[str]
+    journald: FakeJournald, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    configure_logging("info", journald.environment())
+    configure_logging("info", journald.environment(fd=2))
     journald.sock.close()
     journald.address.unlink()  # journald stopped after the agent started
     logging.getLogger("agent.retention.keeper").warning("retention full")
@@ -185,9 +143,9 @@ def test_a_record_journald_does_not_take_goes_to_stderr_with_its_priority(
 
 @pytest.mark.usefixtures("restore_root_logger")
 def test_an_inherited_journal_stream_that_is_not_stderr_means_plain_lines(
-    journald: Journald, capfd: pytest.CaptureFixture[str]
+    journald: FakeJournald, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    environment = journald.environment()
+    environment = journald.environment(fd=2)
     environment["JOURNAL_STREAM"] = "8:12345"  # our parent's stderr, not ours
     configure_logging("info", environment)
     logging.getLogger("agent.replication.replica").info(
@@ -201,16 +159,16 @@ def test_an_inherited_journal_stream_that_is_not_stderr_means_plain_lines(
     )
     journald.sock.settimeout(0)
     with pytest.raises(BlockingIOError):
-        journald.entry()
+        journald.receive()
 
 
 @pytest.mark.usefixtures("restore_root_logger")
-def test_the_level_leaves_out_what_is_less_important(journald: Journald) -> None:
-    configure_logging("warning", journald.environment())
+def test_the_level_leaves_out_what_is_less_important(journald: FakeJournald) -> None:
+    configure_logging("warning", journald.environment(fd=2))
     logging.getLogger("agent").info("not wanted")
     logging.getLogger("agent").debug("not wanted either")
     logging.getLogger("agent").warning("wanted")
-    assert dict(parse_entry(journald.entry()))["MESSAGE"] == b"wanted"
+    assert dict(parse_entry(journald.receive()))["MESSAGE"] == b"wanted"
 
 
 def _next_line() -> int:
