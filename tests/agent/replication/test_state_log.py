@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import DiskConfig
 from agent.log_fields import record_fields
 from agent.metrics import STATE_BEHIND_JOURNAL
 from agent.replication.replica import Replica
-from agent.replication.state import StateStore
 from blockio.disks.target import TargetError
+from tests.support.retention_scenario import file_replica
 
 MiB = 1 << 20
 REPLICA = "agent.replication.replica"
@@ -22,13 +21,7 @@ REPLICA = "agent.replication.replica"
 
 @pytest.fixture
 async def replica(tmp_path: Path) -> AsyncIterator[Replica]:
-    target = tmp_path / "d0.img"
-    target.write_bytes(bytes(MiB))
-    store = StateStore.open(tmp_path / "state")
-    replica = Replica(
-        DiskConfig("d0", "g1", target, None), tmp_path / "retention" / "d0", store.progress("d0"),
-        store=store,
-    )  # fmt: skip
+    replica, store = file_replica(tmp_path)
     yield replica
     await replica.run(replica.close_blocking)
     replica.executor.shutdown()
@@ -55,13 +48,19 @@ async def test_the_state_found_is_logged_once_logging_starts_without_a_previous_
     ]
 
 
-async def test_a_target_lost_is_logged_missing_with_its_previous_state_and_why(
-    replica: Replica, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.fixture
+async def logging_replica(replica: Replica) -> Replica:
+    """The replica opened, its first state logged."""
     await replica.run(replica.open_blocking)
     replica.start_logging_state()
+    return replica
+
+
+async def test_a_target_lost_is_logged_missing_with_its_previous_state_and_why(
+    logging_replica: Replica, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.INFO, REPLICA):
-        replica.mark_unavailable("read of 4096 bytes at 0 failed: EIO")
+        logging_replica.mark_unavailable("read of 4096 bytes at 0 failed: EIO")
     assert state_lines(caplog) == [
         (
             "disk d0: state missing (was resync_required)",
@@ -89,10 +88,9 @@ async def test_a_target_that_cannot_be_opened_is_logged_missing_with_the_reason(
 
 
 async def test_a_state_that_stays_is_not_logged_again(
-    replica: Replica, caplog: pytest.LogCaptureFixture
+    logging_replica: Replica, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await replica.run(replica.open_blocking)
-    replica.start_logging_state()
+    replica = logging_replica
     with caplog.at_level(logging.INFO, REPLICA):
         replica.log_state_change()
         await replica.run(replica.require_resync, STATE_BEHIND_JOURNAL, "already required")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent.config import AgentConfig, DiskConfig, RetentionConfig, ServerConfig, TlsConfig
+from agent.config import AgentConfig, RetentionConfig, ServerConfig, TlsConfig
 from agent.log_fields import record_fields
 from agent.metrics import AgentMetrics
 from agent.recovery.points import running_points
@@ -24,22 +24,11 @@ from agent.replication.state import StateStore
 from agent.retention.keeper import RetentionKeeper
 from agent.retention.metrics import RetentionMetrics
 from blockio.journal.pruning import DriveSpace
-from tests.support.batches import batch, resync_batch
-from tests.support.retention_scenario import KiB, MiB
+from tests.support.batches import ChunkedBody, batch, resync_batch
+from tests.support.retention_scenario import KiB, MiB, file_replica
 
 HOUR_NS = 3600 * 10**9
 KEEPER = "agent.retention.keeper"
-
-
-class Body:
-    """A batch body handed to apply_batch in chunks, as the server reads it."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    async def read(self, n: int = -1) -> bytes:
-        chunk, self._data = self._data[:n], self._data[n:]
-        return chunk
 
 
 @dataclass
@@ -64,7 +53,10 @@ class Scene:
             else:
                 offset = rng.randrange(0, MiB - 32 * KiB, 512)
                 body = batch("d0", seq, [(offset, rng.randbytes(32 * KiB))])
-            await apply_batch(self.replica, self.store, seq, Body(body), limits, metrics, self.gate)
+            body_reader = ChunkedBody(body)
+            await apply_batch(
+                self.replica, self.store, seq, body_reader, limits, metrics, self.gate
+            )
 
     def points(self) -> list[int]:
         config = AgentConfig(
@@ -80,16 +72,7 @@ class Scene:
 
 @pytest.fixture
 async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
-    target = tmp_path / "d0.img"
-    target.write_bytes(bytes(MiB))
-    store = StateStore.open(tmp_path / "state")
-    replica = Replica(
-        DiskConfig("d0", "g1", target, None),
-        tmp_path / "retention" / "d0",
-        store.progress("d0"),
-        store=store,
-        segment_bytes=64 * KiB,
-    )
+    replica, store = file_replica(tmp_path)
     await replica.run(replica.open_blocking)
     gate = RetentionGate()
     scene = Scene(tmp_path, replica, store, None, gate)  # type: ignore[arg-type]
