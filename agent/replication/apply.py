@@ -22,6 +22,7 @@ from typing import Protocol, TypeVar
 import xxhash
 
 from agent.config import WRITE_GROUP_BYTES
+from agent.log_fields import log_fields
 from agent.metrics import ROLLBACK_FAILED, AgentMetrics
 from agent.replication.memory_budget import MemoryBudget
 from agent.replication.replica import Replica
@@ -329,6 +330,7 @@ class _BatchApplication:
             extent_end=self.extent_end,
         )
         replica.progress = await replica.run(self.store.commit, batch, replica.progress)
+        replica.log_state_change()
         # From here on the batch is acknowledged, whatever happens to its undo.
         writer, self.writer = self.writer, None
         try:
@@ -369,7 +371,11 @@ class _BatchApplication:
         try:
             undone = await _uncancelled(self.replica.run(writer.rollback))
             log.info(
-                "disk %s: batch %d rolled back (%d undo records)", self.replica.id, self.seq, undone
+                "disk %s: batch %d rolled back (%d undo records)",
+                self.replica.id,
+                self.seq,
+                undone,
+                extra=log_fields(disk=self.replica.id, seq=self.seq),
             )
         except UndoLost as lost:
             await _uncancelled(self._give_up(writer, lost, failure))

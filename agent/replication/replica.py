@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.config import DiskConfig, target_location
+from agent.log_fields import log_fields
 from agent.metrics import CRASH_RECOVERY_FAILED, STATE_BEHIND_JOURNAL, DiskSnapshot
 from agent.replication.inflight_writes import InflightWrites
 from agent.replication.state import DiskProgress, StateStore
@@ -59,6 +61,10 @@ class Replica:
     # Gaps detected since the agent started, by cause (agent.metrics.GAP_CAUSES).
     gaps: dict[str, int] = field(default_factory=dict)
     executor: ThreadPoolExecutor = field(init=False)
+    # Whether state changes are logged yet (`start_logging_state`), and the state last logged.
+    _logging_states: bool = field(default=False, init=False, repr=False)
+    _logged_state: DiskState | None = field(default=None, init=False, repr=False)
+    _logging_state: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"disk-{self.config.id}")
@@ -74,6 +80,44 @@ class Replica:
         if self.target is None:
             return DiskState.PROTECTED if self.protected_reason else DiskState.MISSING
         return self.progress.state
+
+    @property
+    def state_reason(self) -> str:
+        """Why the disk is in its state when that is not `ok` ("" when nothing says why)."""
+        state = self.state
+        if state == DiskState.PROTECTED:
+            return self.protected_reason
+        if state == DiskState.MISSING:
+            return self.unavailable_reason
+        if state in (DiskState.RESYNC_REQUIRED, DiskState.RECOVERED):
+            return self.progress.resync_reason
+        return ""
+
+    def start_logging_state(self) -> None:
+        """Log the disk's state as the agent found it, and from now on each change of it
+        (`log_state_change`). The daemon calls it once its start can no longer be refused, so
+        that a refused start says one line."""
+        with self._logging_state:
+            self._logging_states = True
+        self.log_state_change()
+
+    def log_state_change(self) -> None:
+        """Log the disk's state at info when it is not the one last logged (the first time
+        without PREVIOUS), with the fields DISK, STATE, PREVIOUS and REASON; nothing before
+        `start_logging_state`. Called wherever the state may change; safe from any thread."""
+        with self._logging_state:
+            if not self._logging_states:
+                return
+            state, previous = self.state, self._logged_state
+            if state == previous:
+                return
+            self._logged_state = state
+        reason = self.state_reason or None
+        fields = log_fields(disk=self.id, state=state, previous=previous, reason=reason)
+        if previous is None:
+            log.info("disk %s: state %s", self.id, state, extra=fields)
+        else:
+            log.info("disk %s: state %s (was %s)", self.id, state, previous, extra=fields)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking `fn(*args)` on this disk's I/O thread."""
@@ -92,6 +136,16 @@ class Replica:
         return expected_size(self.config.source_size_bytes, seen, seen_ns)
 
     def open_blocking(self) -> int:
+        """`_open_blocking`, and the state it leaves the disk in logged (`log_state_change`)."""
+        try:
+            return self._open_blocking()
+        except Exception as exc:
+            self.unavailable_reason = str(exc)
+            raise
+        finally:
+            self.log_state_change()
+
+    def _open_blocking(self) -> int:
         """Find the target, check that nothing on this host uses it, open it (a block device
         exclusively), open the journal and roll back a batch cut off by a crash or by the
         device going away. A gap found on the way makes the disk `resync_required`
@@ -111,7 +165,12 @@ class Replica:
             )
         except DeviceProtected as exc:
             if not self.protected_reason:
-                log.error("disk %s: PROTECTED, not written: %s", self.id, exc)
+                log.error(
+                    "disk %s: PROTECTED, not written: %s",
+                    self.id,
+                    exc,
+                    extra=log_fields(disk=self.id),
+                )
             self.protected_reason = "; ".join(exc.reasons)
             raise
         except BaseException:
@@ -199,7 +258,15 @@ class Replica:
                 resync_reason=reason,
             )
         self.gaps[cause] = self.gaps.get(cause, 0) + 1
-        log.warning("disk %s: RESYNC REQUIRED (%s): %s", self.id, cause, reason)
+        log.warning(
+            "disk %s: RESYNC REQUIRED (%s): %s",
+            self.id,
+            cause,
+            reason,
+            extra=log_fields(disk=self.id, cause=cause),
+        )
+        if self.target is not None:  # while opening, `open_blocking` logs where it ends
+            self.log_state_change()
 
     async def ensure_open(self) -> TargetDisk:
         """The open target, opening it first if needed; TargetUnavailable (503) otherwise."""
@@ -214,12 +281,15 @@ class Replica:
 
     def mark_unavailable(self, reason: str) -> None:
         """Drop the open target after an I/O failure; the next batch reopens and recovers."""
-        log.error("disk %s: target unavailable: %s", self.id, reason)
+        log.error(
+            "disk %s: target unavailable: %s", self.id, reason, extra=log_fields(disk=self.id)
+        )
         target, journal = self.target, self.journal
         self.target = self.journal = None
         self.unavailable_reason = reason
         if target is not None:
             self.executor.submit(_close_quietly, target, journal)
+        self.log_state_change()
 
     def detach(self, reason: str) -> None:
         """The device went away: stop all I/O through it at once, then drop it as

@@ -31,11 +31,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from agent.config import RetentionConfig
+from agent.log_fields import log_fields
 from agent.replication.replica import Replica
 from agent.replication.retention_gate import RetentionGate, complete_commit_records
 from agent.replication.state import StateStore
 from agent.retention.metrics import RetentionMetrics
-from blockio.journal.index import walk_segment
+from blockio.journal.index import SegmentSummary, restorable_floor, walk_segment
 from blockio.journal.pruning import (
     WINDOW,
     Deletion,
@@ -47,6 +48,7 @@ from blockio.journal.pruning import (
 from blockio.journal.records import UNDO_MISSING
 from blockio.journal.segments import JournalIOError, segment_path
 from blockio.journal.undo_journal import UndoJournal
+from protocol.documents import DiskState
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,34 @@ def drive_space(path: Path) -> DriveSpace:
 
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
+
+
+def _pruned_fields(disk: str, deletions: list[Deletion]) -> dict[str, dict[str, str]]:
+    return log_fields(
+        disk=disk,
+        reason=deletions[0].reason,
+        segments=",".join(str(d.number) for d in deletions),
+        bytes=sum(d.size_bytes for d in deletions),
+    )
+
+
+def _log_points_dropped(
+    disk: str, before: tuple[SegmentSummary, ...], pruned: set[int], last_seq: int
+) -> None:
+    """Log the recovery points of `disk` that pruning the segments numbered `pruned` took away:
+    those older than the oldest batch its journal can still roll back to. Both floors come from
+    the same summaries, so a batch committed meanwhile does not count."""
+    old_floor = restorable_floor(before, last_seq)
+    new_floor = restorable_floor([s for s in before if s.number not in pruned], last_seq)
+    first = max(old_floor, 1)
+    if new_floor > first:
+        log.info(
+            "disk %s: recovery points of batches %d..%d dropped with their undo",
+            disk,
+            first,
+            new_floor - 1,
+            extra=log_fields(disk=disk, first_seq=first, last_seq=new_floor - 1),
+        )
 
 
 class RetentionKeeper:
@@ -100,6 +130,8 @@ class RetentionKeeper:
         self._paused_at: float | None = None
         self._scrubbed: tuple[str, int] = ("", 0)
         self._space_error: str | None = None
+        # Per disk, the newest sealed segment logged (or found sealed at start).
+        self._sealed: dict[str, int] = {}
 
     async def complete_commits(self) -> None:
         """Complete the commit records of every open journal not completed yet (new at start,
@@ -146,6 +178,7 @@ class RetentionKeeper:
             if journal is None:
                 continue
             summaries = journal.summaries()
+            self._log_sealed(disk, summaries)
             segments += [
                 SegmentState(disk, s.number, s.size_bytes, s.last_time_ns, i == len(summaries) - 1)
                 for i, s in enumerate(summaries)
@@ -176,11 +209,34 @@ class RetentionKeeper:
                 )
             self.full = decision.full
 
+    def _log_sealed(self, disk: str, summaries: tuple[SegmentSummary, ...]) -> None:
+        """Log the segments sealed since the last round (those sealed before the agent started
+        are only noted)."""
+        sealed = summaries[:-1]
+        newest = sealed[-1].number if sealed else 0
+        seen = self._sealed.get(disk)
+        self._sealed[disk] = max(newest, seen or 0)
+        if seen is None:
+            return
+        for summary in sealed:
+            if summary.number > seen:
+                log.info(
+                    "disk %s: undo segment %d sealed (%s, batches %d..%d)",
+                    disk,
+                    summary.number,
+                    _mib(summary.size_bytes),
+                    summary.first_seq,
+                    summary.last_seq,
+                    extra=log_fields(disk=disk, segment=summary.number, bytes=summary.size_bytes),
+                )
+
     async def _prune(self, replica: Replica, deletions: list[Deletion]) -> None:
         journal = replica.journal
         if journal is None:
             return
         numbers = [d.number for d in deletions]
+        last_seq = replica.progress.last_seq
+        before = journal.summaries()
         try:
             freed = await replica.run(journal.prune, numbers)
         except (ValueError, JournalIOError) as exc:
@@ -204,14 +260,19 @@ class RetentionKeeper:
                 early[0].reason,
                 len(early),
                 _mib(sum(d.size_bytes for d in early)),
+                extra=_pruned_fields(replica.id, early),
             )
-        if len(early) < len(deletions):
+        on_time = [d for d in deletions if d.reason == WINDOW]
+        if on_time:
             log.info(
                 "disk %s: pruned %d undo segments (%s) older than the retention window",
                 replica.id,
-                len(deletions) - len(early),
-                _mib(sum(d.size_bytes for d in deletions if d.reason == WINDOW)),
+                len(on_time),
+                _mib(sum(d.size_bytes for d in on_time)),
+                extra=_pruned_fields(replica.id, on_time),
             )
+        if replica.progress.state == DiskState.OK:
+            _log_points_dropped(replica.id, before, set(numbers), last_seq)
 
     def _set_pause(self, reason: str | None) -> None:
         now = time.monotonic()

@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from agent.config import AgentConfig
+from agent.log_fields import log_fields
 from agent.replication.instance_lock import acquire_agent_lock
 from agent.server import keys
 from agent.server.allocator import return_large_buffers
@@ -22,6 +23,7 @@ from agent.server.listeners import bind_listeners
 from agent.server.sdnotify import SystemdNotifier, notify_while_running, watchdog_interval
 from agent.server.tls import server_ssl_context
 from agent.server.tls_handshakes import count_handshake_failures
+from agent.version import agent_version
 
 log = logging.getLogger("mtagent")
 
@@ -70,6 +72,8 @@ async def _serve_holding_the_lock(config: AgentConfig, ssl_context: ssl.SSLConte
             sock.close()
         raise
     listening = [*data_sockets, *metrics_sockets]
+    listen = _address(server.listen_host, data_sockets[0].getsockname()[1])
+    metrics_listen = _address(server.metrics_host, metrics_sockets[0].getsockname()[1])
     registry = CollectorRegistry()
     app = create_app(config, registry)
     count_handshake_failures(ssl_context, app[keys.METRICS].count_handshake_failure)
@@ -92,6 +96,23 @@ async def _serve_holding_the_lock(config: AgentConfig, ssl_context: ssl.SSLConte
     try:
         await runner.setup()
         await metrics_runner.setup()
+        # Only now: every refusal of a start (TLS, lock, ports, retention path, state store) is
+        # behind us, and a refused start says one line on stderr, not two.
+        log.info(
+            "started: mtagent %s, config %s, data port %s, metrics port %s",
+            agent_version(),
+            config.file,
+            listen,
+            metrics_listen,
+            extra=log_fields(
+                version=agent_version(),
+                config=config.file,
+                listen=listen,
+                metrics_listen=metrics_listen,
+            ),
+        )
+        for replica in app[keys.REPLICAS].values():
+            replica.start_logging_state()
         data_sites = [web.SockSite(runner, sock, ssl_context=ssl_context) for sock in data_sockets]
         metrics_sites = [web.SockSite(metrics_runner, sock) for sock in metrics_sockets]
         for site in [*data_sites, *metrics_sites]:
@@ -114,6 +135,7 @@ async def _serve_holding_the_lock(config: AgentConfig, ssl_context: ssl.SSLConte
             data_sockets[0].getsockname()[1],
             server.metrics_host,
             metrics_sockets[0].getsockname()[1],
+            extra=log_fields(disks=len(config.disks), listen=listen, metrics_listen=metrics_listen),
         )
         await stop.wait()
         log.info("stopping: finishing or rolling back batches in flight")
@@ -143,6 +165,10 @@ async def _serve_holding_the_lock(config: AgentConfig, ssl_context: ssl.SSLConte
         for sock in listening:
             sock.close()  # already closed by their site once it started; not before
     log.info("stopped")
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _supervise(

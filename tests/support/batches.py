@@ -46,3 +46,15 @@ def apply_in_memory(image: bytearray, writes: Iterable[Write]) -> None:
             image[offset : offset + content] = bytes(content)
         else:
             image[offset : offset + len(content)] = content
+
+
+class ChunkedBody:
+    """A batch body handed to `apply_batch` in chunks of the size asked, as the server reads
+    a request's body."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def read(self, n: int = -1) -> bytes:
+        chunk, self._data = self._data[:n], self._data[n:]
+        return chunk

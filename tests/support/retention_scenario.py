@@ -8,6 +8,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.config import DiskConfig
+from agent.replication.replica import Replica
+from agent.replication.state import StateStore
 from protocol.events import Tag
 from tests.support.agent_harness import AgentProcess, free_port
 from tests.support.batches import Write, apply_in_memory, batch
@@ -38,6 +41,24 @@ class SourceDisk:
         for writes in self.history[:seq]:
             apply_in_memory(image, writes)
         return bytes(image)
+
+
+def file_replica(
+    tmp_path: Path, size: int = MiB, *, segment_bytes: int = 64 * KiB
+) -> tuple[Replica, StateStore]:
+    """Disk d0 of group g1 on a zeroed file target of `size` in `tmp_path`, with its state store
+    and undo journal there too (not opened yet: `await replica.run(replica.open_blocking)`)."""
+    target = tmp_path / "d0.img"
+    target.write_bytes(bytes(size))
+    store = StateStore.open(tmp_path / "state")
+    replica = Replica(
+        DiskConfig("d0", "g1", target, None),
+        tmp_path / "retention" / "d0",
+        store.progress("d0"),
+        store=store,
+        segment_bytes=segment_bytes,
+    )
+    return replica, store
 
 
 def random_writes(rng: random.Random, size: int, *, zeros: bool = True) -> list[Write]:

@@ -14,18 +14,17 @@ from agent.config import AgentConfig, DiskConfig, RetentionConfig, ServerConfig,
 from agent.metrics import AgentMetrics
 from agent.recovery.points import running_points
 from agent.replication.apply import ApplyLimits, apply_batch
-from agent.replication.replica import Replica
 from agent.replication.retention_gate import RetentionGate
-from agent.replication.state import StateStore
 from agent.retention.keeper import RetentionKeeper
 from agent.retention.metrics import RetentionMetrics
 from blockio.journal.pruning import DriveSpace
 from tests.support.agent_harness import AgentProcess
-from tests.support.batches import batch, resync_batch
+from tests.support.batches import ChunkedBody, batch, resync_batch
 from tests.support.retention_scenario import (
     KiB,
     MiB,
     SourceDisk,
+    file_replica,
     send,
     settled_points,
 )
@@ -33,37 +32,19 @@ from tests.support.retention_scenario import (
 HOUR_NS = 3600 * 10**9
 
 
-class Body:
-    """A batch body handed to apply_batch in chunks, as the server reads it."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    async def read(self, n: int = -1) -> bytes:
-        chunk, self._data = self._data[:n], self._data[n:]
-        return chunk
-
-
 async def test_pruning_by_time_withdraws_the_points_whose_undo_is_gone(tmp_path: Path) -> None:
-    target = tmp_path / "d0.img"
-    target.write_bytes(bytes(MiB))
-    store = StateStore.open(tmp_path / "state")
-    replica = Replica(
-        DiskConfig("d0", "g1", target, None),
-        tmp_path / "retention" / "d0",
-        store.progress("d0"),
-        store=store,
-        segment_bytes=64 * KiB,
-    )
+    replica, store = file_replica(tmp_path)
+    target = replica.config.path
+    assert target is not None
     await replica.run(replica.open_blocking)
     metrics, gate = AgentMetrics(CollectorRegistry()), RetentionGate()
     limits = ApplyLimits(4 * MiB, 64 * MiB, 10.0)
     rng = random.Random(1)
     first = resync_batch("d0", 1, [(0, rng.randbytes(MiB))])
-    await apply_batch(replica, store, 1, Body(first), limits, metrics, gate)
+    await apply_batch(replica, store, 1, ChunkedBody(first), limits, metrics, gate)
     for seq in range(2, 21):
         body = batch("d0", seq, [(rng.randrange(0, MiB - 32 * KiB, 512), rng.randbytes(32 * KiB))])
-        await apply_batch(replica, store, seq, Body(body), limits, metrics, gate)
+        await apply_batch(replica, store, seq, ChunkedBody(body), limits, metrics, gate)
     replicated_ns = time.time_ns()  # every undo record is older than this
     registry = CollectorRegistry()
     now = replicated_ns

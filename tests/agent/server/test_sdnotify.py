@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import random
 import shutil
@@ -22,7 +21,6 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from agent.commands.serve import configure_logging
 from agent.metrics import DiskSnapshot
 from agent.replication.state import StateStore
 from agent.server.app import create_metrics_app
@@ -341,29 +339,6 @@ def test_status_line_names_disks_by_state_and_the_worst_rpo() -> None:
         "0/1 disks ok (1 resync_required), nothing replicated yet"
     )
     assert status_line([], now_ns=now) == "no disks configured"
-
-
-def test_under_journald_every_log_line_carries_its_priority(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
-        configure_logging("info")
-        logging.getLogger("mtagent").info("ready: 1 disks")
-        try:
-            raise OSError("disk gone")
-        except OSError:
-            logging.getLogger("agent.replication.apply").exception("batch 2 failed")
-    finally:
-        root.handlers[:], level = saved
-        root.setLevel(level)
-    lines = capsys.readouterr().err.splitlines()
-    assert lines[0] == "<6>mtagent: ready: 1 disks"
-    assert lines[1] == "<3>agent.replication.apply: batch 2 failed"
-    assert lines[-1] == "<3>OSError: disk gone"
-    assert all(line.startswith("<3>") for line in lines[1:])
 
 
 async def test_healthz_says_why_the_agent_is_not_ready() -> None:
