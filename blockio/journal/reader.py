@@ -104,68 +104,119 @@ def scan_headers_into(
     end = f.seek(0, io.SEEK_END)
     position = start
     while position < end:
-        f.seek(position)
-        raw = f.read(HEADER_BYTES)
-        if len(raw) < HEADER_BYTES:
-            return position
-        (
-            magic,
-            version,
-            kind,
-            flags,
-            reserved_a,
-            disk_len,
-            reserved_b,
-            length,
-            seq,
-            offset,
-            time_ns,
-            stored,
-            reserved_c,
-            data_digest,
-            header_digest,
-        ) = HEADER.unpack(raw)
-
-        fault = _frame_fault(magic, version, disk_len)
-        if fault is not None:
-            if _zeros_to_end(f, position, end):
-                return position
-            raise JournalCorrupt(path, position, fault)
-        if position + HEADER_BYTES + disk_len > end:
-            return position
-        disk = f.read(disk_len)
-        if xxhash.xxh3_64_intdigest(raw[:HEADER_DIGESTED_BYTES] + disk) != header_digest:
-            if _zeros_to_end(f, position, end):
-                return position
-            raise JournalCorrupt(path, position, "header digest mismatch")
-        # The digest matched: a fault from here on was written so, not damaged on the way.
-        fault = _field_fault(kind, flags, length, stored, reserved_a | reserved_b | reserved_c)
-        if fault is not None:
-            raise JournalCorrupt(path, position, fault)
         try:
-            disk_id = disk.decode()
-        except UnicodeDecodeError:
-            raise JournalCorrupt(path, position, "disk id is not UTF-8") from None
-        total = HEADER_BYTES + disk_len + stored
-        if position + total > end:
+            header = _header_at(f, path, position, end)
+        except JournalCorrupt:
+            if _zeros_to_end(f, position, end):
+                return position
+            raise
+        if header is None or header.end > end:
             return position
-        headers.append(
-            RecordHeader(
-                position=position,
-                total_bytes=total,
-                kind=kind,
-                disk=disk_id,
-                seq=seq,
-                offset=offset,
-                length=length,
-                time_ns=time_ns,
-                flags=flags,
-                stored_bytes=stored,
-                data_digest=data_digest,
-            )
-        )
-        position += total
+        headers.append(header)
+        position = header.end
     return None
+
+
+def scan_headers_past_damage(
+    f: BinaryIO, path: Path
+) -> tuple[list[RecordHeader], list[JournalCorrupt], int | None]:
+    """Walk the headers of a whole segment like `scan_headers`, but go on past damage: after a
+    header that cannot be read, the walk resumes at the next position that holds a header whose
+    digest matches (`find_header`). Returns (headers in file order, the damage met in file order,
+    torn_at). What follows a damaged stretch tells whether it was ever synced (see
+    `blockio.journal.rollback`)."""
+    headers: list[RecordHeader] = []
+    damage: list[JournalCorrupt] = []
+    position: int | None = 0
+    while position is not None:
+        try:
+            return headers, damage, scan_headers_into(f, path, headers, position)
+        except JournalCorrupt as exc:
+            damage.append(exc)
+            position = find_header(f, path, exc.position + 1)
+    return headers, damage, None
+
+
+_FIND_CHUNK = 1 << 20
+
+
+def find_header(f: BinaryIO, path: Path, start: int) -> int | None:
+    """The first position at or after `start` that holds a record header whose digest matches
+    (the record may still run past the end of the file), or None. A 64-bit digest over the
+    header makes a chance match in damaged bytes or in old data negligible."""
+    end = f.seek(0, io.SEEK_END)
+    position = start
+    while position < end:
+        f.seek(position)
+        chunk = f.read(min(_FIND_CHUNK, end - position))
+        hit = chunk.find(MAGIC)
+        while hit >= 0:
+            try:
+                if _header_at(f, path, position + hit, end) is not None:
+                    return position + hit
+            except JournalCorrupt:
+                pass
+            hit = chunk.find(MAGIC, hit + 1)
+        # A magic cut by the chunk's end is found again at the start of the next chunk.
+        position += max(len(chunk) - (len(MAGIC) - 1), 1)
+    return None
+
+
+def _header_at(f: BinaryIO, path: Path, position: int, end: int) -> RecordHeader | None:
+    """The header of the record at `position`, its digest and fields checked; the record may
+    run past `end` (its `end` says). None when the file ends inside the header or the disk id.
+    Raises JournalCorrupt for a bad magic, an unknown version, a digest mismatch or
+    inconsistent fields."""
+    f.seek(position)
+    raw = f.read(HEADER_BYTES)
+    if len(raw) < HEADER_BYTES:
+        return None
+    (
+        magic,
+        version,
+        kind,
+        flags,
+        reserved_a,
+        disk_len,
+        reserved_b,
+        length,
+        seq,
+        offset,
+        time_ns,
+        stored,
+        reserved_c,
+        data_digest,
+        header_digest,
+    ) = HEADER.unpack(raw)
+    fault = _frame_fault(magic, version, disk_len)
+    if fault is not None:
+        raise JournalCorrupt(path, position, fault)
+    if position + HEADER_BYTES + disk_len > end:
+        return None
+    disk = f.read(disk_len)
+    if xxhash.xxh3_64_intdigest(raw[:HEADER_DIGESTED_BYTES] + disk) != header_digest:
+        raise JournalCorrupt(path, position, "header digest mismatch")
+    # The digest matched: a fault from here on was written so, not damaged on the way.
+    fault = _field_fault(kind, flags, length, stored, reserved_a | reserved_b | reserved_c)
+    if fault is not None:
+        raise JournalCorrupt(path, position, fault)
+    try:
+        disk_id = disk.decode()
+    except UnicodeDecodeError:
+        raise JournalCorrupt(path, position, "disk id is not UTF-8") from None
+    return RecordHeader(
+        position=position,
+        total_bytes=HEADER_BYTES + disk_len + stored,
+        kind=kind,
+        disk=disk_id,
+        seq=seq,
+        offset=offset,
+        length=length,
+        time_ns=time_ns,
+        flags=flags,
+        stored_bytes=stored,
+        data_digest=data_digest,
+    )
 
 
 def read_record(f: BinaryIO, header: RecordHeader, path: Path) -> UndoRecord:
@@ -253,3 +304,13 @@ def read_commit(f: BinaryIO, header: RecordHeader, path: Path) -> CommitRecord:
     ):
         raise JournalCorrupt(path, at, f"commit record of batch {header.seq}: unknown fields")
     return commit
+
+
+def verify_payload(f: BinaryIO, header: RecordHeader, path: Path) -> None:
+    """Read the payload of the record `header` describes and check it as `read_record` or
+    `read_commit` does (a kind this version does not know is not checked). Raises
+    JournalCorrupt."""
+    if header.kind == RecordKind.UNDO:
+        read_record(f, header, path)
+    elif header.kind == RecordKind.COMMIT:
+        read_commit(f, header, path)

@@ -9,18 +9,48 @@ old data of one consistent state, and applying them twice gives the same bytes.
 Only the last sync group of the journal's tail may be incomplete (see `blockio.journal.writer`);
 such a group never touched the target, so a damaged record there is skipped. A damaged record
 anywhere else of the batch is `UndoLost`: only a resync closes that gap.
+
+At start-up the journal's newest segment may also end in bytes that were written but never
+synced, which a power cut leaves in any mix: each page kept, lost (zeros) or, with a volatile
+write cache, anything. Since the last sync, the writer appended at most the COMMIT record of the
+newest committed batch (written after the state commit, synced by the next group) and one
+group of the batch in flight. So damage in the newest segment is taken for that torn,
+never-synced tail, and cut off, unless what follows the damage proves that it was synced: a
+record of a committed batch after it (a committed batch's records were synced before its
+COMMIT record was written, and records are appended in order), or a group start of the batch in
+flight after another of its records (a group starts after a sync), or its first group start
+after more than the lost COMMIT record of the batch before could have held. The batch in flight
+is then
+rolled back from its records that can be read, on both sides of the damage: a record of its
+last group that was lost never touched the target, and putting back one that was read from a
+target the group never reached writes the bytes already there.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from blockio.disks.target import TargetDisk
-from blockio.journal.reader import read_record, scan_headers, scan_headers_into
-from blockio.journal.records import FLAG_GROUP_START, JournalCorrupt, RecordHeader, RecordKind
+from blockio.journal.reader import (
+    read_record,
+    scan_headers,
+    scan_headers_into,
+    scan_headers_past_damage,
+    verify_payload,
+)
+from blockio.journal.records import (
+    FLAG_GROUP_START,
+    HEADER_BYTES,
+    MAX_COMMIT_PAYLOAD,
+    MAX_DISK_ID_BYTES,
+    JournalCorrupt,
+    RecordHeader,
+    RecordKind,
+)
 from blockio.journal.segments import segment_numbers, segment_path, truncate
 
 log = logging.getLogger(__name__)
@@ -66,10 +96,12 @@ def roll_back_tail(
     committed_seq: int,
     current: tuple[int, int],
 ) -> tuple[int, set[int]]:
-    """At start-up: cut a torn tail off the journal in `directory`, then roll back and cut off
-    the records at its tail whose seq is above `committed_seq` (a batch cut off by a crash).
-    `current` is (number, descriptor) of the segment the journal holds open. Returns (records
-    applied, numbers of the segments truncated). The caller holds the journal lock exclusively.
+    """At start-up: cut a torn tail off the journal in `directory` (in the newest segment, the
+    never-synced bytes a power cut may have left: see the module docstring), then roll back and
+    cut off the records at its tail whose seq is above `committed_seq` (a batch cut off by a
+    crash). `current` is (number, descriptor) of the segment the journal holds open. Returns
+    (records applied, numbers of the segments truncated). The caller holds the journal lock
+    exclusively.
 
     Raises UndoLost when the batch cut off cannot be rolled back; JournalCorrupt when a segment
     is damaged elsewhere than in an unsynced tail; TargetError; JournalIOError.
@@ -77,32 +109,123 @@ def roll_back_tail(
     current_number, current_fd = current
     undone = 0
     touched: set[int] = set()
+    numbers = segment_numbers(directory)
     # Only the journal's very last records can be an unsynced group.
     at_tail = True
-    for number in reversed(segment_numbers(directory)):
+    for number in reversed(numbers):
         path = segment_path(directory, number)
         fd = current_fd if number == current_number else os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
             with open(path, "rb") as f:
-                headers, torn_at = _scan_for_recovery(f, path, committed_seq)
-                if torn_at is not None:
-                    log.warning("undo journal %s: cut a torn tail at byte %d", path, torn_at)
-                    truncate(fd, path, torn_at)
+                # A segment is sealed with a sync before the next one is created: only the
+                # newest can hold bytes that were never synced.
+                if number == numbers[-1]:
+                    tail = _scan_newest(f, path, committed_seq)
+                else:
+                    tail = _scan_sealed(f, path, committed_seq)
+                if tail.cut_off:
+                    undone += apply_newest_first(target, f, path, disk, tail.cut_off, at_tail)
+                if tail.lost is not None:
+                    raise tail.lost
+                if tail.end is not None:
+                    truncate(fd, path, tail.end)
                     touched.add(number)
-                first_open = _first_uncommitted(headers, committed_seq)
-                cut_off = headers[first_open:]
-                if cut_off:
-                    undone += apply_newest_first(target, f, path, disk, cut_off, at_tail)
-                    truncate(fd, path, cut_off[0].position)
-                    touched.add(number)
-                at_tail = at_tail and not headers
+                at_tail = at_tail and not tail.headers
         finally:
             if fd != current_fd:
                 os.close(fd)
         # The batch cut off by the crash ends here once a committed record is found.
-        if first_open > 0:
+        if any(h.seq <= committed_seq for h in tail.headers):
             break
     return undone, touched
+
+
+@dataclass(frozen=True, slots=True)
+class _SegmentTail:
+    """What start-up found at the end of one segment: its readable record headers, the records
+    of the batch cut off to apply (file order), and the size to cut the segment to (None: leave
+    it); or, `lost`, the batch cut off cannot be rolled back whole: `cut_off` then holds its
+    readable records newer than the damage, put back before `lost` is raised."""
+
+    headers: list[RecordHeader]
+    cut_off: list[RecordHeader]
+    end: int | None
+    lost: UndoLost | None = None
+
+
+def _scan_sealed(f: BinaryIO, path: Path, committed_seq: int) -> _SegmentTail:
+    headers, torn_at = _scan_for_recovery(f, path, committed_seq)
+    if torn_at is not None:
+        log.warning("undo journal %s: cut a torn tail at byte %d", path, torn_at)
+    cut_off = headers[_first_uncommitted(headers, committed_seq) :]
+    return _SegmentTail(headers, cut_off, cut_off[0].position if cut_off else torn_at)
+
+
+def _scan_newest(f: BinaryIO, path: Path, committed_seq: int) -> _SegmentTail:
+    """The newest segment's tail, where damage is the torn, never-synced tail unless what
+    follows it proves it was synced (module docstring). Damage proven synced in the batch cut
+    off comes back as `lost`. Raises JournalCorrupt for damage among committed records."""
+    headers, holes, torn_at = scan_headers_past_damage(f, path)
+    first_open = _first_uncommitted(headers, committed_seq)
+    cut_off = headers[first_open:]
+    # The bytes since the last sync end in COMMIT records and the batch in flight: check what
+    # a scan of headers alone cannot (a payload torn under an intact header).
+    last_undo = max(
+        (i for i, h in enumerate(headers[:first_open]) if h.kind == RecordKind.UNDO), default=-1
+    )
+    damage = holes[:1]
+    checked: set[int] = set()
+    for header in headers[last_undo + 1 :]:
+        if damage and header.position > damage[0].position:
+            break
+        try:
+            verify_payload(f, header, path)
+        except JournalCorrupt as exc:
+            damage = [exc]
+        else:
+            checked.add(header.position)
+    if not damage:
+        if torn_at is not None:
+            log.warning("undo journal %s: cut a torn tail at byte %d", path, torn_at)
+        return _SegmentTail(headers, cut_off, cut_off[0].position if cut_off else torn_at)
+    first = damage[0]
+    after = [h for h in headers if h.position > first.position]
+    if any(h.seq <= committed_seq for h in after):
+        raise first
+    for i, header in enumerate(cut_off):
+        if header.position <= first.position or not header.flags & FLAG_GROUP_START:
+            continue
+        # A group start after another record of the batch follows a sync; the batch's first
+        # may follow the lost COMMIT record of the batch before, and nothing else.
+        if i > 0 or not _where_a_commit_was(headers, first.position, header, committed_seq):
+            lost = UndoLost(cut_off[-1].seq, first, min(first.position, cut_off[0].position))
+            lost.__cause__ = first
+            newer = [h for h in _readable(f, path, cut_off, checked) if h.position > first.position]
+            return _SegmentTail(headers, newer, None, lost)
+    end = min(first.position, cut_off[0].position) if cut_off else first.position
+    log.warning(
+        "undo journal %s: cut the unsynced tail at byte %d (%s): written after the last sync, "
+        "torn by a power cut",
+        path,
+        end,
+        first.reason,
+    )
+    return _SegmentTail(headers, _readable(f, path, cut_off, checked), end)
+
+
+def _readable(
+    f: BinaryIO, path: Path, headers: list[RecordHeader], checked: set[int]
+) -> list[RecordHeader]:
+    """`headers` less those whose payload is torn (`checked`: positions already found whole)."""
+    readable = []
+    for header in headers:
+        if header.position not in checked:
+            try:
+                verify_payload(f, header, path)
+            except JournalCorrupt:
+                continue
+        readable.append(header)
+    return readable
 
 
 def tail_segment(directory: Path, lost: UndoLost) -> int:
@@ -151,6 +274,26 @@ def _scan_for_recovery(
         first_open = _first_uncommitted(headers, committed_seq)
         raise UndoLost(headers[-1].seq, exc, headers[first_open].position) from exc
     return headers, torn_at
+
+
+# The most a COMMIT record takes: header, disk id and payload.
+_MAX_COMMIT_RECORD_BYTES = HEADER_BYTES + MAX_DISK_ID_BYTES + MAX_COMMIT_PAYLOAD
+
+
+def _where_a_commit_was(
+    headers: list[RecordHeader], damaged_at: int, first: RecordHeader, committed_seq: int
+) -> bool:
+    """Whether the damaged bytes from `damaged_at` up to `first`, the first record found of the
+    batch cut off (a group start), can be the COMMIT record of the newest committed batch: the
+    one record appended after a sync and before the next batch's first group. They follow that
+    batch's undo records, synced before it, and are no longer than a COMMIT record."""
+    before = [h for h in headers if h.position < damaged_at]
+    return (
+        bool(before)
+        and before[-1].kind == RecordKind.UNDO
+        and before[-1].seq == committed_seq
+        and first.position - damaged_at <= _MAX_COMMIT_RECORD_BYTES
+    )
 
 
 def apply_newest_first(
