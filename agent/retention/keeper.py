@@ -298,9 +298,13 @@ class RetentionKeeper:
                     "retention full (%s): new batches are refused with 507 RETENTION_FULL "
                     "until space returns (on_full = pause)",
                     reason,
+                    extra=log_fields(retention="paused", reason=reason),
                 )
             else:
-                log.info("retention has room again: new batches are accepted")
+                log.info(
+                    "retention has room again: new batches are accepted",
+                    extra=log_fields(retention="accepting"),
+                )
         self.gate.paused = reason
 
     async def scrub_one(self) -> None:
