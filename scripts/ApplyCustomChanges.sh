@@ -6,7 +6,8 @@
 # It installs the packages a master target needs (xfsprogs perl lsscsi rsync wget kexec-tools,
 # python3, multipath tooling), writes /etc/multipath.conf blacklisting the root disk's WWID,
 # creates the mtagent user and directories, a Python environment with mtagent in
-# /opt/mtagent/venv, a commented /etc/mtagent/agent.toml (never overwriting one), certificates
+# /opt/mtagent/venv, the man page mtagent(1) and the bash completion of `mtagent`, a commented
+# /etc/mtagent/agent.toml (never overwriting one), certificates
 # (if there are none), checks that the disks' SCSI UUIDs are visible, and installs and enables
 # systemd/mtagent.service. Everything it does goes to the log file too.
 #
@@ -61,6 +62,7 @@ STATE_DIR="$ROOT/var/lib/mtagent"
 RETENTION_DIR="$STATE_DIR/retention"
 VENV="$ROOT/opt/mtagent/venv"
 UNIT="$ROOT/etc/systemd/system/mtagent.service"
+MAN_PAGE="$ROOT/usr/local/share/man/man1/mtagent.1"
 WANTS_LINK="$ROOT/etc/systemd/system/multi-user.target.wants/mtagent.service"
 MULTIPATH_CONF="$ROOT/etc/multipath.conf"
 LOG_DIR="$ROOT/var/log/mtagent"
@@ -513,19 +515,45 @@ check_scsi_uuids() {
     say "          Check with: ls -l /dev/disk/by-id/ | grep scsi-3"
 }
 
-# -- the unit ------------------------------------------------------------------------------
+# -- the man page and the bash completion ----------------------------------------------------
 
-install_unit() {
-    mkdir -p "$(dirname "$UNIT")"
-    write_file "$UNIT" 0644 <"$1"
+install_copy() { # install_copy SOURCE DEST: DEST becomes a copy of SOURCE, mode 0644
+    mkdir -p "$(dirname "$2")"
+    write_file "$2" 0644 <"$1"
 }
+
+ensure_copy() { # ensure_copy SOURCE DEST
+    if cmp -s "$1" "$2"; then
+        ok "$2 is current"
+    else
+        change "install $2" install_copy "$1" "$2"
+    fi
+}
+
+completion_path() {
+    # bash-completion's own directory where it is installed (loaded on demand); else the old
+    # directory, which bash-completion of every version and distribution reads.
+    if [ -d "$ROOT/usr/share/bash-completion/completions" ]; then
+        echo "$ROOT/usr/share/bash-completion/completions/mtagent"
+    else
+        echo "$ROOT/etc/bash_completion.d/mtagent"
+    fi
+}
+
+ensure_cli_reference() {
+    # Generated from the argparse definitions by scripts/cli_reference.py, committed.
+    ensure_copy "$SOURCE_DIR/docs/mtagent.1" "$MAN_PAGE"
+    ensure_copy "$SOURCE_DIR/docs/mtagent.bash-completion" "$(completion_path)"
+}
+
+# -- the unit ------------------------------------------------------------------------------
 
 ensure_unit() {
     local source="$SOURCE_DIR/systemd/mtagent.service"
     if cmp -s "$source" "$UNIT"; then
         ok "$UNIT is current"
     else
-        change "install $UNIT" install_unit "$source"
+        change "install $UNIT" install_copy "$source" "$UNIT"
         if live && [ "$DRY_RUN" -eq 0 ]; then
             systemctl daemon-reload
         fi
@@ -560,6 +588,7 @@ main() {
     ensure_user
     ensure_dirs
     ensure_venv
+    ensure_cli_reference
     ensure_config
     ensure_certificates
     check_scsi_uuids

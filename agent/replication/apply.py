@@ -347,6 +347,7 @@ class _BatchApplication:
                 replica.id,
                 self.seq,
                 exc,
+                extra=log_fields(disk=replica.id),
             )
         return BatchResult(
             disk=replica.id,

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
+from agent.log_fields import log_fields
 from agent.replication.replica import Replica
 from blockio.disks.udev_monitor import DiskEvent, DiskMonitor
 from protocol.errors import TargetUnavailable
@@ -98,7 +99,13 @@ class DiskWatcher:
                 try:
                     target = await replica.ensure_open()
                 except TargetUnavailable as exc:
-                    log.info("disk %s: %s: %s", replica.id, replica.state, exc)
+                    log.info(
+                        "disk %s: %s: %s",
+                        replica.id,
+                        replica.state,
+                        exc,
+                        extra=log_fields(disk=replica.id),
+                    )
                     continue
             log.warning(
                 "disk %s: target %s attached (%s bytes, %s-byte sectors); state %s",
@@ -107,6 +114,7 @@ class DiskWatcher:
                 target.size_bytes,
                 target.sector_bytes,
                 replica.state,
+                extra=log_fields(disk=replica.id),
             )
 
     async def stop(self) -> None:

@@ -197,6 +197,7 @@ class Replica:
                 self.id,
                 undone,
                 self.progress.last_seq + 1,
+                extra=log_fields(disk=self.id),
             )
         return undone
 

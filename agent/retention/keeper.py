@@ -148,7 +148,12 @@ class RetentionKeeper:
                         complete_commit_records, journal, self.store, replica.progress.last_seq
                     )
                 except (OSError, JournalIOError, sqlite3.Error) as exc:
-                    log.error("disk %s: commit records not completed: %s", replica.id, exc)
+                    log.error(
+                        "disk %s: commit records not completed: %s",
+                        replica.id,
+                        exc,
+                        extra=log_fields(disk=replica.id),
+                    )
                     continue
             self._completed.add(journal)
             lost = [c.seq for c in commits if c.undo == UNDO_MISSING]
@@ -160,6 +165,7 @@ class RetentionKeeper:
                     replica.id,
                     ", ".join(map(str, lost)),
                     lost[-1],
+                    extra=log_fields(disk=replica.id),
                 )
             elif commits:
                 log.info(
@@ -167,6 +173,7 @@ class RetentionKeeper:
                     replica.id,
                     commits[0].seq,
                     commits[-1].seq,
+                    extra=log_fields(disk=replica.id),
                 )
 
     async def tick(self) -> None:
@@ -241,11 +248,15 @@ class RetentionKeeper:
             freed = await replica.run(journal.prune, numbers)
         except (ValueError, JournalIOError) as exc:
             # The journal changed (reopened, rolled) since its summaries were read: next round.
-            log.warning("disk %s: pruning put off: %s", replica.id, exc)
+            log.warning(
+                "disk %s: pruning put off: %s", replica.id, exc, extra=log_fields(disk=replica.id)
+            )
             return
         if not freed:
             log.info(
-                "disk %s: pruning put off: a recovery or check is reading the journal", replica.id
+                "disk %s: pruning put off: a recovery or check is reading the journal",
+                replica.id,
+                extra=log_fields(disk=replica.id),
             )
             return
         for deletion in deletions:
@@ -287,9 +298,13 @@ class RetentionKeeper:
                     "retention full (%s): new batches are refused with 507 RETENTION_FULL "
                     "until space returns (on_full = pause)",
                     reason,
+                    extra=log_fields(retention="paused", reason=reason),
                 )
             else:
-                log.info("retention has room again: new batches are accepted")
+                log.info(
+                    "retention has room again: new batches are accepted",
+                    extra=log_fields(retention="accepting"),
+                )
         self.gate.paused = reason
 
     async def scrub_one(self) -> None:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import pyudev
 from aiohttp import web
 
+from agent.log_fields import log_fields
 from agent.replication.disk_watch import DiskWatcher
 from agent.replication.replica import Replica
 from agent.replication.retention_gate import RetentionGate
@@ -47,10 +48,12 @@ async def open_replicas(app: web.Application) -> AsyncIterator[None]:
             await replica.run(replica.open_blocking)
         except OSError as exc:
             replica.unavailable_reason = str(exc)
-            log.error("disk %s: target unavailable: %s", disk.id, exc)
+            log.error(
+                "disk %s: target unavailable: %s", disk.id, exc, extra=log_fields(disk=disk.id)
+            )
         except Exception as exc:
             replica.unavailable_reason = str(exc)
-            log.error("disk %s: %s", disk.id, exc)
+            log.error("disk %s: %s", disk.id, exc, extra=log_fields(disk=disk.id))
         replicas[disk.id] = replica
     app[keys.STORE] = store
     app[keys.REPLICAS] = replicas

@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from agent.log_fields import log_fields
 from agent.replication.replica import Replica
 from agent.server import keys
 from blockio.disks.target import TargetDisk
@@ -200,7 +201,7 @@ async def post_hashes(request: web.Request) -> web.StreamResponse:
                 compared.inc(len(window))
         except ProtocolError as exc:
             # The status line is gone: all that is left to say is to stop short.
-            log.warning("disk %s: hash stream stopped: %s", disk, exc)
+            log.warning("disk %s: hash stream stopped: %s", disk, exc, extra=log_fields(disk=disk))
             response.force_close()
             if request.transport is not None:
                 request.transport.close()

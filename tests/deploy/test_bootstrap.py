@@ -56,6 +56,7 @@ RELEASE_CONTENT = (
     "protocol",
     "scripts",
     "systemd",
+    "docs",
 )
 
 
@@ -180,6 +181,14 @@ def test_bootstrap_sets_up_a_master_target_and_a_second_run_changes_nothing(
     multipath = (root / "etc" / "multipath.conf").read_text()
     assert f'blacklist {{\n    wwid "{ROOT_WWID}"\n}}' in multipath
 
+    # The man page and the bash completion (no bash-completion package here: its old directory).
+    docs = script.parent.parent / "docs"
+    man_page = root / "usr" / "local" / "share" / "man" / "man1" / "mtagent.1"
+    assert man_page.read_bytes() == (docs / "mtagent.1").read_bytes()
+    completion = root / "etc" / "bash_completion.d" / "mtagent"
+    assert completion.read_bytes() == (docs / "mtagent.bash-completion").read_bytes()
+    assert owner_and_mode(man_page) == owner_and_mode(completion) == (0, 0, 0o644)
+
     # The Python environment holds a working agent.
     assert (
         os.readlink(root / "usr" / "local" / "bin" / "mtagent") == "/opt/mtagent/venv/bin/mtagent"
@@ -227,6 +236,20 @@ def test_dry_run_says_what_it_would_do_and_changes_nothing(tmp_path: Path) -> No
     assert "  change  " not in result.stdout
     assert "changes would be made" in result.stdout
     assert tree(root) == before
+
+
+def test_the_completion_goes_to_bash_completions_own_directory_where_it_is_installed(
+    tmp_path: Path,
+) -> None:
+    root, sysfs = make_root(tmp_path)
+    (root / "usr" / "share" / "bash-completion" / "completions").mkdir(parents=True)
+    result = bootstrap(root, sysfs, "--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        f"  would   install {root}/usr/share/bash-completion/completions/mtagent" in result.stdout
+    )
+    assert f"  would   install {root}/usr/local/share/man/man1/mtagent.1" in result.stdout
+    assert "bash_completion.d" not in result.stdout
 
 
 def test_centos_is_recognised_with_its_package_names(tmp_path: Path) -> None:

@@ -8,18 +8,30 @@ the environment that makes the agent take it for the journal.
 
     journald.collect()                                  # a thread keeps every entry from here on
     wait_until(lambda: journald.find(MESSAGE=b"stopped"), timeout=10, what="the stopped entry")
+
+And the real one, where systemd is installed: `RealJournald.start()` runs systemd-journald in a
+namespace of its own (its socket under /run/systemd/journal.<namespace>/), and `entries()` reads
+back what it stored with `journalctl --namespace`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
+import shutil
 import socket
 import struct
+import subprocess
 import threading
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from agent.server.log_handlers import JOURNAL_SOCKET_ENV
+from tests.support.waiting import wait_until
+
+JOURNALD = Path("/lib/systemd/systemd-journald")
 
 Entry = dict[str, bytes]
 
@@ -112,3 +124,73 @@ class FakeJournald:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class RealJournald:
+    """systemd-journald in a namespace of its own, stopped and its files removed by `stop()`."""
+
+    def __init__(self, namespace: str, process: subprocess.Popen[bytes]) -> None:
+        self.namespace = namespace
+        self.process = process
+
+    @staticmethod
+    def available() -> str | None:
+        """Why a real journald cannot be run here, or None when it can."""
+        if not JOURNALD.exists() or shutil.which("journalctl") is None:
+            return "systemd-journald is not installed (scripts/test.sh installs systemd)"
+        if os.geteuid() != 0:
+            return "a journald namespace needs root (it writes /var/log/journal)"
+        return None
+
+    @classmethod
+    def start(cls) -> RealJournald:
+        namespace = f"mtagenttest{secrets.token_hex(4)}"
+        process = subprocess.Popen(
+            [str(JOURNALD), namespace], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        journald = cls(namespace, process)
+        try:
+            wait_until(
+                journald.socket.exists, timeout=15, what=f"journald's socket {journald.socket}"
+            )
+        except BaseException:
+            journald.stop()
+            raise
+        return journald
+
+    @property
+    def socket(self) -> Path:
+        return Path(f"/run/systemd/journal.{self.namespace}/socket")
+
+    def environment(self, *, fd: int) -> dict[str, str]:
+        stat = os.fstat(fd)
+        return {
+            "JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}",
+            JOURNAL_SOCKET_ENV: str(self.socket),
+        }
+
+    def entries(self) -> list[dict[str, Any]]:
+        """What journald stored from mtagent, as `journalctl -o json --all` shows it."""
+        shown = subprocess.run(
+            [
+                "journalctl", f"--namespace={self.namespace}", "--output=json", "--all",
+                "--no-pager", "SYSLOG_IDENTIFIER=mtagent",
+            ],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        return [json.loads(line) for line in shown.stdout.splitlines()]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        machine = Path("/etc/machine-id").read_text().strip()
+        for directory in (
+            Path(f"/run/systemd/journal.{self.namespace}"),
+            Path(f"/var/log/journal/{machine}.{self.namespace}"),
+            Path(f"/run/log/journal/{machine}.{self.namespace}"),
+        ):
+            shutil.rmtree(directory, ignore_errors=True)

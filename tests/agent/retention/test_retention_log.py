@@ -170,3 +170,30 @@ async def test_a_round_that_prunes_nothing_logs_nothing(
     with caplog.at_level(logging.INFO, KEEPER):
         await scene.keeper.tick()
     assert [r for r in caplog.records if r.name == KEEPER] == []
+
+
+async def test_a_pause_and_its_end_are_logged_with_the_retention_field(
+    scene: Scene, caplog: pytest.LogCaptureFixture
+) -> None:
+    await scene.send(4, random.Random(4))
+    scene.now = time.time_ns()
+    free = [1 * 2**30]
+    paused = RetentionKeeper(
+        RetentionConfig(scene.tmp_path / "retention", on_full="pause", high_water=0.8),
+        {"d0": scene.replica},
+        scene.store,
+        scene.gate,
+        RetentionMetrics(CollectorRegistry()),
+        clock=lambda: scene.now,
+        space=lambda path: DriveSpace(10 * 2**30, free[0]),
+    )
+    with caplog.at_level(logging.INFO, KEEPER):
+        await paused.tick()  # 90% used, above the high-water mark: paused
+        free[0] = 5 * 2**30
+        await paused.tick()
+    [refused] = keeper_records(caplog, "retention full")
+    assert refused.levelno == logging.WARNING
+    assert record_fields(refused)["RETENTION"] == "paused"
+    assert record_fields(refused)["REASON"] in refused.getMessage()
+    [room] = keeper_records(caplog, "retention has room again")
+    assert record_fields(room) == {"RETENTION": "accepting"}

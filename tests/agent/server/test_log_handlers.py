@@ -17,7 +17,8 @@ import pytest
 
 from agent.log_fields import log_fields
 from agent.server.log_handlers import JOURNAL_SOCKET_ENV, configure_logging
-from tests.support.journald import FakeJournald, parse_entry
+from tests.support.journald import FakeJournald, RealJournald, parse_entry
+from tests.support.waiting import wait_until
 
 HERE = __file__
 
@@ -169,6 +170,42 @@ def test_the_level_leaves_out_what_is_less_important(journald: FakeJournald) -> 
     logging.getLogger("agent").debug("not wanted either")
     logging.getLogger("agent").warning("wanted")
     assert dict(parse_entry(journald.receive()))["MESSAGE"] == b"wanted"
+
+
+@pytest.mark.skipif(RealJournald.available() is not None, reason=str(RealJournald.available()))
+@pytest.mark.usefixtures("restore_root_logger")
+def test_a_real_journald_stores_each_entry_with_its_fields() -> None:
+    journald = RealJournald.start()
+    try:
+        configure_logging("info", journald.environment(fd=2))
+        logging.getLogger("agent.replication.replica").info(
+            "disk d0: state ok (was resyncing)",
+            extra=log_fields(disk="d0", state="ok", previous="resyncing"),
+        )
+        try:
+            raise OSError("disk gone")
+        except OSError:
+            logging.getLogger("agent.replication.apply").exception("batch 2 failed")
+        logging.getLogger("agent").warning("x" * (1 << 20))  # through a memfd
+        entries = wait_until(
+            lambda: (found := journald.entries()) and len(found) == 3 and found,
+            timeout=15,
+            what="journald to store the three entries",
+        )
+    finally:
+        journald.stop()
+    state, failure, huge = entries
+    assert {k: state[k] for k in ("MESSAGE", "DISK", "STATE", "PREVIOUS", "PRIORITY")} == {
+        "MESSAGE": "disk d0: state ok (was resyncing)",
+        "DISK": "d0",
+        "STATE": "ok",
+        "PREVIOUS": "resyncing",
+        "PRIORITY": "6",
+    }
+    assert state["_TRANSPORT"] == "journal" and state["LOGGER"] == "agent.replication.replica"
+    assert failure["MESSAGE"].startswith("batch 2 failed\nTraceback (most recent call last):")
+    assert failure["MESSAGE"].endswith("OSError: disk gone") and failure["PRIORITY"] == "3"
+    assert huge["MESSAGE"] == "x" * (1 << 20)
 
 
 def _next_line() -> int:
