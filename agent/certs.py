@@ -13,7 +13,10 @@ the old file or the new one, never half of one.
 from __future__ import annotations
 
 import ipaddress
+import logging
+import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,8 +31,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from agent.errors import AgentError
 from blockio.durable import DirectoryNotSynced, write_atomically
 
+log = logging.getLogger(__name__)
+
 CA_DAYS = 3650
-LEAF_DAYS = 825
+# The longest a publicly trusted TLS certificate may live (CA/Browser Forum, 398 days), less a day
+# for the backdate: what TLS scanners hold a server certificate to. `certs renew` and the expiry
+# alert make the yearly renewal one command.
+LEAF_DAYS = 397
 # The process server's clock and the agent's disagree a little: a certificate made a moment ago
 # must not be "not yet valid" on the other side.
 BACKDATE = timedelta(minutes=5)
@@ -206,6 +214,24 @@ def issue_server(
     _write_key(paths.server_key, server_key)
     _write_cert(paths.server_cert, server_cert)
     return paths.server_cert, paths.server_key
+
+
+def renew_server(directory: Path | str, days: int = LEAF_DAYS) -> tuple[Path, Path]:
+    """A new key and certificate for the server, for the same names, signed by the same CA:
+    what `mtagent certs renew` does. Raises PkiError when there is no readable server
+    certificate to renew, or as `issue_server`."""
+    paths = PkiPaths.in_directory(directory)
+    try:
+        current = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
+        names = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except FileNotFoundError as exc:
+        raise PkiError(paths.server_cert, "no server certificate to renew here") from exc
+    except OSError as exc:
+        raise PkiError(paths.server_cert, f"cannot read: {exc.strerror}") from exc
+    except (ValueError, x509.ExtensionNotFound) as exc:
+        raise PkiError(paths.server_cert, "not a server certificate with names to renew") from exc
+    hostnames = [_general_name_text(name) for name in names]
+    return issue_server(directory, hostnames, days, force=True)
 
 
 def issue_client(
@@ -448,7 +474,22 @@ def _load_ca(paths: PkiPaths) -> tuple[x509.Certificate, CertificateIssuerPrivat
         raise PkiError(paths.ca_key, f"a {type(key).__name__} cannot sign certificates here")
     if _public_der(key.public_key()) != _public_der(cert.public_key()):
         raise PkiError(paths.ca_key, f"does not belong to the certificate {paths.ca_cert}")
+    _warn_if_exposed(paths.ca_key)
     return cert, key
+
+
+def _warn_if_exposed(key: Path) -> None:
+    """A CA key others can read lets them issue certificates the agent accepts: said, not
+    refused (the operator may be about to move it off this host)."""
+    mode = stat.S_IMODE(os.stat(key).st_mode)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "CA key %s has mode %04o: whoever can read it can issue certificates this agent "
+            "accepts; run `chmod 600 %s`, or better, keep it off this host",
+            key,
+            mode,
+            key,
+        )
 
 
 def _public_der(public_key: object) -> bytes:
@@ -489,3 +530,17 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
         raise PkiError(path, message) from exc
     except OSError as exc:
         raise PkiError(path, f"cannot write: {exc.strerror}") from exc
+
+
+def not_after_timestamps(server_cert: Path, client_ca: Path) -> dict[str, float]:
+    """When the server certificate and the client CA expire (Unix seconds; for a CA file of
+    several certificates, the first to expire), keyed "server" and "client_ca". A file that
+    cannot be read or parsed is left out (loading the TLS context reports it)."""
+    found: dict[str, float] = {}
+    for name, path in (("server", server_cert), ("client_ca", client_ca)):
+        try:
+            certificates = x509.load_pem_x509_certificates(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        found[name] = min(c.not_valid_after_utc.timestamp() for c in certificates)
+    return found

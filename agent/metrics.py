@@ -166,6 +166,18 @@ class AgentMetrics:
         self.retention_window_target.set(retention_window_seconds)
         self.retention_max.set(retention_max_bytes)
 
+    def declare_certificates(self, not_after: Mapping[str, float]) -> None:
+        """When the agent's certificates expire (Unix seconds), by role: "server" (what the
+        agent presents) and "client_ca" (what every sender's certificate chains to)."""
+        gauge = Gauge(
+            "mtagent_certificate_expiry_timestamp_seconds",
+            "When the agent's server certificate and its client CA expire (Unix time).",
+            ["certificate"],
+            registry=self.registry,
+        )
+        for role, timestamp in not_after.items():
+            gauge.labels(role).set(timestamp)
+
     def count_handshake_failure(self, reason: str) -> None:
         """One more failed TLS handshake (see agent.server.tls_handshakes)."""
         self.tls_handshake_failures.labels(reason).inc()

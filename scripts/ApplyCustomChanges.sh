@@ -459,16 +459,19 @@ default_hostnames() {
 }
 
 make_certificates() {
-    local args=() name gid
+    local args=() name uid gid
     for name in "${HOSTNAMES[@]}"; do
         args+=(--hostname "$name")
     done
     "$VENV/bin/mtagent" certs init --dir "$TLS_DIR" "${args[@]}"
     "$VENV/bin/mtagent" certs issue --dir "$TLS_DIR" --name process-server
-    # The service reads its key through its group; the CA key and the client key stay root's.
+    # The service owns its key, which no one else may read (the agent refuses a key its group
+    # or others can read); the CA key and the client key stay root's.
+    uid="$(id_of passwd "$SERVICE_USER")"
     gid="$(id_of group "$SERVICE_USER")"
-    chown "0:$gid" "$TLS_DIR/server.key" "$TLS_DIR/server.crt" "$TLS_DIR/ca.crt"
-    chmod 0640 "$TLS_DIR/server.key"
+    chown "0:$gid" "$TLS_DIR/server.crt" "$TLS_DIR/ca.crt"
+    chown "$uid:$gid" "$TLS_DIR/server.key"
+    chmod 0600 "$TLS_DIR/server.key"
 }
 
 ensure_certificates() {

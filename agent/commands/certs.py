@@ -1,4 +1,4 @@
-"""`mtagent certs init` and `mtagent certs issue`: the CA, server and client certificates."""
+"""`mtagent certs init`, `issue` and `renew`: the CA, server and client certificates."""
 
 from __future__ import annotations
 
@@ -76,6 +76,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     issue.add_argument("--force", action="store_true", help="replace existing files")
     issue.set_defaults(run=run_issue)
 
+    renew = actions.add_parser(
+        "renew",
+        help="replace the server certificate (or client N's) with a new key and certificate",
+        description=(
+            "Write a new key and certificate for the server (server.crt, server.key: the same "
+            "names) or, with --name, for client N (N.crt, N.key), signed by DIR's CA, in place "
+            "of the old ones. Restart the agent (or reload it) to serve the new server "
+            "certificate; give a client's new files to its process server."
+        ),
+    )
+    renew.add_argument("--dir", required=True, type=Path, help="directory holding ca.crt, ca.key")
+    renew.add_argument(
+        "--name", type=_client_name, metavar="N", help="renew client N's certificate instead"
+    )
+    renew.add_argument(
+        "--days",
+        type=_days,
+        default=certs.LEAF_DAYS,
+        help=f"validity in days (default {certs.LEAF_DAYS})",
+    )
+    renew.set_defaults(run=run_renew)
+
 
 def run_init(args: argparse.Namespace) -> int:
     """Write the CA and server files and list them. Raises PkiError (exit code 1)."""
@@ -106,6 +128,26 @@ def run_issue(args: argparse.Namespace) -> int:
         [
             (cert_path, f"client certificate for {args.name}, valid until {_until(client)}"),
             (key_path, "client private key, mode 0600"),
+        ]
+    )
+    return 0
+
+
+def run_renew(args: argparse.Namespace) -> int:
+    """Renew the server's (or one client's) files and list them. Raises PkiError (exit 1)."""
+    if args.name is None:
+        cert_path, key_path = certs.renew_server(args.dir, args.days)
+        what = "server certificate"
+    else:
+        if not (args.dir / f"{args.name}.crt").exists():
+            raise certs.PkiError(args.dir / f"{args.name}.crt", "no certificate to renew here")
+        cert_path, key_path = certs.issue_client(args.dir, args.name, args.days, force=True)
+        what = f"client certificate for {args.name}"
+    renewed = _load(cert_path)
+    _print_block(
+        [
+            (cert_path, f"{what}, valid until {_until(renewed)}"),
+            (key_path, "its new private key, mode 0600"),
         ]
     )
     return 0

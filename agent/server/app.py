@@ -9,6 +9,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from agent.certs import not_after_timestamps
 from agent.config import AgentConfig, batch_slot_bytes
 from agent.metrics import AgentMetrics
 from agent.replication.apply import ApplyLimits, apply_batch
@@ -35,6 +36,9 @@ def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Applicat
     app[keys.CONFIG] = config
     app[keys.REGISTRY] = registry
     app[keys.METRICS] = AgentMetrics(registry, version=AGENT_VERSION)
+    app[keys.METRICS].declare_certificates(
+        not_after_timestamps(config.tls.cert, config.tls.client_ca)
+    )
     app[keys.LIMITS] = ApplyLimits(
         max_frame_bytes=config.server.max_frame_bytes,
         max_batch_bytes=config.server.max_batch_bytes,

@@ -141,13 +141,13 @@ def test_server_san_holds_every_hostname_and_nothing_implicit(tmp_path: Path) ->
     ]
 
 
-def test_server_certificate_is_for_server_auth_for_825_days(pki: PkiPaths) -> None:
+def test_server_certificate_is_for_server_auth_for_397_days(pki: PkiPaths) -> None:
     server = load_cert(pki.server_cert)
 
     assert list(extension(server, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH]
     assert extension(server, x509.BasicConstraints).value.ca is False
     lifetime = server.not_valid_after_utc - datetime.now(UTC)
-    assert timedelta(days=824) < lifetime <= timedelta(days=825)
+    assert timedelta(days=396) < lifetime <= timedelta(days=397)
     server.verify_directly_issued_by(load_cert(pki.ca_cert))
 
 
@@ -251,7 +251,7 @@ def test_client_certificate_is_client_auth_for_its_name(pki: PkiPaths) -> None:
     assert client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "ps1"
     assert list(extension(client, x509.SubjectAlternativeName).value) == [x509.DNSName("ps1")]
     lifetime = client.not_valid_after_utc - datetime.now(UTC)
-    assert timedelta(days=824) < lifetime <= timedelta(days=825)
+    assert timedelta(days=396) < lifetime <= timedelta(days=397)
 
 
 def test_client_certificate_verifies_as_a_client_of_the_ca(pki: PkiPaths) -> None:

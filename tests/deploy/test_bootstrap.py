@@ -164,12 +164,12 @@ def test_bootstrap_sets_up_a_master_target_and_a_second_run_changes_nothing(
     assert config.retention.require_mount
     assert config.disks == ()
 
-    # Certificates for the names given; the service reads its key through its group.
+    # Certificates for the names given; the service owns its key, and no one else may read it.
     tls = root / "etc" / "mtagent" / "tls"
     server = x509.load_pem_x509_certificate((tls / "server.crt").read_bytes())
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "mt01.test" in names.get_values_for_type(x509.DNSName)
-    assert owner_and_mode(tls / "server.key") == (0, gid, 0o640)
+    assert owner_and_mode(tls / "server.key") == (uid, gid, 0o600)
     assert owner_and_mode(tls / "ca.key")[2] == 0o600
     assert (tls / "process-server.crt").exists()
 

@@ -10,10 +10,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from agent.certs import init_pki, issue_client
 from protocol.client import AgentClient, TlsRefused, client_ssl_context
-from tests.support.agent_harness import AgentProcess
+from tests.support.agent_harness import AgentProcess, run_mtagent
 from tests.support.waiting import wait_until
 
 REQUEST = b"GET /v1/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
@@ -95,6 +96,56 @@ def test_tls_1_2_is_accepted(agent: AgentProcess) -> None:
     context = agent.ssl_context()
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     assert exchange(agent, context).startswith(b"HTTP/1.1 200")
+
+
+def test_tls_1_3_is_what_a_modern_client_gets(agent: AgentProcess) -> None:
+    with (
+        socket.create_connection(("127.0.0.1", agent.port), timeout=10) as raw,
+        agent.ssl_context().wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        assert tls.version() == "TLSv1.3"
+
+
+@pytest.mark.parametrize(
+    "suite", ["ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384", "AES128-GCM-SHA256"]
+)
+def test_tls_1_2_without_forward_secrecy_or_aead_is_refused(agent: AgentProcess, suite: str):
+    context = agent.ssl_context()
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(f"{suite}:@SECLEVEL=0")  # the client offers only this CBC or RSA-kx suite
+    with pytest.raises(ssl.SSLError):
+        exchange(agent, context)
+
+
+@pytest.mark.parametrize(
+    "suite", ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"]
+)
+def test_tls_1_2_with_an_ecdhe_aead_suite_is_accepted(agent: AgentProcess, suite: str) -> None:
+    context = agent.ssl_context()
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(suite)
+    assert exchange(agent, context).startswith(b"HTTP/1.1 200")
+
+
+def test_the_agent_refuses_a_server_key_others_can_read(tmp_path: Path) -> None:
+    agent = AgentProcess.create(tmp_path, {"d0": 1 << 20})
+    key = agent.pki / "server.key"
+    key.chmod(0o640)
+
+    result = run_mtagent("serve", "--config", agent.config_path, timeout=60)
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"mtagent: server key {key} has mode 0640: its group or others may read it; "
+        f"run `chmod 600 {key}` (owned by the user the agent runs as)\n"
+    )
+
+
+def test_the_agent_tells_when_its_certificates_expire(agent: AgentProcess) -> None:
+    for role, path in (("server", agent.pki / "server.crt"), ("client_ca", agent.ca)):
+        expiry = x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
+        value = agent.metric("mtagent_certificate_expiry_timestamp_seconds", certificate=role)
+        assert value == expiry.timestamp(), role
 
 
 def test_plain_http_on_the_data_port_gets_no_answer(agent: AgentProcess) -> None:
