@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from agent.certs import check_client_name
 from agent.errors import AgentError
 from agent.units import (
     DURATION_EXAMPLE,
@@ -58,6 +59,13 @@ MAX_SEGMENT_BYTES = 4 * GiB
 
 OnFull = Literal["shrink", "pause"]
 ON_FULL_POLICIES: tuple[OnFull, ...] = ("shrink", "pause")
+
+# What a sender may do (docs/protocol.md section 1, "Authorization"): replicate to the disks of its
+# groups, or, as "admin", also call every administrative endpoint for those groups.
+SenderRole = Literal["replicate", "admin"]
+SENDER_ROLES: tuple[SenderRole, ...] = ("replicate", "admin")
+# In a sender's `groups`: every consistency group, present and future.
+ALL_GROUPS = "*"
 
 # Disk ids and groups become file names and URL path segments: no slashes, no leading dot.
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -168,14 +176,34 @@ def target_location(
 
 
 @dataclass(frozen=True, slots=True)
+class SenderConfig:
+    """One `[[senders]]` entry: the client certificate named `name` (its CN, as `mtagent certs
+    issue --name` gave it; compared without regard to case) may reach the disks of `groups`
+    (ALL_GROUPS among them: every group) with `role`."""
+
+    name: str
+    groups: frozenset[str]
+    role: SenderRole = "replicate"
+
+    def reaches(self, group: str) -> bool:
+        """Whether this sender may act on consistency group `group`."""
+        return ALL_GROUPS in self.groups or group in self.groups
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
-    """The whole configuration, as loaded from `file` (an absolute path)."""
+    """The whole configuration, as loaded from `file` (an absolute path).
+
+    `senders`: the `[[senders]]` table, None when the file has none (every client certificate
+    of the CA may then do everything: see agent.server.authorization).
+    """
 
     file: Path
     server: ServerConfig
     tls: TlsConfig
     retention: RetentionConfig
     disks: tuple[DiskConfig, ...]
+    senders: tuple[SenderConfig, ...] | None = None
 
     def disk(self, disk_id: str) -> DiskConfig | None:
         """The disk with this id, or None if no disk has it."""
@@ -220,13 +248,14 @@ class _ConfigReader:
         return ConfigError(self.file, key, expected, got)
 
     def read(self, document: dict[str, Any]) -> AgentConfig:
-        self.check_keys(None, document, ("server", "tls", "retention", "disks"))
+        self.check_keys(None, document, ("server", "tls", "retention", "disks", "senders"))
         return AgentConfig(
             file=self.file.absolute(),
             server=self.read_server(self.table(document, "server", required=False)),
             tls=self.read_tls(self.table(document, "tls", required=True)),
             retention=self.read_retention(self.table(document, "retention", required=True)),
             disks=self.read_disks(document.get("disks", [])),
+            senders=self.read_senders(document["senders"]) if "senders" in document else None,
         )
 
     def read_server(self, table: dict[str, Any]) -> ServerConfig:
@@ -399,6 +428,53 @@ class _ConfigReader:
             first_index_of_target[target_key, target] = index
             disks.append(disk)
         return tuple(disks)
+
+    def read_senders(self, entries: object) -> tuple[SenderConfig, ...]:
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise self.error("senders", "an array of tables ([[senders]])", describe_value(entries))
+        senders: list[SenderConfig] = []
+        first_index_of: dict[str, int] = {}
+        for index, table in enumerate(entries):
+            section = f"senders[{index}]"
+            self.check_keys(section, table, ("name", "groups", "role"))
+            name = self.string(table, section, "name")
+            try:
+                check_client_name(name)
+            except ValueError as exc:
+                raise self.error(f"{section}.name", str(exc).removeprefix("expected ")) from None
+            if name.lower() in first_index_of:
+                raise self.error(
+                    f"{section}.name",
+                    f"a name no other sender has (senders[{first_index_of[name.lower()]}] has "
+                    "it; names are compared without regard to case)",
+                    describe_value(name),
+                )
+            first_index_of[name.lower()] = index
+            role = table.get("role", "replicate")
+            if role not in SENDER_ROLES:
+                raise self.error(f"{section}.role", '"replicate" or "admin"', describe_value(role))
+            senders.append(
+                SenderConfig(
+                    name=name, groups=self.groups(table, section), role=cast(SenderRole, role)
+                )
+            )
+        return tuple(senders)
+
+    def groups(self, table: Mapping[str, Any], section: str) -> frozenset[str]:
+        expected = (
+            f'an array of consistency groups (like ["vm1", "vm2"]; "{ALL_GROUPS}" for every group)'
+        )
+        if "groups" not in table:
+            raise self.error(f"{section}.groups", expected, "nothing (it is required)")
+        value = table["groups"]
+        if not isinstance(value, list):
+            raise self.error(f"{section}.groups", expected, describe_value(value))
+        for item in value:
+            if item != ALL_GROUPS and (
+                not isinstance(item, str) or ID_PATTERN.fullmatch(item) is None
+            ):
+                raise self.error(f"{section}.groups", expected, f"an item {describe_value(item)}")
+        return frozenset(value)
 
     # -- one value each ---------------------------------------------------------------------
 

@@ -85,6 +85,15 @@ class WrongGroup(ProtocolError):
     status = 400
 
 
+class Forbidden(ProtocolError):
+    """The sender's client certificate may not do this: no `[[senders]]` entry, a disk or group
+    outside its groups, or an administrative endpoint without the admin role. Answered before
+    any of the request's body is read."""
+
+    code = "FORBIDDEN"
+    status = 403
+
+
 class UnknownDisk(ProtocolError):
     code = "UNKNOWN_DISK"
     status = 404
@@ -159,6 +168,7 @@ ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {
         Truncated,
         BadRequest,
         WrongGroup,
+        Forbidden,
         UnknownDisk,
         UnknownGroup,
         Stalled,

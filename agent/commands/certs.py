@@ -108,6 +108,12 @@ def run_issue(args: argparse.Namespace) -> int:
             (key_path, "client private key, mode 0600"),
         ]
     )
+    # What it may do lives in the agent's configuration alone (one source of truth, changed
+    # without reissuing): say what to add there.
+    print(
+        "\nlet it in: add to the agent's configuration, with the groups it replicates\n"
+        f'  [[senders]]\n  name = "{args.name}"\n  groups = ["vm1"]\n  role = "replicate"'
+    )
     return 0
 
 

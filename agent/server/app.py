@@ -13,7 +13,7 @@ from agent.config import AgentConfig
 from agent.metrics import AgentMetrics
 from agent.replication.apply import ApplyLimits, apply_batch
 from agent.replication.replica import Replica
-from agent.server import hashes_api, keys, points_api
+from agent.server import authorization, hashes_api, keys, points_api
 from agent.server.contexts import open_replicas, run_retention, watch_disks
 from agent.server.health import Readiness
 from agent.version import agent_version
@@ -30,9 +30,11 @@ AGENT_VERSION = agent_version()
 def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Application:
     """The data-port application; its state and disks are opened by its cleanup context, once
     the caller holds the agent lock (`run_daemon` does)."""
-    app = web.Application(middlewares=[error_middleware])
+    # The error middleware outermost, so that a refusal of the others is answered as JSON.
+    app = web.Application(middlewares=[error_middleware, authorization.middleware])
     app[keys.CONFIG] = config
     app[keys.REGISTRY] = registry
+    app[authorization.AUTHORIZATION] = authorization.Authorization(config, registry)
     app[keys.METRICS] = AgentMetrics(registry, version=AGENT_VERSION)
     app[keys.LIMITS] = ApplyLimits(
         max_frame_bytes=config.server.max_frame_bytes,
@@ -102,7 +104,8 @@ async def get_info(request: web.Request) -> web.Response:
 
 
 async def get_disks(request: web.Request) -> web.Response:
-    replicas = request.app[keys.REPLICAS].values()
+    sender = request[authorization.SENDER]
+    replicas = [r for r in request.app[keys.REPLICAS].values() if sender.reaches(r.config.group)]
     return web.json_response({"disks": [replica.describe().to_json() for replica in replicas]})
 
 

@@ -66,6 +66,10 @@ class AgentProcess:
     env: dict[str, str] = field(default_factory=dict)
     # Extra [retention] keys (window, max_bytes, ...): set, then write_config() again.
     retention_options: dict[str, object] = field(default_factory=dict)
+    # Each disk's consistency group where it is not "g1": set, then write_config() again.
+    groups: dict[str, str] = field(default_factory=dict)
+    # The [[senders]] table (name, groups, role), None for none: set, then write_config() again.
+    senders: list[dict[str, object]] | None = None
 
     @classmethod
     def create(
@@ -148,7 +152,17 @@ class AgentProcess:
         ]
         lines += [f"{key} = {json.dumps(value)}" for key, value in self.retention_options.items()]
         for disk_id, path in self.disks.items():
-            lines += ["", "[[disks]]", f'id = "{disk_id}"', 'group = "g1"', f'path = "{path}"']
+            group = self.groups.get(disk_id, "g1")
+            lines += [
+                "",
+                "[[disks]]",
+                f'id = "{disk_id}"',
+                f'group = "{group}"',
+                f'path = "{path}"',
+            ]
+        for sender in self.senders or ():
+            lines += ["", "[[senders]]"]
+            lines += [f"{key} = {json.dumps(value)}" for key, value in sender.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 30.0) -> None:
@@ -215,13 +229,17 @@ class AgentProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """A client TLS context with the sender's certificate, trusting this agent's CA."""
-        return client_ssl_context(self.cert, self.key, self.ca)
+    def ssl_context(self, name: str = "sender") -> ssl.SSLContext:
+        """A client TLS context with the certificate of client `name` (made by this agent's CA
+        the first time it is asked for), trusting this agent's CA."""
+        cert, key = self.pki / f"{name}.crt", self.pki / f"{name}.key"
+        if not cert.exists():
+            issue_client(self.pki, name)
+        return client_ssl_context(cert, key, self.ca)
 
-    def client(self, **kwargs: object) -> aiohttp.ClientSession:
-        """An aiohttp session that speaks mutual TLS to this agent."""
-        connector = aiohttp.TCPConnector(ssl=self.ssl_context())
+    def client(self, name: str = "sender", **kwargs: object) -> aiohttp.ClientSession:
+        """An aiohttp session that speaks mutual TLS to this agent, as client `name`."""
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context(name))
         return aiohttp.ClientSession(self.url, connector=connector, **kwargs)  # type: ignore[arg-type]
 
     def sender_client(self, timeout: float = 30) -> AgentClient:
@@ -250,20 +268,21 @@ class AgentProcess:
         return self.disks[disk_id].read_bytes()
 
     async def put_batch(
-        self, disk_id: str, seq: int, body: bytes | AsyncIterable[bytes]
+        self, disk_id: str, seq: int, body: bytes | AsyncIterable[bytes], *, name: str = "sender"
     ) -> tuple[int, dict[str, Any]]:
         """PUT batch `seq` of `disk_id` (whole bytes, or streamed from an async iterable) as a
-        sender does; returns the HTTP status and the agent's JSON answer."""
+        sender (client `name`) does; returns the HTTP status and the agent's JSON answer."""
         path = f"/v1/disks/{disk_id}/batches/{seq}"
         async with (
-            self.client() as session,
+            self.client(name) as session,
             session.put(path, data=body, headers=BATCH_CONTENT) as response,
         ):
             return response.status, dict(await response.json())
 
-    async def get_json(self, path: str) -> tuple[int, Any]:
-        """GET `path` of the data listener: the HTTP status and the JSON answer."""
-        async with self.client() as session, session.get(path) as response:
+    async def get_json(self, path: str, *, name: str = "sender") -> tuple[int, Any]:
+        """GET `path` of the data listener as client `name`: the HTTP status and the JSON
+        answer."""
+        async with self.client(name) as session, session.get(path) as response:
             return response.status, await response.json()
 
     async def disk(self, disk_id: str = "d0") -> dict[str, Any]:

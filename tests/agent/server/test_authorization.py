@@ -1,0 +1,272 @@
+"""Who may do what: a sender reaches the disks of its own groups only, administrative routes need
+the admin role, and every refusal is a 403 FORBIDDEN answered before anything is read or
+written, counted and logged with the sender's name."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from agent.config import load_config
+from agent.server.app import create_app
+from agent.server.authorization import REPLICATION_ROUTES
+from agent.server.tls import server_ssl_context
+from tests.support.agent_harness import BATCH_CONTENT, AgentProcess
+from tests.support.batches import resync_batch
+
+MiB = 1 << 20
+DISK = 4 * MiB
+HASHES = {"offset": 0, "length": MiB, "chunk_bytes": 64 * 1024}
+SENDERS: list[dict[str, object]] = [
+    {"name": "ps01", "groups": ["vm1"], "role": "replicate"},
+    {"name": "ops", "groups": ["vm1"], "role": "admin"},
+    {"name": "root", "groups": ["*"], "role": "admin"},
+]
+
+
+def two_groups(workdir: Path) -> AgentProcess:
+    """An agent with disk vm1-d0 in group vm1 and vm2-d0 in vm2, and SENDERS."""
+    agent = AgentProcess.create(workdir, {"vm1-d0": DISK, "vm2-d0": DISK})
+    agent.groups = {"vm1-d0": "vm1", "vm2-d0": "vm2"}
+    agent.senders = SENDERS
+    agent.write_config()
+    return agent
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    """The two-group agent, vm2-d0 replicated once (by root) so that it has a point."""
+    agent = two_groups(tmp_path_factory.mktemp("authz"))
+    agent.start()
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
+async def vm2_replicated(agent: AgentProcess) -> AgentProcess:
+    """The agent, once root has replicated vm2-d0, so that it has a point."""
+    _, disk = await agent.get_json("/v1/disks/vm2-d0", name="root")
+    if disk["last_seq"] == 0:
+        body = resync_batch("vm2-d0", 1, [(0, b"v" * 4096)])
+        status, answer = await agent.put_batch("vm2-d0", 1, body, name="root")
+        assert status == 200, answer
+    return agent
+
+
+def forbidden(status: int, answer: object) -> str:
+    """The reason of a 403 FORBIDDEN answer; fails on any other answer."""
+    assert status == 403, answer
+    assert isinstance(answer, dict)
+    assert answer["error"]["code"] == "FORBIDDEN"
+    return str(answer["error"]["reason"])
+
+
+async def test_a_sender_writes_a_disk_of_its_group(agent: AgentProcess) -> None:
+    status, answer = await agent.put_batch(
+        "vm1-d0", 1, resync_batch("vm1-d0", 1, [(0, b"a" * 4096)]), name="ps01"
+    )
+
+    assert status == 200, answer
+    assert agent.target_bytes("vm1-d0")[:4096] == b"a" * 4096
+
+
+async def test_a_sender_writing_a_disk_of_another_group_is_refused_and_nothing_changes(
+    vm2_replicated: AgentProcess,
+) -> None:
+    agent = vm2_replicated
+    before = (
+        agent.target_bytes("vm2-d0"),
+        await agent.get_json("/v1/disks/vm2-d0", name="root"),
+        await agent.get_json("/v1/groups/vm2/recovery-points", name="root"),
+        agent.metric("mtagent_received_bytes_total", disk="vm2-d0"),
+    )
+    refused = agent.metric("mtagent_forbidden_requests_total", reason="group")
+
+    status, answer = await agent.put_batch(
+        "vm2-d0", 2, resync_batch("vm2-d0", 2, [(0, b"x" * 4096)]), name="ps01"
+    )
+
+    assert forbidden(status, answer) == "group"
+    assert "'vm2-d0'" in answer["error"]["message"] and "ps01" in answer["error"]["message"]
+    after = (
+        agent.target_bytes("vm2-d0"),
+        await agent.get_json("/v1/disks/vm2-d0", name="root"),
+        await agent.get_json("/v1/groups/vm2/recovery-points", name="root"),
+        agent.metric("mtagent_received_bytes_total", disk="vm2-d0"),
+    )
+    assert after == before  # not a byte of the body was taken in
+    assert agent.metric("mtagent_forbidden_requests_total", reason="group") == refused + 1
+
+
+async def test_a_refusal_is_logged_with_the_sender_name(agent: AgentProcess) -> None:
+    status, answer = await agent.put_batch(
+        "vm2-d0", 7, resync_batch("vm2-d0", 7, [(0, b"y" * 512)]), name="ps01"
+    )
+
+    forbidden(status, answer)
+    refusals = [line for line in agent.log().splitlines() if "refused PUT" in line]
+    assert any("ps01" in line and "/v1/disks/vm2-d0/batches/7" in line for line in refusals)
+
+
+async def test_the_hashes_of_a_disk_of_another_group_are_refused(agent: AgentProcess) -> None:
+    async with (
+        agent.client("ps01") as session,
+        session.post("/v1/disks/vm2-d0/hashes", json=HASHES) as response,
+    ):
+        assert forbidden(response.status, await response.json()) == "group"
+
+
+async def test_a_sender_lists_only_the_disks_of_its_groups(agent: AgentProcess) -> None:
+    _, mine = await agent.get_json("/v1/disks", name="ps01")
+    _, everything = await agent.get_json("/v1/disks", name="root")
+
+    assert [disk["id"] for disk in mine["disks"]] == ["vm1-d0"]
+    assert sorted(disk["id"] for disk in everything["disks"]) == ["vm1-d0", "vm2-d0"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/disks/vm2-d0", "/v1/groups/vm2/recovery-points", "/v1/disks/no-such-disk"]
+)
+async def test_a_disk_or_group_outside_the_sender_groups_is_forbidden(
+    agent: AgentProcess, path: str
+) -> None:
+    # A disk that does not exist looks the same: a sender learns nothing of other groups.
+    assert forbidden(*await agent.get_json(path, name="ps01")) == "group"
+
+
+async def test_a_sender_of_every_group_is_told_a_disk_does_not_exist(agent: AgentProcess) -> None:
+    status, answer = await agent.get_json("/v1/disks/no-such-disk", name="root")
+
+    assert (status, answer["error"]["code"]) == (404, "UNKNOWN_DISK")
+
+
+async def test_a_certificate_without_a_senders_entry_is_refused_everything(
+    agent: AgentProcess,
+) -> None:
+    refused = agent.metric("mtagent_forbidden_requests_total", reason="unknown_sender")
+
+    assert forbidden(*await agent.get_json("/v1/info", name="stranger")) == "unknown_sender"
+    assert agent.metric("mtagent_forbidden_requests_total", reason="unknown_sender") == (
+        refused + 1
+    )
+
+
+async def test_sender_names_match_the_certificate_whatever_their_case(
+    agent: AgentProcess,
+) -> None:
+    status, answer = await agent.get_json("/v1/disks", name="PS01")
+
+    assert status == 200, answer
+    assert [disk["id"] for disk in answer["disks"]] == ["vm1-d0"]
+
+
+async def test_a_configuration_without_senders_is_open_and_says_so(tmp_path: Path) -> None:
+    agent = AgentProcess.create(tmp_path, {"d0": DISK})
+    agent.start()
+    try:
+        status, answer = await agent.get_json("/v1/disks", name="anyone")
+
+        assert status == 200, answer
+        assert agent.metric("mtagent_authorization_open") == 1
+        assert "has no [[senders]]" in agent.log()
+    finally:
+        agent.stop()
+
+
+async def test_a_configuration_with_senders_is_not_open(agent: AgentProcess) -> None:
+    assert agent.metric("mtagent_authorization_open") == 0
+
+
+# -- every route other than replication's is administrative, including routes added later ------
+
+
+class InProcessAgent:
+    """The data-port application served in this process over real TLS, so that a test can add
+    routes the agent does not have (yet)."""
+
+    def __init__(self, agent: AgentProcess) -> None:
+        self.agent = agent
+        self.app = create_app(load_config(agent.config_path), CollectorRegistry())
+        self.runner = web.AppRunner(self.app)
+        self.port = 0
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        ssl_context = server_ssl_context(load_config(self.agent.config_path).tls)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ssl_context)
+        await site.start()
+        assert self.runner.server is not None and site._server is not None
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def request(self, name: str, method: str, path: str) -> tuple[int, object]:
+        connector = aiohttp.TCPConnector(ssl=self.agent.ssl_context(name))
+        async with (
+            aiohttp.ClientSession(f"https://127.0.0.1:{self.port}", connector=connector) as s,
+            s.request(method, path, data=b"{}", headers=BATCH_CONTENT) as response,
+        ):
+            body = await response.read()
+            return response.status, json.loads(body) if body.startswith(b"{") else body
+
+
+@pytest.fixture
+async def in_process(tmp_path: Path) -> AsyncIterator[InProcessAgent]:
+    served = InProcessAgent(two_groups(tmp_path))
+
+    async def failover(request: web.Request) -> web.Response:
+        return web.json_response({"failed_over": request.match_info["group"]})
+
+    async def whole_agent(request: web.Request) -> web.Response:
+        return web.json_response({"done": True})
+
+    served.app.router.add_post("/v1/groups/{group}/failover", failover)
+    served.app.router.add_post("/v1/maintenance", whole_agent)
+    await served.start()
+    yield served
+    await served.runner.cleanup()
+
+
+def concrete(path: str) -> str:
+    return path.format(disk="vm1-d0", group="vm1", seq="1")
+
+
+async def test_every_route_outside_the_replication_table_is_refused_to_a_replicate_sender(
+    in_process: InProcessAgent,
+) -> None:
+    administrative = [
+        (route.method, route.resource.canonical)
+        for route in in_process.app.router.routes()
+        if route.resource is not None and route.method != "HEAD"
+        if (route.method, route.resource.canonical) not in REPLICATION_ROUTES
+    ]
+    assert ("POST", "/v1/groups/{group}/failover") in administrative
+
+    for method, path in administrative:
+        status, answer = await in_process.request("ps01", method, concrete(path))
+        assert forbidden(status, answer) == "role", (method, path)
+
+
+async def test_an_admin_calls_an_administrative_route_of_its_group(
+    in_process: InProcessAgent,
+) -> None:
+    status, answer = await in_process.request("ops", "POST", "/v1/groups/vm1/failover")
+
+    assert (status, answer) == (200, {"failed_over": "vm1"})
+
+
+async def test_an_admin_of_another_group_is_refused(in_process: InProcessAgent) -> None:
+    status, answer = await in_process.request("ops", "POST", "/v1/groups/vm2/failover")
+
+    assert forbidden(status, answer) == "group"
+
+
+async def test_a_route_on_the_whole_agent_needs_an_admin_of_every_group(
+    in_process: InProcessAgent,
+) -> None:
+    assert forbidden(*await in_process.request("ops", "POST", "/v1/maintenance")) == "group"
+    assert await in_process.request("root", "POST", "/v1/maintenance") == (200, {"done": True})
