@@ -77,6 +77,14 @@ class BadRequest(ProtocolError):
     status = 400
 
 
+class BadHttpRequest(ProtocolError):
+    """The request is not valid HTTP/1.1 (request line, an over-long header line, chunking):
+    the HTTP layer refuses it before any handler, and closes the connection."""
+
+    code = "BAD_HTTP_REQUEST"
+    status = 400
+
+
 class WrongGroup(ProtocolError):
     """A TAG names a consistency group other than the one of the batch's disk: the batch is
     refused and rolled back, so that no point is ever listed under a group it does not cover."""
@@ -158,6 +166,14 @@ class RetentionFull(ProtocolError):
     status = 507
 
 
+class InternalError(ProtocolError):
+    """An unexpected failure inside the agent (its log has the traceback): not the sender's
+    fault; send again later."""
+
+    code = "INTERNAL"
+    status = 500
+
+
 ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {
     cls.code: cls
     for cls in (
@@ -167,6 +183,7 @@ ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {
         BadOrder,
         Truncated,
         BadRequest,
+        BadHttpRequest,
         WrongGroup,
         Forbidden,
         UnknownDisk,
@@ -181,6 +198,7 @@ ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {
         ChecksumMismatch,
         TargetUnavailable,
         RetentionFull,
+        InternalError,
     )
 }
 

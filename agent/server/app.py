@@ -13,9 +13,10 @@ from agent.config import AgentConfig
 from agent.metrics import AgentMetrics
 from agent.replication.apply import ApplyLimits, apply_batch
 from agent.replication.replica import Replica
-from agent.server import authorization, hashes_api, keys, points_api
+from agent.server import audit, authorization, hashes_api, keys, points_api
 from agent.server.contexts import open_replicas, run_retention, watch_disks
 from agent.server.health import Readiness
+from agent.server.http_layer import INTERNAL
 from agent.version import agent_version
 from protocol.documents import Info
 from protocol.errors import BadRequest, ErrorBody, ProtocolError, UnknownDisk
@@ -30,8 +31,11 @@ AGENT_VERSION = agent_version()
 def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Application:
     """The data-port application; its state and disks are opened by its cleanup context, once
     the caller holds the agent lock (`run_daemon` does)."""
-    # The error middleware outermost, so that a refusal of the others is answered as JSON.
-    app = web.Application(middlewares=[error_middleware, authorization.middleware])
+    # The audit sees each final answer; the error middleware turns every refusal of the
+    # others (and of the handlers) into JSON.
+    app = web.Application(
+        middlewares=[audit.middleware, error_middleware, authorization.middleware]
+    )
     app[keys.CONFIG] = config
     app[keys.REGISTRY] = registry
     app[authorization.AUTHORIZATION] = authorization.Authorization(config, registry)
@@ -66,17 +70,30 @@ HTTP_LAYER_CODES = {
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], object]
 ) -> web.StreamResponse:
-    """Every error as docs/protocol.md's JSON body, with its status."""
+    """Every error as docs/protocol.md's JSON body, with its status; the error is left in
+    `request[audit.ERROR]` for the audit trail."""
     try:
         return await handler(request)  # type: ignore[misc]
     except ProtocolError as exc:
-        return web.json_response(exc.to_json(), status=exc.status)
+        return _error_answer(request, exc.body(), exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = HTTP_LAYER_CODES.get(exc.status) or exc.reason.upper().replace(" ", "_")
         body = ErrorBody(code, f"{request.method} {request.path}: {exc.reason}")
-        return web.json_response(body.to_json(), status=exc.status, headers=_allow_header(exc))
+        return _error_answer(request, body, exc.status, headers=_allow_header(exc))
+    except Exception:
+        # A fault of the agent, not of the sender: the one case that deserves a traceback.
+        log.exception("%s %s failed inside the agent", request.method, request.path)
+        body = ErrorBody(INTERNAL, "the agent failed to handle this request; it is logged")
+        return _error_answer(request, body, 500)
+
+
+def _error_answer(
+    request: web.Request, body: ErrorBody, status: int, headers: dict[str, str] | None = None
+) -> web.Response:
+    request[audit.ERROR] = body
+    return web.json_response(body.to_json(), status=status, headers=headers)
 
 
 def _allow_header(exc: web.HTTPException) -> dict[str, str]:

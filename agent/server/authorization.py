@@ -214,15 +214,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             target=authorization.target(request),
         )
     if denial is not None:
+        # Logged, with the sender's name, by the audit trail (agent.server.audit).
         authorization.forbidden.labels(denial.reason.value).inc()
-        log.warning(
-            "refused %s %s from sender %s: %s",
-            request.method,
-            request.path,
-            identity or "(no name)",
-            denial.message,
-            extra=log_fields(sender=identity, code=Forbidden.code, reason=denial.reason.value),
-        )
         raise Forbidden(denial.message, reason=denial.reason.value)
     assert sender is not None
     request[SENDER] = sender

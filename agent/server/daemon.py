@@ -17,6 +17,7 @@ from agent.server import keys
 from agent.server.app import create_app, create_metrics_app
 from agent.server.draining import RequestDrain
 from agent.server.health import HealthProbe, Readiness, status_line
+from agent.server.http_layer import JsonErrorsAppRunner
 from agent.server.listeners import bind_listeners
 from agent.server.sdnotify import SystemdNotifier, notify_while_running, watchdog_interval
 from agent.server.tls import server_ssl_context
@@ -75,10 +76,10 @@ async def _serve_holding_the_lock(config: AgentConfig, ssl_context: ssl.SSLConte
     readiness = Readiness()
     drain = RequestDrain()
     app.middlewares.append(drain.middleware)  # inside create_app's error middleware
-    runner = web.AppRunner(
+    runner = JsonErrorsAppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=CUT_OFF_SECONDS
     )
-    metrics_runner = web.AppRunner(
+    metrics_runner = JsonErrorsAppRunner(
         create_metrics_app(registry, readiness), handle_signals=False, access_log=None
     )
     stop = asyncio.Event()

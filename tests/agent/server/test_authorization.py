@@ -4,21 +4,16 @@ written, counted and logged with the sender's name."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
-from agent.config import load_config
-from agent.server.app import create_app
 from agent.server.authorization import REPLICATION_ROUTES
-from agent.server.tls import server_ssl_context
-from tests.support.agent_harness import BATCH_CONTENT, AgentProcess
+from tests.support.agent_harness import AgentProcess
 from tests.support.batches import resync_batch
+from tests.support.in_process_agent import InProcessAgent
 
 MiB = 1 << 20
 DISK = 4 * MiB
@@ -110,8 +105,10 @@ async def test_a_refusal_is_logged_with_the_sender_name(agent: AgentProcess) -> 
     )
 
     forbidden(status, answer)
-    refusals = [line for line in agent.log().splitlines() if "refused PUT" in line]
-    assert any("ps01" in line and "/v1/disks/vm2-d0/batches/7" in line for line in refusals)
+    assert any(
+        "/v1/disks/vm2-d0/batches/7 from ps01: refused 403 FORBIDDEN" in line
+        for line in agent.log().splitlines()
+    )
 
 
 async def test_the_hashes_of_a_disk_of_another_group_are_refused(agent: AgentProcess) -> None:
@@ -186,34 +183,6 @@ async def test_a_configuration_with_senders_is_not_open(agent: AgentProcess) -> 
 # -- every route other than replication's is administrative, including routes added later ------
 
 
-class InProcessAgent:
-    """The data-port application served in this process over real TLS, so that a test can add
-    routes the agent does not have (yet)."""
-
-    def __init__(self, agent: AgentProcess) -> None:
-        self.agent = agent
-        self.app = create_app(load_config(agent.config_path), CollectorRegistry())
-        self.runner = web.AppRunner(self.app)
-        self.port = 0
-
-    async def start(self) -> None:
-        await self.runner.setup()
-        ssl_context = server_ssl_context(load_config(self.agent.config_path).tls)
-        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ssl_context)
-        await site.start()
-        assert self.runner.server is not None and site._server is not None
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def request(self, name: str, method: str, path: str) -> tuple[int, object]:
-        connector = aiohttp.TCPConnector(ssl=self.agent.ssl_context(name))
-        async with (
-            aiohttp.ClientSession(f"https://127.0.0.1:{self.port}", connector=connector) as s,
-            s.request(method, path, data=b"{}", headers=BATCH_CONTENT) as response,
-        ):
-            body = await response.read()
-            return response.status, json.loads(body) if body.startswith(b"{") else body
-
-
 @pytest.fixture
 async def in_process(tmp_path: Path) -> AsyncIterator[InProcessAgent]:
     served = InProcessAgent(two_groups(tmp_path))
@@ -228,7 +197,7 @@ async def in_process(tmp_path: Path) -> AsyncIterator[InProcessAgent]:
     served.app.router.add_post("/v1/maintenance", whole_agent)
     await served.start()
     yield served
-    await served.runner.cleanup()
+    await served.stop()
 
 
 def concrete(path: str) -> str:
