@@ -45,6 +45,17 @@ DEFAULT_LISTEN = ("0.0.0.0", 9443)
 DEFAULT_METRICS_LISTEN = ("127.0.0.1", 9444)
 DEFAULT_STATE_DIR = Path("/var/lib/mtagent")
 DEFAULT_STALL_TIMEOUT_SECONDS = 60.0
+# Long enough for a 256 MiB batch at 300 KB/s; a batch that trickles longer holds its disk.
+DEFAULT_BATCH_TIMEOUT_SECONDS = 15 * 60.0
+# How long a connection may wait for (the rest of) a request's headers, on each listener. The
+# data port's must stay above the sender's own idle limit (protocol.client: 15 s), so that the
+# agent never closes a connection the client is about to use.
+DEFAULT_IDLE_TIMEOUT_SECONDS = 60.0
+DEFAULT_METRICS_IDLE_TIMEOUT_SECONDS = 10.0
+# Open connections: a few per disk's sender is plenty; the rest would be an abuse.
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_MAX_CONNECTIONS_PER_PEER = 64
+DEFAULT_METRICS_MAX_CONNECTIONS = 32
 DEFAULT_HASH_READ_BYTES = 256 * MiB
 """Memory for reading targets for hash requests (resync, verify): two large direct-read
 windows (blockio.scan.chunk_digests.SCAN_WINDOW_BYTES) at once; more requests read in small
@@ -112,6 +123,12 @@ class ServerConfig:
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     stall_timeout_seconds: float = DEFAULT_STALL_TIMEOUT_SECONDS
     hash_read_bytes: int = DEFAULT_HASH_READ_BYTES
+    batch_timeout_seconds: float = DEFAULT_BATCH_TIMEOUT_SECONDS
+    idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS
+    metrics_idle_timeout_seconds: float = DEFAULT_METRICS_IDLE_TIMEOUT_SECONDS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER
+    metrics_max_connections: int = DEFAULT_METRICS_MAX_CONNECTIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +287,12 @@ class _ConfigReader:
                 "max_batch_bytes",
                 "stall_timeout",
                 "hash_read_bytes",
+                "batch_timeout",
+                "idle_timeout",
+                "metrics_idle_timeout",
+                "max_connections",
+                "max_connections_per_peer",
+                "metrics_max_connections",
             ),
         )
         listen_host, listen_port = self.address(table, "server", "listen", DEFAULT_LISTEN)
@@ -308,6 +331,22 @@ class _ConfigReader:
                 table, "server", "stall_timeout", DEFAULT_STALL_TIMEOUT_SECONDS
             ),
             hash_read_bytes=self.size(table, "server", "hash_read_bytes", DEFAULT_HASH_READ_BYTES),
+            batch_timeout_seconds=self.duration(
+                table, "server", "batch_timeout", DEFAULT_BATCH_TIMEOUT_SECONDS
+            ),
+            idle_timeout_seconds=self.duration(
+                table, "server", "idle_timeout", DEFAULT_IDLE_TIMEOUT_SECONDS
+            ),
+            metrics_idle_timeout_seconds=self.duration(
+                table, "server", "metrics_idle_timeout", DEFAULT_METRICS_IDLE_TIMEOUT_SECONDS
+            ),
+            max_connections=self.count(table, "server", "max_connections", DEFAULT_MAX_CONNECTIONS),
+            max_connections_per_peer=self.count(
+                table, "server", "max_connections_per_peer", DEFAULT_MAX_CONNECTIONS_PER_PEER
+            ),
+            metrics_max_connections=self.count(
+                table, "server", "metrics_max_connections", DEFAULT_METRICS_MAX_CONNECTIONS
+            ),
         )
 
     def read_tls(self, table: dict[str, Any]) -> TlsConfig:
@@ -573,6 +612,14 @@ class _ConfigReader:
             return parse_size(table[key])
         except InvalidValue as exc:
             raise self.error(f"{section}.{key}", exc.expected, exc.got) from exc
+
+    def count(self, table: Mapping[str, Any], section: str, key: str, default: int) -> int:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.error(
+                f"{section}.{key}", "a whole number of at least 1", describe_value(value)
+            )
+        return value
 
     def duration(self, table: Mapping[str, Any], section: str, key: str, default: float) -> float:
         if key not in table:

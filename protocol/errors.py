@@ -121,6 +121,14 @@ class Stalled(ProtocolError):
     status = 408
 
 
+class BatchTimeout(ProtocolError):
+    """The batch's body was not in whole within the agent's batch deadline (`[server]
+    batch_timeout`), however steadily it trickled; the batch is rolled back."""
+
+    code = "BATCH_TIMEOUT"
+    status = 408
+
+
 class SequenceGap(ProtocolError):
     code = "SEQUENCE_GAP"
     status = 409
@@ -161,6 +169,15 @@ class TargetUnavailable(ProtocolError):
     status = 503
 
 
+class TooManyConnections(ProtocolError):
+    """A listener's cap on open connections is reached and every connection under it is busy
+    (`limit`: `total` or `per_peer`); answered before any request, then the connection is
+    closed."""
+
+    code = "TOO_MANY_CONNECTIONS"
+    status = 503
+
+
 class RetentionFull(ProtocolError):
     code = "RETENTION_FULL"
     status = 507
@@ -189,6 +206,7 @@ ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {
         UnknownDisk,
         UnknownGroup,
         Stalled,
+        BatchTimeout,
         SequenceGap,
         SequenceConflict,
         ResyncRequired,
@@ -197,6 +215,7 @@ ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {
         OutOfRange,
         ChecksumMismatch,
         TargetUnavailable,
+        TooManyConnections,
         RetentionFull,
         InternalError,
     )

@@ -44,6 +44,7 @@ def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Applicat
         max_frame_bytes=config.server.max_frame_bytes,
         max_batch_bytes=config.server.max_batch_bytes,
         stall_timeout_seconds=config.server.stall_timeout_seconds,
+        batch_timeout_seconds=config.server.batch_timeout_seconds,
     )
     app.cleanup_ctx.append(open_replicas)
     app.cleanup_ctx.append(watch_disks)

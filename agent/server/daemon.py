@@ -15,10 +15,11 @@ from agent.config import AgentConfig
 from agent.replication.instance_lock import acquire_agent_lock
 from agent.server import keys
 from agent.server.app import create_app, create_metrics_app
+from agent.server.connection_limits import ConnectionLimits
 from agent.server.draining import RequestDrain
 from agent.server.health import HealthProbe, Readiness, status_line
-from agent.server.http_layer import JsonErrorsAppRunner
-from agent.server.listeners import bind_listeners
+from agent.server.http_layer import AgentAppRunner, ConnectionMetrics, ListenerGuard
+from agent.server.listeners import AcceptFailureLog, bind_listeners, raise_open_file_limit
 from agent.server.sdnotify import SystemdNotifier, notify_while_running, watchdog_interval
 from agent.server.tls import server_ssl_context
 from agent.server.tls_handshakes import count_handshake_failures
@@ -42,6 +43,7 @@ async def run_daemon(config: AgentConfig) -> None:
     certificate cannot be loaded or a port cannot be bound, AgentLockHeld when another agent
     or an in-place recovery works on the same state.
     """
+    raise_open_file_limit()
     ssl_context = server_ssl_context(config.tls)
     # The lock first: a second agent on the same state is told so, not that its port is taken.
     lock = acquire_agent_lock(
@@ -76,14 +78,31 @@ async def _serve_holding_the_lock(config: AgentConfig, ssl_context: ssl.SSLConte
     readiness = Readiness()
     drain = RequestDrain()
     app.middlewares.append(drain.middleware)  # inside create_app's error middleware
-    runner = JsonErrorsAppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=CUT_OFF_SECONDS
+    connection_metrics = ConnectionMetrics(registry)
+    runner = AgentAppRunner(
+        app,
+        guard=ListenerGuard(
+            "data",
+            ConnectionLimits(server.max_connections, server.max_connections_per_peer),
+            connection_metrics,
+        ),
+        idle_timeout=server.idle_timeout_seconds,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=CUT_OFF_SECONDS,
     )
-    metrics_runner = JsonErrorsAppRunner(
-        create_metrics_app(registry, readiness), handle_signals=False, access_log=None
+    metrics_runner = AgentAppRunner(
+        create_metrics_app(registry, readiness),
+        guard=ListenerGuard(
+            "metrics", ConnectionLimits(server.metrics_max_connections), connection_metrics
+        ),
+        idle_timeout=server.metrics_idle_timeout_seconds,
+        handle_signals=False,
+        access_log=None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptFailureLog(connection_metrics.accept_failures.inc))
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     notifier.notify(f"STATUS={readiness.reason}")
@@ -139,6 +158,7 @@ async def _serve_holding_the_lock(config: AgentConfig, ssl_context: ssl.SSLConte
             supervision.cancel()
         await metrics_runner.cleanup()
         notifier.close()
+        loop.set_exception_handler(None)
         for sock in listening:
             sock.close()  # already closed by their site once it started; not before
     log.info("stopped")

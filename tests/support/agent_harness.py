@@ -70,6 +70,8 @@ class AgentProcess:
     groups: dict[str, str] = field(default_factory=dict)
     # The [[senders]] table (name, groups, role), None for none: set, then write_config() again.
     senders: list[dict[str, object]] | None = None
+    # A command the agent runs under (["prlimit", "--nofile=64:64", "--"]), before its next start.
+    wrapper: list[str] = field(default_factory=list)
 
     @classmethod
     def create(
@@ -174,7 +176,15 @@ class AgentProcess:
         log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child from here on
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "agent", "serve", "--config", str(self.config_path)],
+            [
+                *self.wrapper,
+                sys.executable,
+                "-m",
+                "agent",
+                "serve",
+                "--config",
+                str(self.config_path),
+            ],
             cwd=REPO,
             stdout=log,
             stderr=log,

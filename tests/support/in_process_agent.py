@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.config import load_config
 from agent.server.app import create_app
-from agent.server.http_layer import JsonErrorsAppRunner
+from agent.server.http_layer import AgentAppRunner
 from agent.server.tls import server_ssl_context
 from tests.support.agent_harness import BATCH_CONTENT, AgentProcess
 
@@ -29,7 +29,7 @@ class InProcessAgent:
     def __init__(self, agent: AgentProcess) -> None:
         self.agent = agent
         self.app = create_app(load_config(agent.config_path), CollectorRegistry())
-        self.runner = JsonErrorsAppRunner(self.app, access_log=None)
+        self.runner = AgentAppRunner(self.app, access_log=None)
         self.port = 0
 
     async def start(self) -> None:
