@@ -133,11 +133,13 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
-    """The server's certificate and key, and the CA that client certificates must chain to."""
+    """The server's certificate and key, the CA that client certificates must chain to, and the
+    CA's revocation list (None: none is checked)."""
 
     cert: Path
     key: Path
     client_ca: Path
+    crl: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,11 +352,12 @@ class _ConfigReader:
         )
 
     def read_tls(self, table: dict[str, Any]) -> TlsConfig:
-        self.check_keys("tls", table, ("cert", "key", "client_ca"))
+        self.check_keys("tls", table, ("cert", "key", "client_ca", "crl"))
         return TlsConfig(
             cert=self.path(table, "tls", "cert"),
             key=self.path(table, "tls", "key"),
             client_ca=self.path(table, "tls", "client_ca"),
+            crl=self.path(table, "tls", "crl") if "crl" in table else None,
         )
 
     def read_retention(self, table: dict[str, Any]) -> RetentionConfig:

@@ -421,6 +421,8 @@ cert = "/etc/mtagent/tls/server.crt"
 key = "/etc/mtagent/tls/server.key"
 client_ca = "/etc/mtagent/tls/ca.crt"   # senders need a client certificate from this CA:
                                         # mtagent certs issue --dir /etc/mtagent/tls --name ps01
+# crl = "/etc/mtagent/tls/crl.pem"      # after `mtagent certs revoke --dir /etc/mtagent/tls
+                                        # --name N`: refuse the certificates it lists (restart)
 
 [retention]
 path = "/var/lib/mtagent/retention"  # mount the retention drive here (the unit may write it)

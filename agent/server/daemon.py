@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-import ssl
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -15,13 +14,15 @@ from agent.config import AgentConfig
 from agent.replication.instance_lock import acquire_agent_lock
 from agent.server import keys
 from agent.server.app import create_app, create_metrics_app
+from agent.server.authorization import AUTHORIZATION
 from agent.server.connection_limits import ConnectionLimits
 from agent.server.draining import RequestDrain
 from agent.server.health import HealthProbe, Readiness, status_line
 from agent.server.http_layer import AgentAppRunner, ConnectionMetrics, ListenerGuard
 from agent.server.listeners import AcceptFailureLog, bind_listeners, raise_open_file_limit
+from agent.server.reload import Reloader
 from agent.server.sdnotify import SystemdNotifier, notify_while_running, watchdog_interval
-from agent.server.tls import server_ssl_context
+from agent.server.tls import ReloadableTls
 from agent.server.tls_handshakes import count_handshake_failures
 
 log = logging.getLogger("mtagent")
@@ -44,7 +45,7 @@ async def run_daemon(config: AgentConfig) -> None:
     or an in-place recovery works on the same state.
     """
     raise_open_file_limit()
-    ssl_context = server_ssl_context(config.tls)
+    tls = ReloadableTls(config.tls)
     # The lock first: a second agent on the same state is told so, not that its port is taken.
     lock = acquire_agent_lock(
         config.server.state_dir,
@@ -52,12 +53,13 @@ async def run_daemon(config: AgentConfig) -> None:
         refusal="an agent or an in-place recovery is already working on these disks",
     )
     try:
-        await _serve_holding_the_lock(config, ssl_context)
+        await _serve_holding_the_lock(config, tls)
     finally:
         os.close(lock)
 
 
-async def _serve_holding_the_lock(config: AgentConfig, ssl_context: ssl.SSLContext) -> None:
+async def _serve_holding_the_lock(config: AgentConfig, tls: ReloadableTls) -> None:
+    ssl_context = tls.context
     server = config.server
     data_sockets = bind_listeners(
         server.listen_host, server.listen_port, "data port (server.listen)"
@@ -105,6 +107,8 @@ async def _serve_holding_the_lock(config: AgentConfig, ssl_context: ssl.SSLConte
     loop.set_exception_handler(AcceptFailureLog(connection_metrics.accept_failures.inc))
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloader = Reloader(config, tls, app[AUTHORIZATION], registry)
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload)
     notifier.notify(f"STATUS={readiness.reason}")
     supervision: asyncio.Task[None] | None = None
     try:

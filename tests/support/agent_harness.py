@@ -70,6 +70,8 @@ class AgentProcess:
     groups: dict[str, str] = field(default_factory=dict)
     # The [[senders]] table (name, groups, role), None for none: set, then write_config() again.
     senders: list[dict[str, object]] | None = None
+    # [tls] crl, None for none: set, then write_config() again.
+    crl: Path | None = None
     # A command the agent runs under (["prlimit", "--nofile=64:64", "--"]), before its next start.
     wrapper: list[str] = field(default_factory=list)
 
@@ -148,6 +150,7 @@ class AgentProcess:
             f'cert = "{self.pki / "server.crt"}"',
             f'key = "{self.pki / "server.key"}"',
             f'client_ca = "{self.pki / "ca.crt"}"',
+            *([f'crl = "{self.crl}"'] if self.crl is not None else []),
             "",
             "[retention]",
             f'path = "{retention}"',
@@ -229,6 +232,21 @@ class AgentProcess:
                 process.wait()
         return process.returncode
 
+    def reload(self, timeout: float = 15.0) -> str:
+        """SIGHUP, as `systemctl reload` sends; returns the agent's log line that says whether the
+        reload was applied ("reloaded ...") or refused ("reload refused ...")."""
+        assert self.process is not None
+        log_start = len(self.log())
+        self.process.send_signal(signal.SIGHUP)
+
+        def said() -> str | None:
+            for line in self.log()[log_start:].splitlines():
+                if "reloaded " in line or "reload refused" in line:
+                    return line
+            return None
+
+        return wait_until(said, timeout=timeout, what="the agent to say how its reload went")
+
     def kill(self) -> None:
         """SIGKILL, as a crash or power loss would stop it."""
         if self.process is not None:
@@ -252,10 +270,10 @@ class AgentProcess:
         connector = aiohttp.TCPConnector(ssl=self.ssl_context(name))
         return aiohttp.ClientSession(self.url, connector=connector, **kwargs)  # type: ignore[arg-type]
 
-    def sender_client(self, timeout: float = 30) -> AgentClient:
-        """The project's own client (what `mtagent push` uses) for this agent, with the sender's
-        certificate; use it as an async context manager."""
-        return AgentClient(self.url, self.ssl_context(), timeout=timeout)
+    def sender_client(self, timeout: float = 30, name: str = "sender") -> AgentClient:
+        """The project's own client (what `mtagent push` uses) for this agent, with the
+        certificate of client `name`; use it as an async context manager."""
+        return AgentClient(self.url, self.ssl_context(name), timeout=timeout)
 
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"{self.metrics_url}/metrics", timeout=5) as resp:
