@@ -1,4 +1,5 @@
-"""`[[senders]]` in the configuration: who may send what, checked like every other key."""
+"""The security settings of the configuration, checked like every other key: `[[senders]]` (who
+may send what), `[tls] crl`, and the bounds of `[server]` (deadlines, connection caps)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, SenderConfig, load_config
+from agent.config import (
+    DEFAULT_BATCH_TIMEOUT_SECONDS,
+    DEFAULT_MAX_CONNECTIONS,
+    AgentConfig,
+    ConfigError,
+    SenderConfig,
+    load_config,
+)
 
 MINIMAL = """
 [tls]
@@ -19,10 +27,14 @@ path = "retention"
 """
 
 
-def load(tmp_path: Path, senders: str) -> tuple[SenderConfig, ...] | None:
+def load_whole(tmp_path: Path, text: str) -> AgentConfig:
     path = tmp_path / "agent.toml"
-    path.write_text(MINIMAL + senders)
-    return load_config(path).senders
+    path.write_text(text)
+    return load_config(path)
+
+
+def load(tmp_path: Path, senders: str) -> tuple[SenderConfig, ...] | None:
+    return load_whole(tmp_path, MINIMAL + senders).senders
 
 
 def test_no_senders_table_is_none_not_an_empty_table(tmp_path: Path) -> None:
@@ -88,3 +100,40 @@ def test_two_senders_of_one_name_whatever_its_case_are_refused(tmp_path: Path) -
 
     assert caught.value.key == "senders[1].name"
     assert "senders[0] has it" in caught.value.expected
+
+
+# -- [tls] crl and the bounds of [server] ----------------------------------------------------------
+
+
+def test_crl_is_optional_and_relative_to_the_file(tmp_path: Path) -> None:
+    assert load_whole(tmp_path, MINIMAL).tls.crl is None
+    with_crl = MINIMAL.replace('client_ca = "ca.crt"', 'client_ca = "ca.crt"\ncrl = "crl.pem"')
+
+    assert load_whole(tmp_path, with_crl).tls.crl == tmp_path / "crl.pem"
+
+
+def test_the_bounds_have_defaults_and_take_their_values(tmp_path: Path) -> None:
+    default = load_whole(tmp_path, MINIMAL).server
+    assert default.batch_timeout_seconds == DEFAULT_BATCH_TIMEOUT_SECONDS
+    assert default.max_connections == DEFAULT_MAX_CONNECTIONS
+
+    server = load_whole(
+        tmp_path,
+        '[server]\nbatch_timeout = "5m"\nidle_timeout = "20s"\nmax_connections = 10\n'
+        "max_connections_per_peer = 2\nmetrics_max_connections = 4\n" + MINIMAL,
+    ).server
+
+    assert (server.batch_timeout_seconds, server.idle_timeout_seconds) == (300.0, 20.0)
+    assert (server.max_connections, server.max_connections_per_peer) == (10, 2)
+    assert server.metrics_max_connections == 4
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "true", '"10"', "2.5"])
+def test_a_connection_cap_must_be_a_whole_number_of_at_least_one(
+    tmp_path: Path, value: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_whole(tmp_path, f"[server]\nmax_connections = {value}\n" + MINIMAL)
+
+    assert caught.value.key == "server.max_connections"
+    assert "a whole number of at least 1" in caught.value.expected
