@@ -62,10 +62,6 @@ class Target:
     disk: str | None = None
     group: str | None = None
 
-    @property
-    def whole_agent(self) -> bool:
-        return self.disk is None and self.group is None
-
 
 @dataclass(frozen=True, slots=True)
 class Denial:

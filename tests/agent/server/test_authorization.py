@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from agent.server.authorization import REPLICATION_ROUTES
+from agent.config import SenderConfig
+from agent.server.authorization import REPLICATION_ROUTES, Refusal, Target, judge
 from tests.support.agent_harness import AgentProcess
 from tests.support.batches import resync_batch
 from tests.support.in_process_agent import InProcessAgent
@@ -239,3 +240,36 @@ async def test_a_route_on_the_whole_agent_needs_an_admin_of_every_group(
 ) -> None:
     assert forbidden(*await in_process.request("ops", "POST", "/v1/maintenance")) == "group"
     assert await in_process.request("root", "POST", "/v1/maintenance") == (200, {"done": True})
+
+
+# -- the policy alone: who may call what, as a table ------------------------------------------
+
+PS01 = SenderConfig("ps01", frozenset({"vm1"}), "replicate")
+OPS = SenderConfig("ops", frozenset({"vm1"}), "admin")
+ROOT = SenderConfig("root", frozenset({"*"}), "admin")
+
+
+@pytest.mark.parametrize(
+    ("sender", "replication", "target", "refused"),
+    [
+        (PS01, True, Target("vm1-d0", "vm1"), None),
+        (PS01, True, Target("vm2-d0", "vm2"), Refusal.GROUP),
+        (PS01, True, Target("ghost", None), Refusal.GROUP),
+        (ROOT, True, Target("ghost", None), None),  # the handler says UNKNOWN_DISK
+        (PS01, True, Target(group="vm1"), None),
+        (PS01, True, Target(group="vm2"), Refusal.GROUP),
+        (PS01, True, Target(), None),  # info, the listing
+        (PS01, False, Target(group="vm1"), Refusal.ROLE),
+        (OPS, False, Target(group="vm1"), None),
+        (OPS, False, Target(group="vm2"), Refusal.GROUP),
+        (OPS, False, Target(), Refusal.GROUP),  # the whole agent
+        (ROOT, False, Target(), None),
+        (None, True, Target(), Refusal.UNKNOWN_SENDER),
+    ],
+)
+def test_judge(
+    sender: SenderConfig | None, replication: bool, target: Target, refused: Refusal | None
+) -> None:
+    denial = judge(sender, "someone", replication=replication, target=target)
+
+    assert (denial.reason if denial else None) == refused
