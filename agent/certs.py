@@ -46,6 +46,8 @@ CA_CERT_FILE = "ca.crt"
 CA_KEY_FILE = "ca.key"
 SERVER_CERT_FILE = "server.crt"
 SERVER_KEY_FILE = "server.key"
+# The certificate revocation list of the directory's CA (`revoke_client` writes it).
+CRL_FILE = "crl.pem"
 # A client named like these would overwrite the CA's or the server's files.
 RESERVED_CLIENT_NAMES = frozenset({"ca", "server"})
 
@@ -271,6 +273,79 @@ def issue_client(
     _write_key(key_path, client_key)
     _write_cert(cert_path, client_cert)
     return cert_path, key_path
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """What `revoke_client` did: the CRL file, the serial revoked, whether it already was, and
+    how many certificates the CRL lists now."""
+
+    crl: Path
+    serial: int
+    already: bool
+    revoked_count: int
+
+
+def revoke_client(directory: Path | str, name: str) -> Revocation:
+    """Add client certificate `<name>.crt` of `directory` to the CRL its CA signs, `crl.pem` in
+    `directory` (made if missing; the certificates it already lists stay). The CRL is valid
+    until the CA expires, so that an agent that checks it never refuses every client for a
+    stale list; each revocation writes a new one. Revoking a revoked certificate again changes
+    nothing.
+
+    Raises PkiError for an invalid name, a missing or unusable CA, certificate or CRL, a
+    certificate the CA did not sign, or a failed write.
+    """
+    try:
+        check_client_name(name)
+    except ValueError as exc:
+        raise PkiError(None, str(exc)) from exc
+    paths = PkiPaths.in_directory(directory)
+    ca_cert, ca_key = _load_ca(paths)
+    cert_path = paths.directory / f"{name}.crt"
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except OSError as exc:
+        raise PkiError(cert_path, f"cannot read the certificate to revoke: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise PkiError(cert_path, "not a PEM certificate") from exc
+    if cert.issuer != ca_cert.subject:
+        raise PkiError(cert_path, f"was not issued by the CA {paths.ca_cert}")
+    crl_path = paths.directory / CRL_FILE
+    listed = _revoked_entries(crl_path, ca_cert)
+    serial = cert.serial_number
+    if any(entry.serial_number == serial for entry in listed):
+        return Revocation(crl_path, serial, already=True, revoked_count=len(listed))
+    now = datetime.now(UTC)
+    listed.append(
+        x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+    )
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - BACKDATE)
+        .next_update(ca_cert.not_valid_after_utc)
+    )
+    for entry in listed:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca_key, _signature_hash(ca_key))
+    _write_atomically(crl_path, crl.public_bytes(serialization.Encoding.PEM), CERT_MODE)
+    return Revocation(crl_path, serial, already=False, revoked_count=len(listed))
+
+
+def _revoked_entries(crl_path: Path, ca_cert: x509.Certificate) -> list[x509.RevokedCertificate]:
+    """The entries of the CRL at `crl_path` ([] when there is none), checked to be `ca_cert`'s."""
+    try:
+        crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise PkiError(crl_path, f"cannot read: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise PkiError(crl_path, "not a PEM certificate revocation list") from exc
+    if crl.issuer != ca_cert.subject or not crl.is_signature_valid(ca_cert.public_key()):  # type: ignore[arg-type]
+        raise PkiError(crl_path, "was not signed by this directory's CA")
+    return list(crl)
 
 
 # -- building certificates --------------------------------------------------------------------

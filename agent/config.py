@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from agent.certs import check_client_name
 from agent.errors import AgentError
 from agent.units import (
     DURATION_EXAMPLE,
@@ -44,7 +45,21 @@ DEFAULT_LISTEN = ("0.0.0.0", 9443)
 DEFAULT_METRICS_LISTEN = ("127.0.0.1", 9444)
 DEFAULT_STATE_DIR = Path("/var/lib/mtagent")
 DEFAULT_STALL_TIMEOUT_SECONDS = 60.0
+# Long enough for a 256 MiB batch at 300 KB/s; a batch that trickles longer holds its disk.
+DEFAULT_BATCH_TIMEOUT_SECONDS = 15 * 60.0
+# How long a connection may wait for (the rest of) a request's headers, on each listener. The
+# data port's must stay above the sender's own idle limit (protocol.client: 15 s), so that the
+# agent never closes a connection the client is about to use.
+DEFAULT_IDLE_TIMEOUT_SECONDS = 60.0
+DEFAULT_METRICS_IDLE_TIMEOUT_SECONDS = 10.0
+# Open connections: a few per disk's sender is plenty; the rest would be an abuse.
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_MAX_CONNECTIONS_PER_PEER = 64
+DEFAULT_METRICS_MAX_CONNECTIONS = 32
 DEFAULT_HASH_READ_BYTES = 256 * MiB
+"""Memory for reading targets for hash requests (resync, verify): two large direct-read
+windows (blockio.scan.chunk_digests.SCAN_WINDOW_BYTES) at once; more requests read in small
+windows through the page cache."""
 WRITE_GROUP_BYTES = 8 * MiB
 """A batch's writes go to the target in groups of about this much, each behind its undo
 records (docs/design.md, the batch path): larger means fewer journal fdatasyncs, smaller less
@@ -59,9 +74,6 @@ def batch_slot_bytes(max_frame_bytes: int) -> int:
     return 2 * (WRITE_GROUP_BYTES + max_frame_bytes)
 
 
-"""Memory for reading targets for hash requests (resync, verify): two large direct-read
-windows (blockio.scan.chunk_digests.SCAN_WINDOW_BYTES) at once; more requests read in small
-windows through the page cache."""
 DEFAULT_RETENTION_WINDOW_SECONDS = 24 * 3600.0
 DEFAULT_RETENTION_MAX_BYTES = 500 * GiB
 DEFAULT_RETENTION_HIGH_WATER = 0.9
@@ -72,6 +84,13 @@ MAX_SEGMENT_BYTES = 4 * GiB
 
 OnFull = Literal["shrink", "pause"]
 ON_FULL_POLICIES: tuple[OnFull, ...] = ("shrink", "pause")
+
+# What a sender may do (docs/protocol.md section 1, "Authorization"): replicate to the disks of its
+# groups, or, as "admin", also call every administrative endpoint for those groups.
+SenderRole = Literal["replicate", "admin"]
+SENDER_ROLES: tuple[SenderRole, ...] = ("replicate", "admin")
+# In a sender's `groups`: every consistency group, present and future.
+ALL_GROUPS = "*"
 
 # Disk ids and groups become file names and URL path segments: no slashes, no leading dot.
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -119,15 +138,23 @@ class ServerConfig:
     stall_timeout_seconds: float = DEFAULT_STALL_TIMEOUT_SECONDS
     hash_read_bytes: int = DEFAULT_HASH_READ_BYTES
     memory_budget: int = DEFAULT_MEMORY_BUDGET
+    batch_timeout_seconds: float = DEFAULT_BATCH_TIMEOUT_SECONDS
+    idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS
+    metrics_idle_timeout_seconds: float = DEFAULT_METRICS_IDLE_TIMEOUT_SECONDS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER
+    metrics_max_connections: int = DEFAULT_METRICS_MAX_CONNECTIONS
 
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
-    """The server's certificate and key, and the CA that client certificates must chain to."""
+    """The server's certificate and key, the CA that client certificates must chain to, and the
+    CA's revocation list (None: none is checked)."""
 
     cert: Path
     key: Path
     client_ca: Path
+    crl: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,14 +210,34 @@ def target_location(
 
 
 @dataclass(frozen=True, slots=True)
+class SenderConfig:
+    """One `[[senders]]` entry: the client certificate named `name` (its CN, as `mtagent certs
+    issue --name` gave it; compared without regard to case) may reach the disks of `groups`
+    (ALL_GROUPS among them: every group) with `role`."""
+
+    name: str
+    groups: frozenset[str]
+    role: SenderRole = "replicate"
+
+    def reaches(self, group: str) -> bool:
+        """Whether this sender may act on consistency group `group`."""
+        return ALL_GROUPS in self.groups or group in self.groups
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
-    """The whole configuration, as loaded from `file` (an absolute path)."""
+    """The whole configuration, as loaded from `file` (an absolute path).
+
+    `senders`: the `[[senders]]` table, None when the file has none (every client certificate
+    of the CA may then do everything: see agent.server.authorization).
+    """
 
     file: Path
     server: ServerConfig
     tls: TlsConfig
     retention: RetentionConfig
     disks: tuple[DiskConfig, ...]
+    senders: tuple[SenderConfig, ...] | None = None
 
     def disk(self, disk_id: str) -> DiskConfig | None:
         """The disk with this id, or None if no disk has it."""
@@ -235,13 +282,14 @@ class _ConfigReader:
         return ConfigError(self.file, key, expected, got)
 
     def read(self, document: dict[str, Any]) -> AgentConfig:
-        self.check_keys(None, document, ("server", "tls", "retention", "disks"))
+        self.check_keys(None, document, ("server", "tls", "retention", "disks", "senders"))
         return AgentConfig(
             file=self.file.absolute(),
             server=self.read_server(self.table(document, "server", required=False)),
             tls=self.read_tls(self.table(document, "tls", required=True)),
             retention=self.read_retention(self.table(document, "retention", required=True)),
             disks=self.read_disks(document.get("disks", [])),
+            senders=self.read_senders(document["senders"]) if "senders" in document else None,
         )
 
     def read_server(self, table: dict[str, Any]) -> ServerConfig:
@@ -257,6 +305,12 @@ class _ConfigReader:
                 "stall_timeout",
                 "hash_read_bytes",
                 "memory_budget",
+                "batch_timeout",
+                "idle_timeout",
+                "metrics_idle_timeout",
+                "max_connections",
+                "max_connections_per_peer",
+                "metrics_max_connections",
             ),
         )
         listen_host, listen_port = self.address(table, "server", "listen", DEFAULT_LISTEN)
@@ -305,14 +359,31 @@ class _ConfigReader:
             ),
             hash_read_bytes=self.size(table, "server", "hash_read_bytes", DEFAULT_HASH_READ_BYTES),
             memory_budget=memory_budget,
+            batch_timeout_seconds=self.duration(
+                table, "server", "batch_timeout", DEFAULT_BATCH_TIMEOUT_SECONDS
+            ),
+            idle_timeout_seconds=self.duration(
+                table, "server", "idle_timeout", DEFAULT_IDLE_TIMEOUT_SECONDS
+            ),
+            metrics_idle_timeout_seconds=self.duration(
+                table, "server", "metrics_idle_timeout", DEFAULT_METRICS_IDLE_TIMEOUT_SECONDS
+            ),
+            max_connections=self.count(table, "server", "max_connections", DEFAULT_MAX_CONNECTIONS),
+            max_connections_per_peer=self.count(
+                table, "server", "max_connections_per_peer", DEFAULT_MAX_CONNECTIONS_PER_PEER
+            ),
+            metrics_max_connections=self.count(
+                table, "server", "metrics_max_connections", DEFAULT_METRICS_MAX_CONNECTIONS
+            ),
         )
 
     def read_tls(self, table: dict[str, Any]) -> TlsConfig:
-        self.check_keys("tls", table, ("cert", "key", "client_ca"))
+        self.check_keys("tls", table, ("cert", "key", "client_ca", "crl"))
         return TlsConfig(
             cert=self.path(table, "tls", "cert"),
             key=self.path(table, "tls", "key"),
             client_ca=self.path(table, "tls", "client_ca"),
+            crl=self.path(table, "tls", "crl") if "crl" in table else None,
         )
 
     def read_retention(self, table: dict[str, Any]) -> RetentionConfig:
@@ -426,6 +497,53 @@ class _ConfigReader:
             disks.append(disk)
         return tuple(disks)
 
+    def read_senders(self, entries: object) -> tuple[SenderConfig, ...]:
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise self.error("senders", "an array of tables ([[senders]])", describe_value(entries))
+        senders: list[SenderConfig] = []
+        first_index_of: dict[str, int] = {}
+        for index, table in enumerate(entries):
+            section = f"senders[{index}]"
+            self.check_keys(section, table, ("name", "groups", "role"))
+            name = self.string(table, section, "name")
+            try:
+                check_client_name(name)
+            except ValueError as exc:
+                raise self.error(f"{section}.name", str(exc).removeprefix("expected ")) from None
+            if name.lower() in first_index_of:
+                raise self.error(
+                    f"{section}.name",
+                    f"a name no other sender has (senders[{first_index_of[name.lower()]}] has "
+                    "it; names are compared without regard to case)",
+                    describe_value(name),
+                )
+            first_index_of[name.lower()] = index
+            role = table.get("role", "replicate")
+            if role not in SENDER_ROLES:
+                raise self.error(f"{section}.role", '"replicate" or "admin"', describe_value(role))
+            senders.append(
+                SenderConfig(
+                    name=name, groups=self.groups(table, section), role=cast(SenderRole, role)
+                )
+            )
+        return tuple(senders)
+
+    def groups(self, table: Mapping[str, Any], section: str) -> frozenset[str]:
+        expected = (
+            f'an array of consistency groups (like ["vm1", "vm2"]; "{ALL_GROUPS}" for every group)'
+        )
+        if "groups" not in table:
+            raise self.error(f"{section}.groups", expected, "nothing (it is required)")
+        value = table["groups"]
+        if not isinstance(value, list):
+            raise self.error(f"{section}.groups", expected, describe_value(value))
+        for item in value:
+            if item != ALL_GROUPS and (
+                not isinstance(item, str) or ID_PATTERN.fullmatch(item) is None
+            ):
+                raise self.error(f"{section}.groups", expected, f"an item {describe_value(item)}")
+        return frozenset(value)
+
     # -- one value each ---------------------------------------------------------------------
 
     def check_keys(
@@ -523,6 +641,14 @@ class _ConfigReader:
             return parse_size(table[key])
         except InvalidValue as exc:
             raise self.error(f"{section}.{key}", exc.expected, exc.got) from exc
+
+    def count(self, table: Mapping[str, Any], section: str, key: str, default: int) -> int:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.error(
+                f"{section}.{key}", "a whole number of at least 1", describe_value(value)
+            )
+        return value
 
     def duration(self, table: Mapping[str, Any], section: str, key: str, default: float) -> float:
         if key not in table:

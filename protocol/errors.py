@@ -77,12 +77,29 @@ class BadRequest(ProtocolError):
     status = 400
 
 
+class BadHttpRequest(ProtocolError):
+    """The request is not valid HTTP/1.1 (request line, an over-long header line, chunking):
+    the HTTP layer refuses it before any handler, and closes the connection."""
+
+    code = "BAD_HTTP_REQUEST"
+    status = 400
+
+
 class WrongGroup(ProtocolError):
     """A TAG names a consistency group other than the one of the batch's disk: the batch is
     refused and rolled back, so that no point is ever listed under a group it does not cover."""
 
     code = "WRONG_GROUP"
     status = 400
+
+
+class Forbidden(ProtocolError):
+    """The sender's client certificate may not do this: no `[[senders]]` entry, a disk or group
+    outside its groups, or an administrative endpoint without the admin role. Answered before
+    any of the request's body is read."""
+
+    code = "FORBIDDEN"
+    status = 403
 
 
 class UnknownDisk(ProtocolError):
@@ -101,6 +118,14 @@ class Stalled(ProtocolError):
     """The sender sent nothing for longer than the agent's stall timeout."""
 
     code = "STALLED"
+    status = 408
+
+
+class BatchTimeout(ProtocolError):
+    """The batch's body was not in whole within the agent's batch deadline (`[server]
+    batch_timeout`), however steadily it trickled; the batch is rolled back."""
+
+    code = "BATCH_TIMEOUT"
     status = 408
 
 
@@ -144,9 +169,26 @@ class TargetUnavailable(ProtocolError):
     status = 503
 
 
+class TooManyConnections(ProtocolError):
+    """A listener's cap on open connections is reached and every connection under it is busy
+    (`limit`: `total` or `per_peer`); answered before any request, then the connection is
+    closed."""
+
+    code = "TOO_MANY_CONNECTIONS"
+    status = 503
+
+
 class RetentionFull(ProtocolError):
     code = "RETENTION_FULL"
     status = 507
+
+
+class InternalError(ProtocolError):
+    """An unexpected failure inside the agent (its log has the traceback): not the sender's
+    fault; send again later."""
+
+    code = "INTERNAL"
+    status = 500
 
 
 ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {
@@ -158,10 +200,13 @@ ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {
         BadOrder,
         Truncated,
         BadRequest,
+        BadHttpRequest,
         WrongGroup,
+        Forbidden,
         UnknownDisk,
         UnknownGroup,
         Stalled,
+        BatchTimeout,
         SequenceGap,
         SequenceConflict,
         ResyncRequired,
@@ -170,7 +215,9 @@ ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {
         OutOfRange,
         ChecksumMismatch,
         TargetUnavailable,
+        TooManyConnections,
         RetentionFull,
+        InternalError,
     )
 }
 

@@ -423,6 +423,8 @@ cert = "/etc/mtagent/tls/server.crt"
 key = "/etc/mtagent/tls/server.key"
 client_ca = "/etc/mtagent/tls/ca.crt"   # senders need a client certificate from this CA:
                                         # mtagent certs issue --dir /etc/mtagent/tls --name ps01
+# crl = "/etc/mtagent/tls/crl.pem"      # after `mtagent certs revoke --dir /etc/mtagent/tls
+                                        # --name N`: refuse the certificates it lists (restart)
 
 [retention]
 path = "/var/lib/mtagent/retention"  # mount the retention drive here (the unit may write it)
@@ -430,6 +432,15 @@ require_mount = true                 # refuse to start while the drive is not mo
 window = "24h"
 max_bytes = "500GiB"
 on_full = "shrink"                   # or "pause"
+
+# Who may send what: one [[senders]] per client certificate (the name `mtagent certs issue
+# --name` gave it). A sender reaches only the disks of its groups; role "admin" adds failover
+# and the other administrative calls. Without any [[senders]] every certificate of the CA may
+# do everything (the agent warns at start and mtagent_authorization_open is 1).
+[[senders]]
+name = "process-server"
+groups = []                          # the groups of the [[disks]] it replicates: ["vm1", "vm2"]
+role = "replicate"
 
 # One [[disks]] per protected disk. Find SCSI UUIDs with `lsscsi --scsi_id` or
 # `ls -l /dev/disk/by-id/`; `mtagent disks` shows what the agent resolved.

@@ -62,11 +62,19 @@ HTTP_REFUSALS = {
     "no such endpoint": ("GET", "/v1/no-such-endpoint", b""),
     "method not taken": ("DELETE", "/v1/info", b""),
     "request body over the limit": ("POST", "/v1/disks/d0/hashes", bytes(2 << 20)),
+    "header line over the limit": ("GET", "/v1/info", b""),
 }
+# Headers of each case beyond aiohttp's own.
+HTTP_REFUSAL_HEADERS = {"header line over the limit": {"X-Filler": "a" * 20000}}
 
 
-async def refusal(agent: AgentProcess, method: str, path: str, body: bytes) -> tuple[int, str]:
-    async with agent.client() as session, session.request(method, path, data=body) as response:
+async def refusal(
+    agent: AgentProcess, method: str, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, str]:
+    async with (
+        agent.client() as session,
+        session.request(method, path, data=body, headers=headers) as response,
+    ):
         answer = await response.json()
         return response.status, answer["error"]["code"]
 
@@ -75,7 +83,9 @@ async def refusal(agent: AgentProcess, method: str, path: str, body: bytes) -> t
 def test_every_http_refusal_the_agent_sends_is_in_the_contract(
     agent: AgentProcess, case: str
 ) -> None:
-    status, code = asyncio.run(refusal(agent, *HTTP_REFUSALS[case]))
+    status, code = asyncio.run(
+        refusal(agent, *HTTP_REFUSALS[case], HTTP_REFUSAL_HEADERS.get(case, {}))
+    )
     assert status >= 400
     assert documented(status, code), f"{status} {code}"
 

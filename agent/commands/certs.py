@@ -1,4 +1,5 @@
-"""`mtagent certs init`, `issue` and `renew`: the CA, server and client certificates."""
+"""`mtagent certs init`, `issue`, `renew` and `revoke`: the CA, server and client certificates,
+and the revocation list."""
 
 from __future__ import annotations
 
@@ -97,6 +98,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"validity in days (default {certs.LEAF_DAYS})",
     )
     renew.set_defaults(run=run_renew)
+    revoke = actions.add_parser(
+        "revoke",
+        help="add client certificate N.crt to DIR's certificate revocation list, crl.pem",
+        description=(
+            "Add N.crt of DIR to crl.pem in DIR, the revocation list signed by DIR's CA (made "
+            "if missing). An agent whose [tls] crl names that file refuses the certificate's "
+            "handshakes from its next start or reload (SIGHUP)."
+        ),
+    )
+    revoke.add_argument("--dir", required=True, type=Path, help="directory holding ca.crt, ca.key")
+    revoke.add_argument(
+        "--name", required=True, type=_client_name, metavar="N", help="the client to revoke"
+    )
+    revoke.set_defaults(run=run_revoke)
 
 
 def run_init(args: argparse.Namespace) -> int:
@@ -129,6 +144,25 @@ def run_issue(args: argparse.Namespace) -> int:
             (cert_path, f"client certificate for {args.name}, valid until {_until(client)}"),
             (key_path, "client private key, mode 0600"),
         ]
+    )
+    # What it may do lives in the agent's configuration alone (one source of truth, changed
+    # without reissuing): say what to add there.
+    print(
+        "\nlet it in: add to the agent's configuration, with the groups it replicates\n"
+        f'  [[senders]]\n  name = "{args.name}"\n  groups = ["vm1"]\n  role = "replicate"'
+    )
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    """Revoke one client's certificate and say what the CRL holds. Raises PkiError (exit 1)."""
+    done = certs.revoke_client(args.dir, args.name)
+    state = "was already revoked" if done.already else "revoked"
+    print(
+        f"{args.name} (serial {done.serial:x}) {state}: {done.crl} lists "
+        f"{done.revoked_count} certificate(s)\n"
+        f"the agent refuses it once [tls] crl names {done.crl} and it starts or reloads "
+        "(systemctl reload mtagent)"
     )
     return 0
 

@@ -35,6 +35,7 @@ from blockio.journal.segments import JournalIOError
 from protocol.decoder import BatchDecoder
 from protocol.documents import BatchResult, DiskState
 from protocol.errors import (
+    BatchTimeout,
     ChecksumMismatch,
     ProtocolError,
     ResyncRequired,
@@ -64,11 +65,13 @@ class BodyReader(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ApplyLimits:
-    """Bounds of one batch (docs/protocol.md section 4.5)."""
+    """Bounds of one batch (docs/protocol.md section 4.5). `batch_timeout_seconds`: the most
+    time from when a batch takes its disk until its body has been read whole (None: no limit)."""
 
     max_frame_bytes: int
     max_batch_bytes: int
     stall_timeout_seconds: float
+    batch_timeout_seconds: float | None = None
     group_bytes: int = WRITE_GROUP_BYTES
 
 
@@ -92,6 +95,9 @@ async def apply_batch(
     started = time.monotonic()
     try:
         async with replica.lock:
+            # The batch's own time starts when it holds its disk: from here, a sender that
+            # trickles its body keeps only this disk waiting, and only until the deadline.
+            body = _Deadline(body, limits)
             await replica.ensure_open()
             last = replica.progress.last_seq
             if seq <= last:
@@ -117,21 +123,62 @@ async def apply_batch(
     return result
 
 
-async def _read(body: BodyReader, limits: ApplyLimits) -> bytes:
-    """The next chunk of the body; b"" at its end."""
-    try:
-        async with asyncio.timeout(limits.stall_timeout_seconds):
-            return await body.read(READ_CHUNK)
-    except TimeoutError:
-        raise Stalled(
-            f"no data from the sender for {limits.stall_timeout_seconds:g} s; batch rolled back"
-        ) from None
-    except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
-        raise Truncated(f"connection lost mid-batch: {exc}") from exc
-    except Exception as exc:  # aiohttp reports a cut chunked body with its own payload errors
-        if type(exc).__module__.startswith("aiohttp"):
+class _Deadline:
+    """A batch body whose reads end with BatchTimeout at the batch's deadline, with Stalled
+    when the sender is silent for the stall timeout, and with Truncated when the connection
+    is lost."""
+
+    def __init__(self, body: BodyReader, limits: ApplyLimits) -> None:
+        self._body = body
+        self._limits = limits
+        loop = asyncio.get_running_loop()
+        self._deadline = (
+            None
+            if limits.batch_timeout_seconds is None
+            else loop.time() + limits.batch_timeout_seconds
+        )
+
+    async def read(self, n: int = -1) -> bytes:
+        limits = self._limits
+        stall_at = asyncio.get_running_loop().time() + limits.stall_timeout_seconds
+        deadline = stall_at if self._deadline is None else min(stall_at, self._deadline)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._body.read(n)
+        except TimeoutError:
+            if deadline != stall_at:
+                raise BatchTimeout(
+                    f"the batch's body was not in after {limits.batch_timeout_seconds:g} s "
+                    "(server.batch_timeout); batch rolled back"
+                ) from None
+            raise Stalled(
+                f"no data from the sender for {limits.stall_timeout_seconds:g} s; batch rolled back"
+            ) from None
+        except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
             raise Truncated(f"connection lost mid-batch: {exc}") from exc
-        raise
+        except Exception as exc:  # aiohttp reports a cut chunked body with its own payload errors
+            if type(exc).__module__.startswith("aiohttp"):
+                raise Truncated(f"connection lost mid-batch: {exc}") from exc
+            raise
+
+
+async def _read(body: BodyReader) -> bytes:
+    """The next chunk of the body; b"" at its end."""
+    return await body.read(READ_CHUNK)
+
+
+def _decoder(replica: Replica, seq: int, limits: ApplyLimits) -> BatchDecoder:
+    """The decoder of batch `seq` of `replica`'s open target, under `limits`."""
+    target = replica.target
+    assert target is not None
+    return BatchDecoder(
+        disk=replica.id,
+        seq=seq,
+        disk_bytes=target.size_bytes,
+        sector_bytes=target.sector_bytes,
+        max_frame_bytes=limits.max_frame_bytes,
+        max_batch_bytes=limits.max_batch_bytes,
+    )
 
 
 async def _replay(
@@ -150,10 +197,15 @@ async def _replay(
             f"disk {replica.id} has no record of batch {seq}; expects {expected}",
             expected_seq=expected,
         )
+    # Held to the rules and limits of a new batch (413 over them), so that a replay cannot
+    # stream without bound; its frames are checked, and then dropped.
+    decoder = _decoder(replica, seq, limits)
     digest = xxhash.xxh3_128()
-    while chunk := await _read(body, limits):
+    while chunk := await _read(body):
         metrics.received_bytes.labels(replica.id).inc(len(chunk))
         digest.update(chunk)
+        decoder.feed(chunk)
+    decoder.eof()
     if digest.digest() != known:
         raise SequenceConflict(
             f"batch {seq} of disk {replica.id} was acknowledged with different content",
@@ -182,21 +234,12 @@ class _BatchApplication:
         metrics: AgentMetrics,
         budget: MemoryBudget | None = None,
     ) -> None:
-        target = replica.target
-        assert target is not None
         self.replica = replica
         self.store = store
         self.seq = seq
         self.limits = limits
         self.metrics = metrics
-        self.decoder = BatchDecoder(
-            disk=replica.id,
-            seq=seq,
-            disk_bytes=target.size_bytes,
-            sector_bytes=target.sector_bytes,
-            max_frame_bytes=limits.max_frame_bytes,
-            max_batch_bytes=limits.max_batch_bytes,
-        )
+        self.decoder = _decoder(replica, seq, limits)
         self.digest = xxhash.xxh3_128()
         self.writer: BatchWriter | None = None
         self.begin: Begin | None = None
@@ -214,7 +257,7 @@ class _BatchApplication:
         try:
             while True:
                 await self._gathering_slot()
-                if not (chunk := await _read(body, self.limits)):
+                if not (chunk := await _read(body)):
                     break
                 self.metrics.received_bytes.labels(self.replica.id).inc(len(chunk))
                 self.digest.update(chunk)

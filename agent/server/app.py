@@ -15,9 +15,10 @@ from agent.metrics import AgentMetrics
 from agent.replication.apply import ApplyLimits, apply_batch
 from agent.replication.memory_budget import MemoryBudget
 from agent.replication.replica import Replica
-from agent.server import hashes_api, keys, points_api
+from agent.server import audit, authorization, hashes_api, keys, points_api
 from agent.server.contexts import open_replicas, run_retention, watch_disks
 from agent.server.health import Readiness
+from agent.server.http_layer import INTERNAL
 from agent.version import agent_version
 from protocol.documents import Info
 from protocol.errors import BadRequest, ErrorBody, ProtocolError, UnknownDisk
@@ -32,9 +33,14 @@ AGENT_VERSION = agent_version()
 def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Application:
     """The data-port application; its state and disks are opened by its cleanup context, once
     the caller holds the agent lock (`run_daemon` does)."""
-    app = web.Application(middlewares=[error_middleware])
+    # The audit sees each final answer; the error middleware turns every refusal of the
+    # others (and of the handlers) into JSON.
+    app = web.Application(
+        middlewares=[audit.middleware, error_middleware, authorization.middleware]
+    )
     app[keys.CONFIG] = config
     app[keys.REGISTRY] = registry
+    app[authorization.AUTHORIZATION] = authorization.Authorization(config, registry)
     app[keys.METRICS] = AgentMetrics(registry, version=AGENT_VERSION)
     app[keys.METRICS].declare_certificates(
         not_after_timestamps(config.tls.cert, config.tls.client_ca)
@@ -43,6 +49,7 @@ def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Applicat
         max_frame_bytes=config.server.max_frame_bytes,
         max_batch_bytes=config.server.max_batch_bytes,
         stall_timeout_seconds=config.server.stall_timeout_seconds,
+        batch_timeout_seconds=config.server.batch_timeout_seconds,
     )
     budget = MemoryBudget(
         config.server.memory_budget, batch_slot_bytes(config.server.max_frame_bytes)
@@ -76,17 +83,30 @@ HTTP_LAYER_CODES = {
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], object]
 ) -> web.StreamResponse:
-    """Every error as docs/protocol.md's JSON body, with its status."""
+    """Every error as docs/protocol.md's JSON body, with its status; the error is left in
+    `request[audit.ERROR]` for the audit trail."""
     try:
         return await handler(request)  # type: ignore[misc]
     except ProtocolError as exc:
-        return web.json_response(exc.to_json(), status=exc.status)
+        return _error_answer(request, exc.body(), exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = HTTP_LAYER_CODES.get(exc.status) or exc.reason.upper().replace(" ", "_")
         body = ErrorBody(code, f"{request.method} {request.path}: {exc.reason}")
-        return web.json_response(body.to_json(), status=exc.status, headers=_allow_header(exc))
+        return _error_answer(request, body, exc.status, headers=_allow_header(exc))
+    except Exception:
+        # A fault of the agent, not of the sender: the one case that deserves a traceback.
+        log.exception("%s %s failed inside the agent", request.method, request.path)
+        body = ErrorBody(INTERNAL, "the agent failed to handle this request; it is logged")
+        return _error_answer(request, body, 500)
+
+
+def _error_answer(
+    request: web.Request, body: ErrorBody, status: int, headers: dict[str, str] | None = None
+) -> web.Response:
+    request[audit.ERROR] = body
+    return web.json_response(body.to_json(), status=status, headers=headers)
 
 
 def _allow_header(exc: web.HTTPException) -> dict[str, str]:
@@ -114,7 +134,8 @@ async def get_info(request: web.Request) -> web.Response:
 
 
 async def get_disks(request: web.Request) -> web.Response:
-    replicas = request.app[keys.REPLICAS].values()
+    sender = request[authorization.SENDER]
+    replicas = [r for r in request.app[keys.REPLICAS].values() if sender.reaches(r.config.group)]
     return web.json_response({"disks": [replica.describe().to_json() for replica in replicas]})
 
 

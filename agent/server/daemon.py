@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-import ssl
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -17,11 +16,15 @@ from agent.replication.instance_lock import acquire_agent_lock
 from agent.server import keys
 from agent.server.allocator import return_large_buffers
 from agent.server.app import create_app, create_metrics_app
+from agent.server.authorization import AUTHORIZATION
+from agent.server.connection_limits import ConnectionLimits
 from agent.server.draining import RequestDrain
 from agent.server.health import HealthProbe, Readiness, status_line
-from agent.server.listeners import bind_listeners
+from agent.server.http_layer import AgentAppRunner, ConnectionMetrics, ListenerGuard
+from agent.server.listeners import AcceptFailureLog, bind_listeners, raise_open_file_limit
+from agent.server.reload import Reloader
 from agent.server.sdnotify import SystemdNotifier, notify_while_running, watchdog_interval
-from agent.server.tls import server_ssl_context
+from agent.server.tls import ReloadableTls
 from agent.server.tls_handshakes import count_handshake_failures
 from agent.version import agent_version
 
@@ -44,8 +47,9 @@ async def run_daemon(config: AgentConfig) -> None:
     certificate cannot be loaded or a port cannot be bound, AgentLockHeld when another agent
     or an in-place recovery works on the same state.
     """
-    ssl_context = server_ssl_context(config.tls)
+    raise_open_file_limit()
     return_large_buffers()
+    tls = ReloadableTls(config.tls)
     # The lock first: a second agent on the same state is told so, not that its port is taken.
     lock = acquire_agent_lock(
         config.server.state_dir,
@@ -53,12 +57,13 @@ async def run_daemon(config: AgentConfig) -> None:
         refusal="an agent or an in-place recovery is already working on these disks",
     )
     try:
-        await _serve_holding_the_lock(config, ssl_context)
+        await _serve_holding_the_lock(config, tls)
     finally:
         os.close(lock)
 
 
-async def _serve_holding_the_lock(config: AgentConfig, ssl_context: ssl.SSLContext) -> None:
+async def _serve_holding_the_lock(config: AgentConfig, tls: ReloadableTls) -> None:
+    ssl_context = tls.context
     server = config.server
     data_sockets = bind_listeners(
         server.listen_host, server.listen_port, "data port (server.listen)"
@@ -81,16 +86,35 @@ async def _serve_holding_the_lock(config: AgentConfig, ssl_context: ssl.SSLConte
     readiness = Readiness()
     drain = RequestDrain()
     app.middlewares.append(drain.middleware)  # inside create_app's error middleware
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=CUT_OFF_SECONDS
+    connection_metrics = ConnectionMetrics(registry)
+    runner = AgentAppRunner(
+        app,
+        guard=ListenerGuard(
+            "data",
+            ConnectionLimits(server.max_connections, server.max_connections_per_peer),
+            connection_metrics,
+        ),
+        idle_timeout=server.idle_timeout_seconds,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=CUT_OFF_SECONDS,
     )
-    metrics_runner = web.AppRunner(
-        create_metrics_app(registry, readiness), handle_signals=False, access_log=None
+    metrics_runner = AgentAppRunner(
+        create_metrics_app(registry, readiness),
+        guard=ListenerGuard(
+            "metrics", ConnectionLimits(server.metrics_max_connections), connection_metrics
+        ),
+        idle_timeout=server.metrics_idle_timeout_seconds,
+        handle_signals=False,
+        access_log=None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptFailureLog(connection_metrics.accept_failures.inc))
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloader = Reloader(config, tls, app[AUTHORIZATION], registry)
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload)
     notifier.notify(f"STATUS={readiness.reason}")
     supervision: asyncio.Task[None] | None = None
     try:
@@ -162,6 +186,7 @@ async def _serve_holding_the_lock(config: AgentConfig, ssl_context: ssl.SSLConte
             supervision.cancel()
         await metrics_runner.cleanup()
         notifier.close()
+        loop.set_exception_handler(None)
         for sock in listening:
             sock.close()  # already closed by their site once it started; not before
     log.info("stopped")

@@ -1,5 +1,6 @@
 """The data port's TLS: 1.3 preferred, 1.2 only with ECDHE and AEAD suites, and a client
-certificate from our CA, always; a private key others can read is refused."""
+certificate from our CA that its revocation list (when there is one) does not name, always; a
+private key others can read is refused."""
 
 from __future__ import annotations
 
@@ -49,6 +50,13 @@ def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
         context.load_verify_locations(cafile=tls.client_ca)
     except (OSError, ssl.SSLError) as exc:
         raise ServerTlsError(f"cannot load client CA {tls.client_ca}: {exc}") from exc
+    if tls.crl is not None:
+        try:
+            context.load_verify_locations(cafile=tls.crl)
+        except (OSError, ssl.SSLError) as exc:
+            raise ServerTlsError(f"cannot load revocation list {tls.crl}: {exc}") from exc
+        # The leaf only: the CA is our own, and it is the one that signs the list.
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
 
 
@@ -62,3 +70,42 @@ def _refuse_exposed_key(key: Path) -> None:
             f"server key {key} has mode {stat.S_IMODE(os.stat(key).st_mode):04o}: its group or "
             f"others may read it; run `chmod 600 {key}` (owned by the user the agent runs as)"
         )
+
+
+class ReloadableTls:
+    """The data port's TLS settings, which a reload replaces for new handshakes while the
+    connections made under the old ones go on.
+
+    asyncio fixes a listener's SSLContext when it starts serving; the one place a handshake can
+    still change it is the SNI callback, which OpenSSL calls for every ClientHello (with or
+    without a server name) before the server's certificate is sent or the client's verified:
+    there each connection is moved to the current context, whose certificate, key, client CA and
+    revocation list it then uses. The verification flags stay those of the first context (OpenSSL
+    copies them into each connection before the callback), so whether a revocation list is
+    checked at all is fixed until a restart.
+    """
+
+    def __init__(self, tls: TlsConfig) -> None:
+        """Raises ServerTlsError as `server_ssl_context` does."""
+        self.context = server_ssl_context(tls)  # what the listener is given
+        self._current = self.context
+        self._checks_crl = tls.crl is not None
+        self.context.sni_callback = self._choose
+
+    def prepare(self, tls: TlsConfig) -> ssl.SSLContext:
+        """A context for `tls`, to `use` once everything else of a reload is ready too.
+
+        Raises ServerTlsError when a file cannot be loaded, or when `tls` adds or removes the
+        revocation list (that takes a restart: see the class docstring).
+        """
+        if (tls.crl is not None) != self._checks_crl:
+            change = "adding" if tls.crl is not None else "removing"
+            raise ServerTlsError(f"{change} [tls] crl takes a restart, not a reload")
+        return server_ssl_context(tls)
+
+    def use(self, context: ssl.SSLContext) -> None:
+        """Make new handshakes use `context` (from `prepare`)."""
+        self._current = context
+
+    def _choose(self, connection: ssl.SSLObject, server_name: str | None, _: object) -> None:
+        connection.context = self._current

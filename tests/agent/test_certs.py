@@ -390,6 +390,7 @@ def test_cli_init_and_issue_write_files_and_list_them(tmp_path: Path) -> None:
         assert str(directory / name) in init.stdout
     assert str(directory / "ps1.crt") in issue.stdout
     assert str(directory / "ps1.key") in issue.stdout
+    assert '[[senders]]\n  name = "ps1"' in issue.stdout  # what the agent's config needs
     san = extension(load_cert(directory / "server.crt"), x509.SubjectAlternativeName).value
     assert list(san) == [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("::1"))]
     lifetime = load_cert(directory / "ps1.crt").not_valid_after_utc - datetime.now(UTC)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from agent.config import load_config
+from agent.config import SenderConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "ApplyCustomChanges.sh"
@@ -163,6 +163,8 @@ def test_bootstrap_sets_up_a_master_target_and_a_second_run_changes_nothing(
     # Undo data never silently lands on / while the retention drive is not mounted.
     assert config.retention.require_mount
     assert config.disks == ()
+    # The process server's certificate is let in, to no group until the operator names them.
+    assert config.senders == (SenderConfig("process-server", frozenset(), "replicate"),)
 
     # Certificates for the names given; the service owns its key, and no one else may read it.
     tls = root / "etc" / "mtagent" / "tls"

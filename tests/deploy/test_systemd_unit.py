@@ -93,6 +93,8 @@ def test_the_unit_is_a_notify_service_with_a_watchdog() -> None:
     assert seconds(service["WatchdogSec"][0]) >= 10
     # systemd must wait for the drain (batches in flight finish) and the cut-off after it.
     assert seconds(service["TimeoutStopSec"][0]) > SHUTDOWN_GRACE_SECONDS + CUT_OFF_SECONDS
+    # A reload is the agent's SIGHUP (agent.server.reload), not a restart.
+    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
 
 
 def test_the_unit_grants_disks_and_the_state_paths_only() -> None:

@@ -66,8 +66,14 @@ class AgentProcess:
     env: dict[str, str] = field(default_factory=dict)
     # Extra [retention] keys (window, max_bytes, ...): set, then write_config() again.
     retention_options: dict[str, object] = field(default_factory=dict)
-    # The consistency group of each disk ("g1" for a disk not named): set, then write_config().
+    # Each disk's consistency group where it is not "g1": set, then write_config() again.
     groups: dict[str, str] = field(default_factory=dict)
+    # The [[senders]] table (name, groups, role), None for none: set, then write_config() again.
+    senders: list[dict[str, object]] | None = None
+    # [tls] crl, None for none: set, then write_config() again.
+    crl: Path | None = None
+    # A command the agent runs under (["prlimit", "--nofile=64:64", "--"]), before its next start.
+    wrapper: list[str] = field(default_factory=list)
 
     @classmethod
     def create(
@@ -144,19 +150,24 @@ class AgentProcess:
             f'cert = "{self.pki / "server.crt"}"',
             f'key = "{self.pki / "server.key"}"',
             f'client_ca = "{self.pki / "ca.crt"}"',
+            *([f'crl = "{self.crl}"'] if self.crl is not None else []),
             "",
             "[retention]",
             f'path = "{retention}"',
         ]
         lines += [f"{key} = {json.dumps(value)}" for key, value in self.retention_options.items()]
         for disk_id, path in self.disks.items():
+            group = self.groups.get(disk_id, "g1")
             lines += [
                 "",
                 "[[disks]]",
                 f'id = "{disk_id}"',
-                f'group = "{self.groups.get(disk_id, "g1")}"',
+                f'group = "{group}"',
                 f'path = "{path}"',
             ]
+        for sender in self.senders or ():
+            lines += ["", "[[senders]]"]
+            lines += [f"{key} = {json.dumps(value)}" for key, value in sender.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 30.0) -> None:
@@ -168,7 +179,15 @@ class AgentProcess:
         log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child from here on
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "agent", "serve", "--config", str(self.config_path)],
+            [
+                *self.wrapper,
+                sys.executable,
+                "-m",
+                "agent",
+                "serve",
+                "--config",
+                str(self.config_path),
+            ],
             cwd=REPO,
             stdout=log,
             stderr=log,
@@ -213,6 +232,21 @@ class AgentProcess:
                 process.wait()
         return process.returncode
 
+    def reload(self, timeout: float = 15.0) -> str:
+        """SIGHUP, as `systemctl reload` sends; returns the agent's log line that says whether the
+        reload was applied ("reloaded ...") or refused ("reload refused ...")."""
+        assert self.process is not None
+        log_start = len(self.log())
+        self.process.send_signal(signal.SIGHUP)
+
+        def said() -> str | None:
+            for line in self.log()[log_start:].splitlines():
+                if "reloaded " in line or "reload refused" in line:
+                    return line
+            return None
+
+        return wait_until(said, timeout=timeout, what="the agent to say how its reload went")
+
     def kill(self) -> None:
         """SIGKILL, as a crash or power loss would stop it."""
         if self.process is not None:
@@ -223,19 +257,23 @@ class AgentProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """A client TLS context with the sender's certificate, trusting this agent's CA."""
-        return client_ssl_context(self.cert, self.key, self.ca)
+    def ssl_context(self, name: str = "sender") -> ssl.SSLContext:
+        """A client TLS context with the certificate of client `name` (made by this agent's CA
+        the first time it is asked for), trusting this agent's CA."""
+        cert, key = self.pki / f"{name}.crt", self.pki / f"{name}.key"
+        if not cert.exists():
+            issue_client(self.pki, name)
+        return client_ssl_context(cert, key, self.ca)
 
-    def client(self, **kwargs: object) -> aiohttp.ClientSession:
-        """An aiohttp session that speaks mutual TLS to this agent."""
-        connector = aiohttp.TCPConnector(ssl=self.ssl_context())
+    def client(self, name: str = "sender", **kwargs: object) -> aiohttp.ClientSession:
+        """An aiohttp session that speaks mutual TLS to this agent, as client `name`."""
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context(name))
         return aiohttp.ClientSession(self.url, connector=connector, **kwargs)  # type: ignore[arg-type]
 
-    def sender_client(self, timeout: float = 30) -> AgentClient:
-        """The project's own client (what `mtagent push` uses) for this agent, with the sender's
-        certificate; use it as an async context manager."""
-        return AgentClient(self.url, self.ssl_context(), timeout=timeout)
+    def sender_client(self, timeout: float = 30, name: str = "sender") -> AgentClient:
+        """The project's own client (what `mtagent push` uses) for this agent, with the
+        certificate of client `name`; use it as an async context manager."""
+        return AgentClient(self.url, self.ssl_context(name), timeout=timeout)
 
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"{self.metrics_url}/metrics", timeout=5) as resp:
@@ -258,20 +296,21 @@ class AgentProcess:
         return self.disks[disk_id].read_bytes()
 
     async def put_batch(
-        self, disk_id: str, seq: int, body: bytes | AsyncIterable[bytes]
+        self, disk_id: str, seq: int, body: bytes | AsyncIterable[bytes], *, name: str = "sender"
     ) -> tuple[int, dict[str, Any]]:
         """PUT batch `seq` of `disk_id` (whole bytes, or streamed from an async iterable) as a
-        sender does; returns the HTTP status and the agent's JSON answer."""
+        sender (client `name`) does; returns the HTTP status and the agent's JSON answer."""
         path = f"/v1/disks/{disk_id}/batches/{seq}"
         async with (
-            self.client() as session,
+            self.client(name) as session,
             session.put(path, data=body, headers=BATCH_CONTENT) as response,
         ):
             return response.status, dict(await response.json())
 
-    async def get_json(self, path: str) -> tuple[int, Any]:
-        """GET `path` of the data listener: the HTTP status and the JSON answer."""
-        async with self.client() as session, session.get(path) as response:
+    async def get_json(self, path: str, *, name: str = "sender") -> tuple[int, Any]:
+        """GET `path` of the data listener as client `name`: the HTTP status and the JSON
+        answer."""
+        async with self.client(name) as session, session.get(path) as response:
             return response.status, await response.json()
 
     async def disk(self, disk_id: str = "d0") -> dict[str, Any]:
