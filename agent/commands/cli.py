@@ -20,7 +20,18 @@ from agent.errors import AgentError
 from agent.version import agent_version
 
 # Each names a module of agent/commands with `register(subparsers)`.
-COMMANDS = ("serve", "certs", "push", "disks", "status", "points", "recover", "check")
+COMMANDS = (
+    "serve",
+    "certs",
+    "push",
+    "disks",
+    "status",
+    "points",
+    "recover",
+    "check",
+    "failover",
+    "reprotect",
+)
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 

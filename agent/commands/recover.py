@@ -27,17 +27,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_config_argument(parser)
     parser.add_argument("--group", required=True, help="the consistency group")
-    parser.add_argument(
-        "--point",
-        required=True,
-        help="a point id (mtagent points lists them), 'latest', 'latest-app', or "
-        "'time:2026-11-26T10:00:00Z' (the newest point at or before that time)",
-    )
+    add_point_argument(parser)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--output", type=Path, metavar="DIR", help="write <disk-id>.img files here")
     where.add_argument("--in-place", action="store_true", help="roll the targets themselves back")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(run=run)
+
+
+def add_point_argument(parser: argparse.ArgumentParser) -> None:
+    """`--point`, as `recover` and `failover` take it."""
+    parser.add_argument(
+        "--point",
+        required=True,
+        help="a point id (mtagent points lists them), 'latest' (the newest point of every disk "
+        "of the group), 'latest-app', 'latest-crash', or 'time:2026-11-26T10:00:00Z' (the "
+        "newest point at or before that time)",
+    )
 
 
 class PhaseBars:

@@ -22,7 +22,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,13 +88,18 @@ class RestoreReport:
         }
 
 
-def _resolve(
+def resolve_point(
     disks: list[str],
     group: str,
     spec: str,
     store: StateStore | None,
     summaries: Mapping[str, tuple[SegmentSummary, ...] | list[SegmentSummary]],
 ) -> RecoveryPoint:
+    """The point `spec` (`latest`, `latest-app`, `latest-crash`, `time:...` or an id) of `group`,
+    among the points the state store and the journals' `summaries` list.
+
+    Raises PointNotFound when there is none, RestoreFailed for a time that cannot be read.
+    """
     rows = store.batch_rows if store is not None else (lambda d, a, b: [])
     points = list_points(disks, stored_histories(disks, store, summaries), rows)
     try:
@@ -131,7 +136,7 @@ def export_point(
         if store is not None:
             stack.callback(store.close)
         summaries = {disk: load_summaries(config.retention.path / disk, disk)[0] for disk in disks}
-        point = _resolve(disks, group, spec, store, summaries)
+        point = resolve_point(disks, group, spec, store, summaries)
         for disk in point.disks:
             final = output_dir / f"{disk}.img"
             if final.exists():
@@ -164,7 +169,10 @@ def export_point(
 
 
 @dataclass
-class _OpenDisk:
+class OpenDisk:
+    """A target opened for a rollback (checked not in use on this host) with its journal, held
+    exclusively, and the disk's committed state."""
+
     target: TargetDisk
     journal: UndoJournal
     state: str
@@ -183,16 +191,22 @@ def restore_in_place(
     target is in use on this host or writing or verifying fails.
     """
     disks = require_group(config, group)
-    state_dir = config.server.state_dir
-    lock_fd = acquire_agent_lock(
-        state_dir,
-        holder="mtagent recover --in-place",
-        refusal="the agent is running: stop the agent first",
-    )
+    with agent_stopped(
+        config, "mtagent recover --in-place", "the agent is running: stop the agent first"
+    ) as store:
+        return _restore_in_place(config, group, disks, spec, store, progress)
+
+
+@contextlib.contextmanager
+def agent_stopped(config: AgentConfig, holder: str, refusal: str) -> Iterator[StateStore]:
+    """The state store, opened for writing while this process holds the agent's lock in the
+    agent's stead (as `holder`), so that no agent runs meanwhile. Raises AgentLockHeld (ending
+    with `refusal`) when one does."""
+    lock_fd = acquire_agent_lock(config.server.state_dir, holder=holder, refusal=refusal)
     try:
-        store = StateStore.open(state_dir)
+        store = StateStore.open(config.server.state_dir)
         try:
-            return _restore_in_place(config, group, disks, spec, store, progress)
+            yield store
         finally:
             store.close()
     finally:
@@ -208,12 +222,12 @@ def _restore_in_place(
     progress: RestoreProgress,
 ) -> RestoreReport:
     with contextlib.ExitStack() as stack:
-        opened: dict[str, _OpenDisk] = {}
+        opened: dict[str, OpenDisk] = {}
         # A disk that cannot be opened matters only if the point covers it.
         failed: dict[str, RestoreFailed] = {}
         for disk in disks:
             try:
-                opened[disk] = _open_for_rollback(config, disk, store, stack)
+                opened[disk] = open_for_rollback(config, disk, store, stack)
             except (TargetError, OSError, JournalCorrupt, JournalIOError) as exc:
                 failed[disk] = _failure(disk, exc)
         summaries = {disk: entry.journal.summaries() for disk, entry in opened.items()}
@@ -243,9 +257,9 @@ def _restore_in_place(
     return RestoreReport(group, "in_place", point, tuple(results))
 
 
-def _open_for_rollback(
+def open_for_rollback(
     config: AgentConfig, disk: str, store: StateStore, stack: contextlib.ExitStack
-) -> _OpenDisk:
+) -> OpenDisk:
     """Open `disk`'s target (checked not in use on this host) and journal (held exclusively),
     and do what the agent does at start-up, which it may not have done since a crash: roll back
     a batch cut off, complete the commit records."""
@@ -271,7 +285,7 @@ def _open_for_rollback(
         )
     journal.recover(target, progress.last_seq)
     complete_commit_records(journal, store, progress.last_seq)
-    return _OpenDisk(target, journal, progress.state, progress.last_seq)
+    return OpenDisk(target, journal, progress.state, progress.last_seq)
 
 
 def _in_place_point(
@@ -279,13 +293,13 @@ def _in_place_point(
     disks: list[str],
     spec: str,
     store: StateStore,
-    opened: Mapping[str, _OpenDisk],
+    opened: Mapping[str, OpenDisk],
     summaries: Mapping[str, tuple[SegmentSummary, ...]],
 ) -> tuple[Point, int | None]:
     """The point to roll back to, and the recovery to carry on (None: a new one)."""
     rolled_back = [disk for disk in disks if store.progress(disk).state == DiskState.RECOVERED]
     if not rolled_back:
-        return _resolve(disks, group, spec, store, summaries), None
+        return resolve_point(disks, group, spec, store, summaries), None
     last = store.last_recovery(group)
     if last is None or last.point.id != spec:
         done = f" to point {last.point.id}" if last is not None else ""

@@ -88,7 +88,9 @@ async def apply_batch(
     """
     started = time.monotonic()
     try:
+        replica.refuse_if_failed_over()  # at once, not after the failover lets go of the lock
         async with replica.lock:
+            replica.refuse_if_failed_over()
             await replica.ensure_open()
             last = replica.progress.last_seq
             if seq <= last:

@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.config import AgentConfig
 from agent.metrics import AgentMetrics
+from agent.recovery.failover import GroupFailovers
 from agent.replication.apply import ApplyLimits
 from agent.replication.replica import Replica
 from agent.replication.retention_gate import RetentionGate
@@ -19,3 +20,4 @@ STORE = web.AppKey("store", StateStore)
 REPLICAS = web.AppKey("replicas", dict[str, Replica])
 LIMITS = web.AppKey("limits", ApplyLimits)
 RETENTION_GATE = web.AppKey("retention_gate", RetentionGate)
+FAILOVERS = web.AppKey("failovers", GroupFailovers)

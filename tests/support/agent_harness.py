@@ -66,6 +66,8 @@ class AgentProcess:
     env: dict[str, str] = field(default_factory=dict)
     # Extra [retention] keys (window, max_bytes, ...): set, then write_config() again.
     retention_options: dict[str, object] = field(default_factory=dict)
+    # The consistency group of each disk that is not in "g1": set, then write_config() again.
+    groups: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -148,7 +150,14 @@ class AgentProcess:
         ]
         lines += [f"{key} = {json.dumps(value)}" for key, value in self.retention_options.items()]
         for disk_id, path in self.disks.items():
-            lines += ["", "[[disks]]", f'id = "{disk_id}"', 'group = "g1"', f'path = "{path}"']
+            group = self.groups.get(disk_id, "g1")
+            lines += [
+                "",
+                "[[disks]]",
+                f'id = "{disk_id}"',
+                f'group = "{group}"',
+                f'path = "{path}"',
+            ]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 30.0) -> None:
@@ -264,6 +273,15 @@ class AgentProcess:
     async def get_json(self, path: str) -> tuple[int, Any]:
         """GET `path` of the data listener: the HTTP status and the JSON answer."""
         async with self.client() as session, session.get(path) as response:
+            return response.status, await response.json()
+
+    async def post_json(self, path: str, obj: object, timeout: float = 120) -> tuple[int, Any]:
+        """POST the JSON `obj` to `path` of the data listener: the HTTP status and the JSON
+        answer."""
+        async with (
+            self.client(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            session.post(path, json=obj) as response,
+        ):
             return response.status, await response.json()
 
     async def disk(self, disk_id: str = "d0") -> dict[str, Any]:
