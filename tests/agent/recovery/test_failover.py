@@ -5,6 +5,7 @@ all acknowledged, land, and keep their ack latency within a small factor of what
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import statistics
@@ -190,6 +191,9 @@ async def test_a_group_fails_over_while_the_other_keeps_replicating(
         assert agent.metric("mtagent_disks", state="failed_over") == 2
         assert agent.metric("mtagent_failover_phase", group="A", phase="released") == 1
         assert agent.metric("mtagent_failover_in_progress", group="A") == 0
+        # Not behind: the RPO alert never fires for a failed-over disk.
+        assert math.isnan(agent.metric("mtagent_disk_rpo_seconds", disk="a0"))
+        assert agent.metric("mtagent_failover_point_age_seconds", group="A") >= 60
     finally:
         agent.stop()
 
