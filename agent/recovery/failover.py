@@ -51,6 +51,7 @@ from agent.metrics import FailoverSnapshot
 from agent.recovery.errors import PointNotFound, RecoveryFailed, RestoreFailed
 from agent.recovery.points import (
     RecoveryPoint,
+    group_disk_ids,
     list_points,
     require_group,
     running_points,
@@ -385,6 +386,14 @@ class GroupFailovers:
         """Start finishing every failover that a stop or a crash cut off (at start-up; the
         replicas of released groups were left closed by the caller)."""
         for record in self.store.open_failovers():
+            if not group_disk_ids(self.config, record.group):
+                log.warning(
+                    "group %s: its failover (phase %s) is left as it is: no configured disk is in "
+                    "that group any more",
+                    record.group,
+                    record.phase,
+                )
+                continue
             self.fence(record)
             if record.phase != FailoverPhase.RELEASED:
                 log.warning(

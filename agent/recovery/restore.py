@@ -5,6 +5,9 @@ each disk of the group, the journal is held shared from before the point is reso
 (`shared_lock`: the agent neither prunes nor truncates it meanwhile; a rollback of a failed batch
 waits, and so may the answer to that batch). Each disk of the point becomes `DIR/<disk>.img`
 (`<disk>.img.partial` until it is written and verified: a restore cut off leaves no `.img`).
+`--output DISK=DEVICE`, once per disk of the point, does the same onto block devices (each checked
+not in use on this host, not smaller than its disk, not a target of the agent, and held
+exclusively while written).
 
 `--in-place` (the real failover back) rolls the targets themselves back. The agent must not be
 applying to them meanwhile, and that is ensured by `<state_dir>/agent.lock`, which the daemon
