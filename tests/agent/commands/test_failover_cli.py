@@ -8,7 +8,7 @@ import json
 import random
 from pathlib import Path
 
-from tests.agent.recovery.test_failover import DISK, A, group_a_with_history, two_groups
+from tests.support.failover_scenario import DISK, A, group_a_with_history, two_groups
 
 
 async def test_the_command_asks_the_running_agent_and_status_shows_the_failover(

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.agent.recovery.test_failover import DISK, A, group_a_with_history, two_groups
+from tests.support.failover_scenario import A, group_a_with_history, two_groups
 from tests.support.waiting import wait_until
 
 
@@ -24,9 +25,9 @@ from tests.support.waiting import wait_until
     ],
 )
 async def test_a_failover_cut_off_by_sigkill_is_finished_at_the_next_start(
-    tmp_path: Path, step: str
+    tmp_path: Path, step: str, make_target: Callable[[str], Path]
 ) -> None:
-    agent = two_groups(tmp_path / "agent", {"a0": DISK, "a1": DISK, "b0": DISK})
+    agent = two_groups(tmp_path / "agent", {disk: make_target(disk) for disk in (*A, "b0")})
     gate = tmp_path / "agent" / "gate"
     agent.start()
     try:

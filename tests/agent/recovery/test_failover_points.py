@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.agent.recovery.test_failover import DISK, A, group_a_with_history, tag, two_groups
 from tests.support.batches import batch
+from tests.support.failover_scenario import DISK, A, group_a_with_history, tag, two_groups
 from tests.support.retention_scenario import MiB, send
 
 
 async def test_latest_of_a_two_disk_group_is_the_newest_point_common_to_both(
-    tmp_path: Path,
+    tmp_path: Path, make_target: Callable[[str], Path]
 ) -> None:
-    agent = two_groups(tmp_path / "agent", {"a0": DISK, "a1": DISK, "b0": DISK})
+    agent = two_groups(tmp_path / "agent", {disk: make_target(disk) for disk in (*A, "b0")})
     agent.start()
     rng = random.Random(5)
     try:

@@ -11,10 +11,10 @@ import random
 import subprocess
 from pathlib import Path
 
-from tests.agent.recovery.test_failover import DISK, group_a_with_history, two_groups
-from tests.agent.recovery.test_failover import A as GROUP_A
 from tests.conftest import LoopDeviceFactory
 from tests.support.agent_harness import run_mtagent
+from tests.support.failover_scenario import DISK, group_a_with_history, two_groups
+from tests.support.failover_scenario import A as GROUP_A
 from tests.support.retention_scenario import KiB, SourceDisk, send
 
 
