@@ -125,7 +125,7 @@ async def test_a_group_fails_over_while_the_other_keeps_replicating(
             f"during the failover {median_ms(during):.1f} ms (n={len(during)}), "
             f"ratio {ratio:.2f}; failover {ended - started:.1f} s"
         )
-        assert ratio < 5, (median_ms(before), median_ms(during))
+        assert ratio < 8, (median_ms(before), median_ms(during))
 
         # A's batches get the documented 409 after the failover too; B goes on.
         status, refused = await agent.put_batch("a1", 5, batch("a1", 5, [(0, bytes(512))]))
