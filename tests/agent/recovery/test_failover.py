@@ -10,7 +10,7 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from tests.support.agent_harness import BATCH_CONTENT, AgentProcess
@@ -166,5 +166,48 @@ async def test_a_released_target_can_be_opened_exclusively_by_another_process(
             fd = os.open(targets[disk], os.O_RDWR | os.O_EXCL)
             os.close(fd)
         assert str(targets["b0"].resolve()) in held  # the other group keeps its disk
+    finally:
+        agent.stop()
+
+
+async def test_a_batch_in_flight_is_let_finish_before_its_disk_is_rolled_back(
+    tmp_path: Path,
+) -> None:
+    agent = two_groups(tmp_path / "agent", {disk: DISK for disk in (*A, "b0")})
+    agent.start()
+    try:
+        sources = await group_a_with_history(agent, random.Random(14))
+        a0 = sources["a0"]
+        seq = a0.last_seq + 1
+        writes = [(0, random.Random(15).randbytes(64 * KiB))]
+        body = batch("a0", seq, writes, source_time_ns=BASE_TIME_NS + seq)
+        go_on = asyncio.Event()
+        received = agent.metric("mtagent_received_bytes_total", disk="a0")
+
+        async def slow_body() -> AsyncIterator[bytes]:
+            yield body[:100]
+            await go_on.wait()
+            yield body[100:]
+
+        sending = asyncio.create_task(agent.put_batch("a0", seq, slow_body()))
+        # Its BEGIN is in: the batch holds the disk from now until it is answered.
+        await asyncio.to_thread(
+            wait_until,
+            lambda: agent.metric("mtagent_received_bytes_total", disk="a0") > received,
+            timeout=30,
+            what="the batch to begin",
+        )
+        failing_over = asyncio.create_task(
+            agent.post_json("/v1/groups/A/failover", {"point": "latest"})
+        )
+        await agent.wait_for_disk("a0", lambda d: d.get("failover_phase") == "requested")
+        go_on.set()
+        status, answer = await sending
+        assert status == 200, answer  # finished, not cut off
+        a0.history.append(writes)
+        status, answer = await failing_over
+        assert status == 200 and answer["point"]["disks"] == {"a0": 2, "a1": 2}, answer
+        assert agent.target_bytes("a0") == a0.at(2)
+        assert (await agent.disk("a0"))["last_seq"] == seq
     finally:
         agent.stop()
