@@ -68,6 +68,18 @@ class DiskSnapshot:
     gaps: Mapping[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class FailoverSnapshot:
+    """The latest failover of one group (agent.recovery.failover), at scrape time. `phase`: its
+    phase (agent.replication.state.FailoverPhase); `in_progress`: not yet released (nor ended);
+    `point_age_seconds`: how old the chosen point was when it was chosen (None before)."""
+
+    group: str
+    phase: str
+    in_progress: bool
+    point_age_seconds: float | None
+
+
 class AgentMetrics:
     """The agent's metric families, registered in `registry`."""
 
@@ -192,6 +204,13 @@ class AgentMetrics:
         """Report the memory budget and, at every scrape, `held()` bytes and `waiting()` batches."""
         self.registry.register(MemoryBudgetCollector(budget_bytes, held, waiting))
 
+    def watch_failovers(
+        self, snapshots: Callable[[], Iterable[FailoverSnapshot]], phases: Iterable[str]
+    ) -> None:
+        """Report the groups' failovers, read from `snapshots()` at every scrape; every phase of
+        `phases` is reported for each group (0 or 1), so that an alert sees a phase appear."""
+        self.registry.register(FailoverCollector(snapshots, tuple(phases)))
+
     def watch_connections(self, count: Callable[[], int]) -> None:
         """Report `count()`, the open connections of the data port, at every scrape."""
         self.registry.register(ConnectionCollector(count))
@@ -282,8 +301,12 @@ class DiskCollector(Collector):
         for snap in snapshots:
             info.add_metric([snap.disk], {"group": snap.group})
             last_seq.add_metric([snap.disk], snap.last_seq)
+            # A failed-over disk is not behind: it left replication on purpose (the RPO alert
+            # compares with a number, and NaN never fires).
             lag = (
-                (now - snap.last_source_time_ns) / 1e9 if snap.last_source_time_ns else float("nan")
+                (now - snap.last_source_time_ns) / 1e9
+                if snap.last_source_time_ns and snap.state != DiskState.FAILED_OVER
+                else float("nan")
             )
             rpo.add_metric([snap.disk], lag)
             size.add_metric([snap.disk], snap.size_bytes)
@@ -293,3 +316,37 @@ class DiskCollector(Collector):
             for cause in GAP_CAUSES:
                 gaps.add_metric([snap.disk, cause], snap.gaps.get(cause, 0))
         yield from (info, last_seq, rpo, size, state, disks, gaps)
+
+
+class FailoverCollector(Collector):
+    """Per-group failover gauges computed at scrape time."""
+
+    def __init__(
+        self, snapshots: Callable[[], Iterable[FailoverSnapshot]], phases: tuple[str, ...]
+    ) -> None:
+        self._snapshots = snapshots
+        self._phases = phases
+
+    def collect(self) -> Iterator[Metric]:
+        in_progress = GaugeMetricFamily(
+            "mtagent_failover_in_progress",
+            "1 while a failover of the group is under way (requested, not yet released).",
+            labels=["group"],
+        )
+        phase = GaugeMetricFamily(
+            "mtagent_failover_phase",
+            "1 for the phase of the group's latest failover since the agent started.",
+            labels=["group", "phase"],
+        )
+        age = GaugeMetricFamily(
+            "mtagent_failover_point_age_seconds",
+            "How old the failover's point was when it was chosen (NaN before).",
+            labels=["group"],
+        )
+        for snap in self._snapshots():
+            in_progress.add_metric([snap.group], 1.0 if snap.in_progress else 0.0)
+            for name in self._phases:
+                phase.add_metric([snap.group, name], 1.0 if name == snap.phase else 0.0)
+            seconds = snap.point_age_seconds
+            age.add_metric([snap.group], float("nan") if seconds is None else seconds)
+        yield from (in_progress, phase, age)

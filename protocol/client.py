@@ -29,6 +29,7 @@ import h11
 from protocol.documents import (
     BatchResult,
     Disk,
+    Failover,
     Info,
     Point,
     disks_from_json,
@@ -328,6 +329,23 @@ class AgentClient:
         that is not a list of Points."""
         path = f"/v1/groups/{quote(group, safe='')}/recovery-points"
         return points_from_json(await self._get(path))
+
+    async def failover(self, group: str, point: str) -> Failover:
+        """`POST /v1/groups/{group}/failover`: fail the group over to `point` (`latest`,
+        `latest-app`, `latest-crash`, an id or `time:...`); answered once its disks are released.
+        Raises NoRecoveryPoint, FailoverRefused, UnknownGroup (their ProtocolErrors), BadDocument
+        for an answer that is not a Failover."""
+        path = f"/v1/groups/{quote(group, safe='')}/failover"
+        body = json.dumps({"point": point}).encode()
+        async with self._exchange("POST", path, "application/json", body) as answer:
+            return Failover.from_json(await self._timed(_json_answer(answer)))
+
+    async def reprotect(self, group: str) -> Failover:
+        """`POST /v1/groups/{group}/reprotect`: take a failed-over group back into replication.
+        Raises FailoverRefused, UnknownGroup, BadDocument."""
+        path = f"/v1/groups/{quote(group, safe='')}/reprotect"
+        async with self._exchange("POST", path, "application/json", b"{}") as answer:
+            return Failover.from_json(await self._timed(_json_answer(answer)))
 
     async def put_batch(
         self, disk_id: str, seq: int, body: bytes | AsyncIterable[bytes | memoryview]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from protocol.errors import JsonFields
+from protocol.errors import BadDocument, JsonFields
 
 
 class DiskState(StrEnum):
@@ -32,6 +32,9 @@ class DiskState(StrEnum):
     PROTECTED = "protected"
     # Rolled back by an in-place recovery; replication must resync.
     RECOVERED = "recovered"
+    # Failed over through the running agent: rolled back to a point (or on its way there) and
+    # then released for the recovered machine; takes no batch until the group is reprotected.
+    FAILED_OVER = "failed_over"
 
 
 class PointKind(StrEnum):
@@ -95,6 +98,10 @@ class Disk:
     resync: bool
     resync_offset: int = 0
     resync_reason: str = ""
+    # While the disk's group is in a failover (sent only then): its phase and, once chosen, the
+    # point's id ("" before).
+    failover_phase: str = ""
+    failover_point: str = ""
 
     @classmethod
     def from_json(cls, obj: object) -> Disk:
@@ -111,6 +118,8 @@ class Disk:
             resync=fields.boolean("resync"),
             resync_offset=fields.integer("resync_offset", 0),
             resync_reason=fields.text("resync_reason", ""),
+            failover_phase=fields.text("failover_phase", ""),
+            failover_point=fields.text("failover_point", ""),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -128,6 +137,9 @@ class Disk:
         }
         if self.resync_reason:
             described["resync_reason"] = self.resync_reason
+        if self.failover_phase:
+            described["failover_phase"] = self.failover_phase
+            described["failover_point"] = self.failover_point
         return described
 
 
@@ -220,3 +232,54 @@ def points_from_json(obj: object) -> list[Point]:
     BadDocument."""
     listed = JsonFields("Points", obj).array("points")
     return [Point.from_json(point) for point in listed]
+
+
+@dataclass(frozen=True, slots=True)
+class Failover:
+    """`POST /v1/groups/{group}/failover` and `.../reprotect`: the failover of a group as the
+    agent records it (section 2). `requested`: the point as it was asked for (`latest`, an id,
+    ...); `point`: the point chosen, None while the phase is `requested`; `point_age_seconds`:
+    how old the point was when it was chosen (its time to then), None before."""
+
+    group: str
+    requested: str
+    phase: str
+    point: Point | None
+    point_age_seconds: float | None
+    requested_ns: int
+    updated_ns: int
+
+    @classmethod
+    def from_json(cls, obj: object) -> Failover:
+        """The Failover of `obj`. Raises BadDocument."""
+        fields = JsonFields("Failover", obj)
+        point = fields.raw("point") if fields.has("point") else None
+        age = fields.raw("point_age_seconds") if fields.has("point_age_seconds") else None
+        return cls(
+            group=fields.text("group"),
+            requested=fields.text("requested"),
+            phase=fields.text("phase"),
+            point=None if point is None else Point.from_json(point),
+            point_age_seconds=_seconds("Failover", "point_age_seconds", age),
+            requested_ns=fields.integer("requested_ns"),
+            updated_ns=fields.integer("updated_ns"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object the agent answers."""
+        return {
+            "group": self.group,
+            "requested": self.requested,
+            "phase": self.phase,
+            "point": None if self.point is None else self.point.to_json(),
+            "point_age_seconds": self.point_age_seconds,
+            "requested_ns": self.requested_ns,
+            "updated_ns": self.updated_ns,
+        }
+
+
+def _seconds(document: str, name: str, value: object) -> float | None:
+    """A number of seconds or null. Raises BadDocument."""
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return None if value is None else float(value)
+    raise BadDocument(document, name, f"expected a number or null, got {type(value).__name__}")

@@ -144,6 +144,31 @@ class ResyncRequired(ProtocolError):
     status = 409
 
 
+class FailedOver(ProtocolError):
+    """A batch (or a hashes request) for a disk whose group is failing over or failed over:
+    nothing is read or written until the group is reprotected."""
+
+    code = "FAILED_OVER"
+    status = 409
+
+
+class FailoverRefused(ProtocolError):
+    """A failover or reprotect that cannot be done now: another failover of the group is under
+    way or done to another point, the point does not cover every disk of the group, a disk
+    cannot be rolled back; nothing was changed."""
+
+    code = "FAILOVER_REFUSED"
+    status = 409
+
+
+class NoRecoveryPoint(ProtocolError):
+    """A failover to a point the group does not have (no app-consistent one, no point common
+    to all its disks, an id not listed); nothing was changed."""
+
+    code = "NO_RECOVERY_POINT"
+    status = 409
+
+
 class FrameTooLarge(ProtocolError):
     code = "FRAME_TOO_LARGE"
     status = 413
@@ -210,6 +235,9 @@ ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {
         SequenceGap,
         SequenceConflict,
         ResyncRequired,
+        FailedOver,
+        FailoverRefused,
+        NoRecoveryPoint,
         FrameTooLarge,
         BatchTooLarge,
         OutOfRange,

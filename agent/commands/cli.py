@@ -20,7 +20,19 @@ from agent.errors import AgentError
 from agent.version import agent_version
 
 # Each names a module of agent/commands with `register(subparsers)`.
-COMMANDS = ("serve", "certs", "targets", "push", "disks", "status", "points", "recover", "check")
+COMMANDS = (
+    "serve",
+    "certs",
+    "targets",
+    "push",
+    "disks",
+    "status",
+    "points",
+    "recover",
+    "check",
+    "failover",
+    "reprotect",
+)
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 

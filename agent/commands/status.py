@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
                 r.group,
                 r.state,
                 str(r.last_seq),
-                human_duration(r.rpo_seconds, days=False),
+                "-"
+                if r.state == DiskState.FAILED_OVER
+                else human_duration(r.rpo_seconds, days=False),
                 human_bytes(r.undo_bytes),
                 window_column(windows[r.id]),
                 resync_column(r),

@@ -20,8 +20,9 @@ segments and lost undo data all cut the journal's reach.
 
 Points are listed oldest first (by time, then by when they became complete). Picking one
 (`select_point`): `latest` (the newest point that covers every disk of the group), `latest-app`
-(the same, of kind app), `time:<when>` (the newest such point at or before an ISO 8601 time, as
-`time:2026-11-26T10:00:00Z`, or nanoseconds since the epoch), or an id.
+(the same, of kind app), `latest-crash` (the same, of kind crash), `time:<when>` (the newest
+such point at or before an ISO 8601 time, as `time:2026-11-26T10:00:00Z`, or nanoseconds since
+the epoch), or an id.
 """
 
 from __future__ import annotations
@@ -181,6 +182,14 @@ def select_point(
         if app:
             return app[-1]
         raise PointNotFound(f"group {group} has no application-consistent recovery point")
+    if spec == "latest-crash":
+        crash = [p for p in whole if p.kind == PointKind.CRASH]
+        if crash:
+            return crash[-1]
+        raise PointNotFound(
+            f"group {group} has no crash-consistent recovery point that covers all its disks "
+            f"({disks})"
+        )
     if spec.startswith("time:"):
         when = parse_time(spec[len("time:") :])
         before = [p for p in whole if p.time_ns <= when]

@@ -94,7 +94,9 @@ async def apply_batch(
     """
     started = time.monotonic()
     try:
+        replica.refuse_if_failed_over()  # at once, not after the failover lets go of the lock
         async with replica.lock:
+            replica.refuse_if_failed_over()
             # The batch's own time starts when it holds its disk: from here, a sender that
             # trickles its body keeps only this disk waiting, and only until the deadline.
             body = _Deadline(body, limits)

@@ -87,14 +87,15 @@ class DiskWatcher:
         A replica busy with a batch is left alone: that batch opens it itself.
         """
         for replica in self.replicas:
-            if replica.target is not None or replica.lock.locked():
+            # A released disk belongs to the recovered machine: not opened before a reprotect.
+            if replica.target is not None or replica.lock.locked() or replica.released:
                 continue
             if only_protected and not replica.protected_reason:
                 continue
             if event is not None and not may_be_target_of(replica, event):
                 continue
             async with replica.lock:
-                if replica.target is not None:
+                if replica.target is not None or replica.released:
                     continue
                 try:
                     target = await replica.ensure_open()

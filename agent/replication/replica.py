@@ -17,7 +17,7 @@ from agent.config import DiskConfig, target_location
 from agent.log_fields import log_fields
 from agent.metrics import CRASH_RECOVERY_FAILED, STATE_BEHIND_JOURNAL, DiskSnapshot
 from agent.replication.inflight_writes import InflightWrites
-from agent.replication.state import DiskProgress, StateStore
+from agent.replication.state import DiskProgress, FailoverPhase, FailoverRecord, StateStore
 from blockio.disks.safety import DeviceProtected, ExpectedSize, expected_size, open_for_replication
 from blockio.disks.target import TargetDisk, TargetError
 from blockio.journal.records import JournalCorrupt
@@ -25,7 +25,7 @@ from blockio.journal.rollback import UndoLost
 from blockio.journal.segments import DEFAULT_SEGMENT_BYTES, JournalIOError
 from blockio.journal.undo_journal import UndoJournal
 from protocol.documents import Disk, DiskState
-from protocol.errors import TargetUnavailable
+from protocol.errors import FailedOver, TargetUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ class Replica:
     inflight: InflightWrites = field(default_factory=InflightWrites)
     # Gaps detected since the agent started, by cause (agent.metrics.GAP_CAUSES).
     gaps: dict[str, int] = field(default_factory=dict)
+    # The failover of the disk's group while there is one (agent.recovery.failover): the disk
+    # then takes no batch, and once it is released the agent leaves its target alone.
+    failover: FailoverRecord | None = None
     executor: ThreadPoolExecutor = field(init=False)
     # Whether state changes are logged yet (`start_logging_state`), and the state last logged.
     _logging_states: bool = field(default=False, init=False, repr=False)
@@ -76,7 +79,10 @@ class Replica:
     @property
     def state(self) -> DiskState:
         """The docs/protocol.md state: `protected` while the target is in use on this host,
-        `missing` while it cannot be found or opened, else the persisted state."""
+        `missing` while it cannot be found or opened, else the persisted state. A failed-over
+        disk is `failed_over` whether its target is open or not (released, it may be gone)."""
+        if self.progress.state == DiskState.FAILED_OVER:
+            return DiskState.FAILED_OVER
         if self.target is None:
             return DiskState.PROTECTED if self.protected_reason else DiskState.MISSING
         return self.progress.state
@@ -301,6 +307,32 @@ class Replica:
             self.target.revoke(reason)
         self.mark_unavailable(reason)
 
+    @property
+    def released(self) -> bool:
+        """Whether a failover released the target: the agent must not open it again until the
+        group is reprotected."""
+        return self.failover is not None and self.failover.phase == FailoverPhase.RELEASED
+
+    def refuse_if_failed_over(self) -> None:
+        """Raise FailedOver (409) while the disk's group is failing over or failed over: the
+        disk takes no batch and answers no hashes request until the group is reprotected."""
+        failover = self.failover
+        if failover is None:
+            return
+        point = f" to {failover.point.id}" if failover.point is not None else ""
+        raise FailedOver(
+            f"disk {self.id}: group {self.config.group} is failing over{point} (phase "
+            f"{failover.phase}); it takes batches again once reprotected",
+            group=self.config.group,
+            phase=failover.phase.value,
+        )
+
+    def release_blocking(self, reason: str) -> None:
+        """Close target and journal for good (a failover hands the disk over): every
+        descriptor closed, the exclusive open dropped. On the I/O thread, after pending work."""
+        self.close_blocking()
+        self.unavailable_reason = reason
+
     def close_blocking(self) -> None:
         """Close target and journal (on the I/O thread, after pending work)."""
         _close_quietly(self.target, self.journal)
@@ -324,6 +356,12 @@ class Replica:
             resync_offset=progress.resync.offset if resyncing else 0,
             # Why the disk needs a resync when the agent found a gap (README "Detected gaps").
             resync_reason=progress.resync_reason,
+            failover_phase="" if self.failover is None else self.failover.phase.value,
+            failover_point=(
+                ""
+                if self.failover is None or self.failover.point is None
+                else self.failover.point.id
+            ),
         )
 
     def snapshot(self) -> DiskSnapshot:

@@ -7,11 +7,15 @@ transaction, with `synchronous=FULL` so that the commit survives power loss.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import astuple, dataclass, replace
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from protocol.documents import DiskState, Point
 from protocol.wire import BEGIN_FLAG_RESYNC, BEGIN_FLAG_RESYNC_DONE
@@ -56,6 +60,16 @@ CREATE TABLE IF NOT EXISTS resync_reasons (
     reason TEXT NOT NULL,
     detected_ns INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS failovers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    grp TEXT NOT NULL,
+    requested TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    point TEXT,
+    point_age_ns INTEGER NOT NULL DEFAULT 0,
+    requested_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS target_sizes (
     disk TEXT PRIMARY KEY,
     size_bytes INTEGER NOT NULL,
@@ -66,8 +80,57 @@ CREATE TABLE IF NOT EXISTS target_sizes (
 # States kept in the store. `missing` and `protected` are facts about the
 # device right now, so they are derived at run time and never persisted.
 PERSISTED_STATES = frozenset(
-    {DiskState.RESYNC_REQUIRED, DiskState.RESYNCING, DiskState.OK, DiskState.RECOVERED}
+    {
+        DiskState.RESYNC_REQUIRED,
+        DiskState.RESYNCING,
+        DiskState.OK,
+        DiskState.RECOVERED,
+        DiskState.FAILED_OVER,
+    }
 )
+
+
+class FailoverPhase(StrEnum):
+    """Where the failover of a group stands (agent.recovery.failover); each is durable before
+    the step after it begins."""
+
+    # Asked for: the group's disks refuse batches; the point is not chosen yet.
+    REQUESTED = "requested"
+    # The point is chosen and recorded; the disks are `failed_over` and being rolled back.
+    ROLLING_BACK = "rolling_back"
+    # Every disk holds the point, verified and synced; descriptors still open.
+    ROLLED_BACK = "rolled_back"
+    # Descriptors closed, exclusive opens dropped: the disks belong to the recovered machine.
+    RELEASED = "released"
+    # Taken back into replication (`reprotect`): the disks are `resync_required`. Ended.
+    REPROTECTED = "reprotected"
+    # The point asked for could not be found when the failover resumed: nothing was rolled
+    # back, and the disks went back to replication as they were. Ended.
+    ABANDONED = "abandoned"
+
+
+# Phases after which a failover is over: the group's disks are free of it.
+ENDED_PHASES = frozenset({FailoverPhase.REPROTECTED, FailoverPhase.ABANDONED})
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverRecord:
+    """The failover of consistency group `group`, asked for as `requested` (`latest`, an id,
+    ...). `point` is None while the phase is `requested`; `point_age_ns` is how old the point
+    was when it was chosen."""
+
+    id: int
+    group: str
+    requested: str
+    phase: FailoverPhase
+    point: Point | None
+    point_age_ns: int
+    requested_ns: int
+    updated_ns: int
+
+    @property
+    def ended(self) -> bool:
+        return self.phase in ENDED_PHASES
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +251,29 @@ class StateStore:
             f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
         )
         return cls(db, path)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (taken at once, durable at commit), rolled back on any
+        exception. Holds the store's lock."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _newest(self, sql: str, group: str) -> tuple[Any, ...] | None:
+        """The one row of `sql` (a SELECT of the newest row of `group`), or None; None too from
+        a read-only store written before the table existed."""
+        with self._lock:
+            try:
+                row: tuple[Any, ...] | None = self._db.execute(sql, (group,)).fetchone()
+            except sqlite3.OperationalError:
+                return None
+        return row
 
     def close(self) -> None:
         """Close the database."""
@@ -369,24 +455,12 @@ class StateStore:
         of its disks `recovered`, in one transaction, durable on return: from then on those
         disks refuse batches until a resync, whatever happens to the recovery.
         Raises sqlite3.Error."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = self._db.execute(
-                    "INSERT INTO recoveries (grp, point, started_ns, finished_ns)"
-                    " VALUES (?, ?, ?, 0)",
-                    (group, json.dumps(point.to_json(), sort_keys=True), started_ns),
-                )
-                for disk in point.disks:
-                    self._db.execute(
-                        "INSERT INTO disks (id, state) VALUES (?, ?)"
-                        " ON CONFLICT(id) DO UPDATE SET state = excluded.state",
-                        (disk, DiskState.RECOVERED),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO recoveries (grp, point, started_ns, finished_ns) VALUES (?, ?, ?, 0)",
+                (group, json.dumps(point.to_json(), sort_keys=True), started_ns),
+            )
+            _set_states(db, point.disks, DiskState.RECOVERED)
         assert cursor.lastrowid is not None
         return RecoveryRecord(cursor.lastrowid, group, point, started_ns)
 
@@ -399,16 +473,124 @@ class StateStore:
 
     def last_recovery(self, group: str) -> RecoveryRecord | None:
         """The latest in-place recovery of `group`, or None."""
-        with self._lock:
-            try:
-                row = self._db.execute(
-                    "SELECT id, point, started_ns, finished_ns FROM recoveries"
-                    " WHERE grp = ? ORDER BY id DESC LIMIT 1",
-                    (group,),
-                ).fetchone()
-            except sqlite3.OperationalError:
-                return None  # a read-only store written before this table existed
+        row = self._newest(
+            "SELECT id, point, started_ns, finished_ns FROM recoveries"
+            " WHERE grp = ? ORDER BY id DESC LIMIT 1",
+            group,
+        )
         if row is None:
             return None
         point = Point.from_json(json.loads(row[1]))
         return RecoveryRecord(row[0], group, point, row[2], row[3])
+
+    # -- failovers (agent.recovery.failover) ----------------------------------------------
+
+    def begin_failover(self, group: str, requested: str, now_ns: int) -> FailoverRecord:
+        """Record that `group` is to fail over to the point `requested` (phase `requested`),
+        durable on return. Raises sqlite3.Error."""
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO failovers (grp, requested, phase, requested_ns, updated_ns)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (group, requested, FailoverPhase.REQUESTED, now_ns, now_ns),
+            )
+        assert cursor.lastrowid is not None
+        return FailoverRecord(
+            cursor.lastrowid, group, requested, FailoverPhase.REQUESTED, None, 0, now_ns, now_ns
+        )
+
+    def choose_failover_point(
+        self, failover: FailoverRecord, point: Point, now_ns: int
+    ) -> FailoverRecord:
+        """Record `point` as the failover's and make each disk of it `failed_over`, in one
+        transaction, durable on return: from then on those disks take no batch, whatever
+        happens to the failover, and the point is the one a restart finishes with.
+        Raises sqlite3.Error."""
+        age = max(0, now_ns - point.time_ns)
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE failovers SET phase = ?, point = ?, point_age_ns = ?, updated_ns = ?"
+                " WHERE id = ?",
+                (
+                    FailoverPhase.ROLLING_BACK,
+                    json.dumps(point.to_json(), sort_keys=True),
+                    age,
+                    now_ns,
+                    failover.id,
+                ),
+            )
+            _set_states(db, point.disks, DiskState.FAILED_OVER)
+        return replace(
+            failover,
+            phase=FailoverPhase.ROLLING_BACK,
+            point=point,
+            point_age_ns=age,
+            updated_ns=now_ns,
+        )
+
+    def advance_failover(
+        self, failover: FailoverRecord, phase: FailoverPhase, now_ns: int
+    ) -> FailoverRecord:
+        """Move the failover to `phase` (durable on return). Raises sqlite3.Error."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE failovers SET phase = ?, updated_ns = ? WHERE id = ?",
+                (phase, now_ns, failover.id),
+            )
+        return replace(failover, phase=phase, updated_ns=now_ns)
+
+    def end_failover(
+        self, failover: FailoverRecord, disks: list[str], reason: str, now_ns: int
+    ) -> FailoverRecord:
+        """Reprotect: the failover ends and each of `disks` becomes `resync_required` with
+        `reason`, in one transaction, durable on return. Raises sqlite3.Error."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE failovers SET phase = ?, updated_ns = ? WHERE id = ?",
+                (FailoverPhase.REPROTECTED, now_ns, failover.id),
+            )
+            _set_states(db, disks, DiskState.RESYNC_REQUIRED)
+            db.executemany(
+                "INSERT OR REPLACE INTO resync_reasons VALUES (?, ?, ?)",
+                [(disk, reason, now_ns) for disk in disks],
+            )
+        return replace(failover, phase=FailoverPhase.REPROTECTED, updated_ns=now_ns)
+
+    def last_failover(self, group: str) -> FailoverRecord | None:
+        """The latest failover of `group` (ended or not), or None."""
+        row = self._newest(
+            "SELECT id, requested, phase, point, point_age_ns, requested_ns, updated_ns"
+            " FROM failovers WHERE grp = ? ORDER BY id DESC LIMIT 1",
+            group,
+        )
+        if row is None:
+            return None
+        point = None if row[3] is None else Point.from_json(json.loads(row[3]))
+        id_, requested, phase, _, age, requested_ns, updated_ns = row
+        return FailoverRecord(
+            id_, group, requested, FailoverPhase(phase), point, age, requested_ns, updated_ns
+        )
+
+    def open_failovers(self) -> list[FailoverRecord]:
+        """The failovers not ended, one per group at most, oldest first."""
+        with self._lock:
+            try:
+                groups = [
+                    row[0]
+                    for row in self._db.execute(
+                        "SELECT DISTINCT grp FROM failovers ORDER BY grp"
+                    ).fetchall()
+                ]
+            except sqlite3.OperationalError:
+                return []
+        found = [self.last_failover(group) for group in groups]
+        return sorted((f for f in found if f is not None and not f.ended), key=lambda f: f.id)
+
+
+def _set_states(db: sqlite3.Connection, disks: Iterable[str], state: DiskState) -> None:
+    """Within a transaction: each of `disks` is in `state` (a disk never seen gets its row)."""
+    db.executemany(
+        "INSERT INTO disks (id, state) VALUES (?, ?)"
+        " ON CONFLICT(id) DO UPDATE SET state = excluded.state",
+        [(disk, state) for disk in disks],
+    )

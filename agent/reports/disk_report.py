@@ -22,8 +22,9 @@ from typing import Any
 import pyudev
 
 from agent.config import AgentConfig, DiskConfig, target_location
+from agent.recovery.failover import failover_state
 from agent.recovery.points import own_point_times, stored_points
-from agent.replication.state import DiskProgress, StateStore
+from agent.replication.state import DiskProgress, FailoverPhase, FailoverRecord, StateStore
 from blockio.disks.discovery import (
     BlockDisk,
     candidate_disks,
@@ -100,6 +101,10 @@ def disk_reports(
     if disks_on_host is None and any(disk.scsi_uuid for disk in config.disks):
         disks_on_host = host_disks()
     with _read_only_store(config) as store:
+        failovers = {
+            group: failover_state(store, group) if store else None
+            for group in dict.fromkeys(disk.group for disk in config.disks)
+        }
         return [
             _report(
                 disk,
@@ -108,6 +113,7 @@ def disk_reports(
                 config,
                 now_ns,
                 disks_on_host,
+                failovers[disk.group],
             )
             for disk in config.disks
         ]
@@ -180,9 +186,15 @@ def _report(
     config: AgentConfig,
     now: int,
     disks_on_host: Sequence[BlockDisk] | None,
+    failover: FailoverRecord | None = None,
 ) -> DiskReport:
+    if failover is not None and failover.phase == FailoverPhase.RELEASED:
+        # Handed over to the recovered machine (and maybe detached): not probed.
+        return _failed_over_report(disk, progress, config, failover)
     size = sector = None
     state, reason = progress.state, progress.resync_reason
+    if failover is not None:
+        reason = _failover_reason(failover)
     target = str(disk.path) if disk.path is not None else f"scsi_uuid {disk.scsi_uuid}"
     node: Path | None = None
     disk_dir: Path | None = None
@@ -224,12 +236,43 @@ def _report(
         last_seq=progress.last_seq,
         last_source_time_ns=last_time,
         committed_ns=progress.committed_ns,
-        rpo_seconds=(now - last_time) / 1e9 if last_time else None,
+        rpo_seconds=(now - last_time) / 1e9
+        if last_time and state != DiskState.FAILED_OVER
+        else None,
         undo_bytes=_tree_bytes(config.retention.path / disk.id),
         scsi_id=disk.scsi_uuid,
         device=None if node is None else str(node),
         resync_offset=resync_offset,
         resync_progress=resync_progress,
+    )
+
+
+def _failover_reason(failover: FailoverRecord) -> str:
+    point = failover.requested if failover.point is None else failover.point.id
+    return f"failover to {point}: {failover.phase}"
+
+
+def _failed_over_report(
+    disk: DiskConfig, progress: DiskProgress, config: AgentConfig, failover: FailoverRecord
+) -> DiskReport:
+    """The report of a released disk: what the state store says, no device looked at."""
+    return DiskReport(
+        id=disk.id,
+        group=disk.group,
+        target=str(disk.path) if disk.path is not None else f"scsi_uuid {disk.scsi_uuid}",
+        size_bytes=None,
+        sector_bytes=None,
+        state=DiskState.FAILED_OVER,
+        reason=_failover_reason(failover),
+        last_seq=progress.last_seq,
+        last_source_time_ns=progress.last_source_time_ns,
+        committed_ns=progress.committed_ns,
+        rpo_seconds=None,
+        undo_bytes=_tree_bytes(config.retention.path / disk.id),
+        scsi_id=disk.scsi_uuid,
+        device=None,
+        resync_offset=0,
+        resync_progress=None,
     )
 
 

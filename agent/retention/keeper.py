@@ -182,7 +182,8 @@ class RetentionKeeper:
         segments: list[SegmentState] = []
         for disk, replica in self.replicas.items():
             journal = replica.journal
-            if journal is None:
+            # A group failing over holds its journals: not pruned under its rollback.
+            if journal is None or replica.failover is not None:
                 continue
             summaries = journal.summaries()
             self._log_sealed(disk, summaries)

@@ -15,8 +15,8 @@ from agent.metrics import AgentMetrics
 from agent.replication.apply import ApplyLimits, apply_batch
 from agent.replication.memory_budget import MemoryBudget
 from agent.replication.replica import Replica
-from agent.server import audit, authorization, hashes_api, keys, points_api
-from agent.server.contexts import open_replicas, run_retention, watch_disks
+from agent.server import audit, authorization, failover_api, hashes_api, keys, points_api
+from agent.server.contexts import open_replicas, run_failovers, run_retention, watch_disks
 from agent.server.health import Readiness
 from agent.server.http_layer import INTERNAL
 from agent.version import agent_version
@@ -61,12 +61,14 @@ def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Applicat
     app.cleanup_ctx.append(open_replicas)
     app.cleanup_ctx.append(watch_disks)
     app.cleanup_ctx.append(run_retention)
+    app.cleanup_ctx.append(run_failovers)
     app.router.add_get("/v1/info", get_info)
     app.router.add_get("/v1/disks", get_disks)
     app.router.add_get("/v1/disks/{disk}", get_disk)
     app.router.add_put("/v1/disks/{disk}/batches/{seq}", put_batch)
     hashes_api.add_routes(app)
     points_api.add_routes(app)
+    failover_api.add_routes(app)
     return app
 
 

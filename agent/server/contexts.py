@@ -14,10 +14,11 @@ import pyudev
 from aiohttp import web
 
 from agent.log_fields import log_fields
+from agent.recovery.failover import GroupFailovers, StepGate
 from agent.replication.disk_watch import DiskWatcher
 from agent.replication.replica import Replica
 from agent.replication.retention_gate import RetentionGate
-from agent.replication.state import StateStore
+from agent.replication.state import FailoverPhase, StateStore
 from agent.retention.drive import prepare_retention_dir
 from agent.retention.keeper import RetentionKeeper
 from agent.retention.metrics import RetentionCollector, RetentionMetrics
@@ -34,6 +35,7 @@ async def open_replicas(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
     await asyncio.to_thread(prepare_retention_dir, config.retention)
     store = await asyncio.to_thread(StateStore.open, config.server.state_dir)
+    failovers = {f.group: f for f in await asyncio.to_thread(store.open_failovers)}
     replicas: dict[str, Replica] = {}
     for disk in config.disks:
         progress = await asyncio.to_thread(store.progress, disk.id)
@@ -44,6 +46,12 @@ async def open_replicas(app: web.Application) -> AsyncIterator[None]:
             store=store,
             segment_bytes=config.retention.segment_bytes,
         )
+        replica.failover = failovers.get(disk.group)
+        if replica.released:
+            # Handed over to the recovered machine: left alone until the group is reprotected.
+            replica.unavailable_reason = f"released by the failover of group {disk.group}"
+            replicas[disk.id] = replica
+            continue
         try:
             await replica.run(replica.open_blocking)
         except OSError as exc:
@@ -113,3 +121,16 @@ async def run_retention(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def run_failovers(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context: the failovers of groups (after the disks are open); a failover cut off
+    by a stop or a crash is finished from its recorded phase, in the background."""
+    failovers = GroupFailovers(
+        app[keys.CONFIG], app[keys.REPLICAS], app[keys.STORE], StepGate.from_environment()
+    )
+    app[keys.FAILOVERS] = failovers
+    app[keys.METRICS].watch_failovers(failovers.snapshots, [p.value for p in FailoverPhase])
+    failovers.resume()
+    yield
+    await failovers.stop()

@@ -170,9 +170,11 @@ async def post_hashes(request: web.Request) -> web.StreamResponse:
     if replica is None:
         raise UnknownDisk(f"no disk {disk!r} is configured on this agent", disk=disk)
     wanted = parse_hash_request(await request.read())
+    replica.refuse_if_failed_over()
     target = replica.target
     if target is None:
         async with replica.lock:  # opening runs on the disk's I/O thread, between batches
+            replica.refuse_if_failed_over()
             target = await replica.ensure_open()
     check_inside(wanted, target.size_bytes)
     read_windows = request.app[READ_WINDOWS]

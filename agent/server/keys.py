@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.config import AgentConfig
 from agent.metrics import AgentMetrics
+from agent.recovery.failover import GroupFailovers
 from agent.replication.apply import ApplyLimits
 from agent.replication.memory_budget import MemoryBudget
 from agent.replication.replica import Replica
@@ -21,3 +22,4 @@ REPLICAS = web.AppKey("replicas", dict[str, Replica])
 LIMITS = web.AppKey("limits", ApplyLimits)
 RETENTION_GATE = web.AppKey("retention_gate", RetentionGate)
 MEMORY_BUDGET = web.AppKey("memory_budget", MemoryBudget)
+FAILOVERS = web.AppKey("failovers", GroupFailovers)

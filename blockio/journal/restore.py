@@ -57,6 +57,15 @@ class Image(Protocol):
     def drop_cache(self) -> None: ...
 
 
+class CopyImage(Image, Protocol):
+    """An image a target is first copied into (an export). `fresh`: it reads as zeros where
+    nothing was written (a new sparse file), so zero chunks of the copy are skipped."""
+
+    path: Path
+    size_bytes: int
+    fresh: bool
+
+
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -66,6 +75,8 @@ _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c
 class SparseFile:
     """A new image file of `size_bytes` (mode 0600: disk contents) where zeros are holes:
     nothing is written for them, and zeroing a written range punches a hole."""
+
+    fresh = True
 
     def __init__(self, path: Path, size_bytes: int) -> None:
         self.path = path
@@ -121,10 +132,15 @@ class SparseFile:
 
 
 class TargetImage:
-    """The target itself, for a restore in place."""
+    """A device written whole: the target itself for a restore in place, or a device an export
+    is written to (whose old content must be overwritten, zeros included)."""
+
+    fresh = False
 
     def __init__(self, target: TargetDisk) -> None:
         self.target = target
+        self.path = target.path
+        self.size_bytes = target.size_bytes
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         self.target.write(offset, data)
@@ -242,10 +258,11 @@ def verify_pieces(
 
 
 def copy_target(
-    source: TargetDisk, image: SparseFile, progress: Progress = _no_progress
+    source: TargetDisk, image: CopyImage, progress: Progress = _no_progress
 ) -> list[int]:
-    """Copy `source` whole into `image` (zero chunks left as holes), then sync it. Returns the
-    XXH3-64 of each COPY_CHUNK read, for `verify_copy`. Raises TargetError, OSError."""
+    """Copy `source` whole into `image` (zero chunks left as holes in a fresh image, written as
+    zeros otherwise), then sync it. Returns the XXH3-64 of each COPY_CHUNK read, for
+    `verify_copy`. Raises TargetError, OSError."""
     size = source.size_bytes
     digests = []
     progress("copy", 0, size)
@@ -254,13 +271,15 @@ def copy_target(
         digests.append(xxhash.xxh3_64_intdigest(data))
         if not is_zero(data):
             image.write(offset, data)
+        elif not image.fresh:
+            image.zero(offset, len(data))
         progress("copy", offset + len(data), size)
     image.sync()
     return digests
 
 
 def verify_copy(
-    image: SparseFile, digests: Sequence[int], progress: Progress = _no_progress
+    image: CopyImage, digests: Sequence[int], progress: Progress = _no_progress
 ) -> None:
     """Read the copy back from the device and compare each chunk with what was read from the
     target. Raises RecoveryError naming the first chunk that differs."""
@@ -306,14 +325,51 @@ def export_disk(
     """
     image = SparseFile(output, target.size_bytes)
     try:
-        digests = copy_target(target, image, progress)
-        verify_copy(image, digests, progress)
-        plan = plan_rollback(directory, disk, seq, summaries)
-        pieces = apply_plan(plan, image, progress)
-        verify_pieces(image, pieces, progress)
+        plan = _copy_and_roll_back(target, image, directory, disk, seq, summaries, progress)
     finally:
         image.close()
     return DiskRestore(disk, seq, output, target.size_bytes, plan.records, plan.undo_bytes)
+
+
+def _copy_and_roll_back(
+    target: TargetDisk,
+    image: CopyImage,
+    directory: Path,
+    disk: str,
+    seq: int,
+    summaries: Sequence[SegmentSummary],
+    progress: Progress,
+) -> RollbackPlan:
+    """An export's work: copy `target` into `image`, verify the copy, plan from the journal in
+    `directory`, write, verify. Returns the plan it wrote."""
+    digests = copy_target(target, image, progress)
+    verify_copy(image, digests, progress)
+    plan = plan_rollback(directory, disk, seq, summaries)
+    pieces = apply_plan(plan, image, progress)
+    verify_pieces(image, pieces, progress)
+    return plan
+
+
+def export_to_device(
+    target: TargetDisk,
+    device: TargetDisk,
+    directory: Path,
+    disk: str,
+    seq: int,
+    summaries: Sequence[SegmentSummary] = (),
+    progress: Progress = _no_progress,
+) -> DiskRestore:
+    """Write `device` (opened for writing, at least as large as `target`) so that its first
+    `target.size_bytes` hold `target` as it was at the end of batch `seq`: as `export_disk`,
+    with every byte of that range written (zeros too). The caller holds the journal shared
+    throughout and has checked that nothing uses the device.
+
+    Raises RecoveryError, TargetError, OSError; the device is left as far as it got.
+    """
+    image = TargetImage(device)
+    image.size_bytes = target.size_bytes  # the device may be larger; what is beyond stays
+    plan = _copy_and_roll_back(target, image, directory, disk, seq, summaries, progress)
+    return DiskRestore(disk, seq, device.path, target.size_bytes, plan.records, plan.undo_bytes)
 
 
 def rollback_in_place(

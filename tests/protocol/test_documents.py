@@ -286,6 +286,7 @@ def test_the_disk_states_are_the_words_of_the_wire() -> None:
         "missing",
         "protected",
         "recovered",
+        "failed_over",
     ]
     assert DiskState.RESYNCING == "resyncing" and f"{DiskState.RESYNCING}" == "resyncing"
     assert json.dumps({"state": DiskState.OK}) == '{"state": "ok"}'

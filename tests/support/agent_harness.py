@@ -313,6 +313,15 @@ class AgentProcess:
         async with self.client(name) as session, session.get(path) as response:
             return response.status, await response.json()
 
+    async def post_json(self, path: str, obj: object, timeout: float = 120) -> tuple[int, Any]:
+        """POST the JSON `obj` to `path` of the data listener: the HTTP status and the JSON
+        answer."""
+        async with (
+            self.client(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            session.post(path, json=obj) as response,
+        ):
+            return response.status, await response.json()
+
     async def disk(self, disk_id: str = "d0") -> dict[str, Any]:
         """The Disk JSON of `disk_id`; fails unless the agent answers 200."""
         status, body = await self.get_json(f"/v1/disks/{disk_id}")

@@ -116,6 +116,7 @@ POINTS = [
     [
         ("latest", "tag:b"),
         ("latest-app", "tag:a"),
+        ("latest-crash", "tag:b"),  # d1@4 is newer, but covers d1 only
         (f"time:{T0 + 2 * SECOND}", "tag:a"),
         (f"time:{format_time(T0 + 3 * SECOND)}", "tag:b"),
         ("time:2027-01-15T08:00:02.500+00:00", "tag:a"),
@@ -137,6 +138,11 @@ def test_picking_a_point(spec: str, chosen: str) -> None:
 def test_a_point_that_is_not_listed_is_refused(spec: str, message: str) -> None:
     with pytest.raises(PointNotFound, match=message):
         select_point(POINTS, spec, "g1", GROUP)
+
+
+def test_latest_crash_needs_a_crash_point_of_the_whole_group() -> None:
+    with pytest.raises(PointNotFound, match="no crash-consistent recovery point"):
+        select_point(POINTS[:2], "latest-crash", "g1", GROUP)
 
 
 def test_times_read_as_utc_and_print_back() -> None:
