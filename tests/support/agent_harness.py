@@ -66,6 +66,8 @@ class AgentProcess:
     env: dict[str, str] = field(default_factory=dict)
     # Extra [retention] keys (window, max_bytes, ...): set, then write_config() again.
     retention_options: dict[str, object] = field(default_factory=dict)
+    # Where state.db lives when not in `workdir` (on a power-loss file system: support/powerfs.py).
+    state_dir: Path | None = None
 
     @classmethod
     def create(
@@ -133,7 +135,7 @@ class AgentProcess:
             "[server]",
             f'listen = "127.0.0.1:{self.port}"',
             f'metrics_listen = "127.0.0.1:{self.metrics_port}"',
-            f'state_dir = "{self.workdir / "state"}"',
+            f'state_dir = "{self.state_dir or self.workdir / "state"}"',
         ]
         lines += [f"{key} = {json.dumps(value)}" for key, value in self.server_options.items()]
         lines += [
