@@ -94,7 +94,7 @@ class PowerCutRun:
 
     async def run(self, cuts: int) -> PowerCutReport:
         self.agent.start()
-        first = [(0, self.rng.randbytes(64 * KiB))]
+        first: list[Write] = [(0, self.rng.randbytes(64 * KiB))]
         status, answer = await self.agent.put_batch(
             "d0", 1, _body(self.source, 1, first, None, ("resync", "resync_done"))
         )

@@ -242,7 +242,7 @@ def serve(mountpoint: str, control: str, model: str, capacity: int) -> None:
 
         return call
 
-    class Operations(mfusepy.Operations):  # type: ignore[misc]
+    class Operations(mfusepy.Operations):  # mfusepy is untyped: its base is Any
         use_ns = True
 
         @locked
