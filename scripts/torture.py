@@ -3,21 +3,25 @@
 process tree; one JSON summary on the last line of stdout (progress on stderr), exit 1 on any
 failure.
 
-    scripts/torture.py [--long] [--seed N] [--only power|decoder|live] [--keep DIR]
+    scripts/torture.py [--long] [--seed N] [--only power|kill|decoder|live] [--keep DIR]
+                       [--cuts N] [--kills N] [--decoder-inputs N] [--live-batches N]
 
 power     a real agent whose state directory, retention and target live on a power-loss file
           system (tests/support/powerfs.py), cut at seeded moments, under the strict POSIX
           model (half of the pending pages kept) and the ext4-like lenient one (only what was
           synced): after each cut the disk is at an acknowledged batch boundary equal to the
           model, or says resync_required; a recovery point restores exactly.
+kill      the same scenario with SIGKILL instead of a power cut: the agent is stopped at a
+          seeded file operation (during a batch, after a 200, pruning, start-up recovery, a
+          resync), every write it made kept, and killed; the same checks.
 decoder   mangled batches (tests/support/fuzzing.py) fed to the decoder in random pieces:
           only its typed errors, each with a documented code.
 live      invalid batches (mangled, or valid under a wrong seq) sent to a running agent: each
           refused with its documented code and status; target, last_seq and points unchanged.
 
 The default budget is what the suite runs (tests/test_torture.py); --long is the issue's goals:
-1000 cuts per model, 1,000,000 decoder inputs, 10,000 live batches. Needs FUSE (/dev/fuse and
-fusermount3) for `power`.
+1000 cuts per model, 500 kills, 1,000,000 decoder inputs, 10,000 live batches. Needs FUSE
+(/dev/fuse and fusermount3) for `power` and `kill`.
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ from tests.support.fuzzing import fuzz_decoder, fuzz_live, live_agent_files  # n
 from tests.support.power_scenario import power_cuts  # noqa: E402
 
 BUDGETS = {
-    "default": {"cuts": 1, "decoder": 5_000, "live": 150},
-    "long": {"cuts": 1_000, "decoder": 1_000_000, "live": 10_000},
+    "default": {"cuts": 1, "kills": 1, "decoder": 5_000, "live": 150},
+    "long": {"cuts": 1_000, "kills": 500, "decoder": 1_000_000, "live": 10_000},
 }
 LIVE_DISK_BYTES = 1 << 20
 POWER_CASES = (("strict", 0.5), ("lenient", 0.0))
@@ -61,6 +65,13 @@ def power(base: Path, cuts: int, seed: int) -> dict[str, Any]:
         )
         results[model] = dataclasses.asdict(report)
     return results
+
+
+def kill(base: Path, kills: int, seed: int) -> dict[str, Any]:
+    say(f"kill: {kills} SIGKILLs")
+    # Keeping every pending write makes the cut a SIGKILL at that operation.
+    report = asyncio.run(power_cuts(base, model="strict", cuts=kills, seed=seed, keep=1.0))
+    return dataclasses.asdict(report)
 
 
 def decoder(inputs: int, seed: int) -> dict[str, Any]:
@@ -88,6 +99,7 @@ def failures_of(summary: dict[str, Any]) -> list[str]:
     found: list[str] = []
     for model, report in summary.get("power", {}).items():
         found += [f"power {model}: {failure}" for failure in report["failures"]]
+    found += [f"kill: {failure}" for failure in summary.get("kill", {}).get("failures", [])]
     for section in ("decoder", "live"):
         if section in summary:
             found += [f"{section}: {failure}" for failure in summary[section]["failure_list"]]
@@ -100,18 +112,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--long", action="store_true", help="the full counts (hours)")
     parser.add_argument("--seed", type=int, default=14)
-    parser.add_argument("--only", choices=("power", "decoder", "live"), action="append")
+    parser.add_argument("--only", choices=("power", "kill", "decoder", "live"), action="append")
     parser.add_argument("--keep", type=Path, help="work in DIR and leave it (default: a temp dir)")
+    parser.add_argument("--cuts", type=int, help="power cuts per model (overrides the budget)")
+    parser.add_argument("--kills", type=int, help="SIGKILLs (overrides the budget)")
+    parser.add_argument("--decoder-inputs", type=int, help="decoder inputs (overrides the budget)")
+    parser.add_argument("--live-batches", type=int, help="live batches (overrides the budget)")
     args = parser.parse_args(argv)
-    budget = BUDGETS["long" if args.long else "default"]
-    sections = args.only or ["power", "decoder", "live"]
+    budget = dict(BUDGETS["long" if args.long else "default"])
+    for key, value in (
+        ("cuts", args.cuts),
+        ("kills", args.kills),
+        ("decoder", args.decoder_inputs),
+        ("live", args.live_batches),
+    ):
+        if value is not None:
+            budget[key] = value
+    sections = args.only or ["power", "kill", "decoder", "live"]
     started = time.monotonic()
-    summary: dict[str, Any] = {"long": args.long, "seed": args.seed}
+    summary: dict[str, Any] = {"long": args.long, "seed": args.seed, "budget": budget}
     with tempfile.TemporaryDirectory(prefix="mtagent-torture-") as scratch:
         base = args.keep or Path(scratch)
         base.mkdir(parents=True, exist_ok=True)
         if "power" in sections:
             summary["power"] = power(base / "power", budget["cuts"], args.seed)
+        if "kill" in sections:
+            summary["kill"] = kill(base / "kill", budget["kills"], args.seed + 100)
         if "decoder" in sections:
             summary["decoder"] = decoder(budget["decoder"], args.seed)
         if "live" in sections:

@@ -15,6 +15,9 @@ Durability, as POSIX promises it and no more:
   have written some of them: zeros where a page was lost, the size as the kept operations left
   it. A file whose data changed gets a new modification time.
 
+A cut that keeps everything (`keep` 1.0) is a SIGKILL at that exact operation instead: the files
+stay as the killed process left them in the page cache.
+
 The power is cut either now or after a given number of further mutating operations (a write,
 truncation, sync, create, unlink, rename, ...), which makes the moment reproducible. From the
 cut until power comes back, every operation fails with EIO, as a vanished disk does; the test
@@ -113,7 +116,11 @@ class PowerLossState:
             raise OSError(errno.EIO, "no power")
 
     def cut(self, seed: int, keep: float) -> None:
-        """Lose power now: what was not durable is gone (but for what `keep` keeps)."""
+        """Lose power now: what was not durable is gone (but for what `keep` keeps). `keep` 1.0
+        is a process killed at this operation rather than a power cut: every write and every
+        directory entry stays, as the kernel keeps them for a process that dies."""
+        if keep >= 1.0:
+            self.sync_all()
         rng = random.Random(seed)
         now = time.time_ns()
         seen: set[int] = set()
