@@ -3,8 +3,8 @@
 process tree; one JSON summary on the last line of stdout (progress on stderr), exit 1 on any
 failure.
 
-    scripts/torture.py [--long] [--seed N] [--only power|kill|decoder|live] [--keep DIR]
-                       [--cuts N] [--kills N] [--decoder-inputs N] [--live-batches N]
+    scripts/torture.py [--long] [--seed N] [--only power|kill|net|decoder|live] [--keep DIR]
+                       [--cuts N] [--kills N] [--pushes N] [--decoder-inputs N] [--live-batches N]
 
 power     a real agent whose state directory, retention and target live on a power-loss file
           system (tests/support/powerfs.py), cut at seeded moments, under the strict POSIX
@@ -14,13 +14,17 @@ power     a real agent whose state directory, retention and target live on a pow
 kill      the same scenario with SIGKILL instead of a power cut: the agent is stopped at a
           seeded file operation (during a batch, after a 200, pruning, start-up recovery, a
           resync), every write it made kept, and killed; the same checks.
+net       `mtagent push` (full, then delta and resync) through a proxy that cuts connections
+          after a random byte count in either direction, stalls or throttles them: every push
+          finishes and the target equals the source.
 decoder   mangled batches (tests/support/fuzzing.py) fed to the decoder in random pieces:
           only its typed errors, each with a documented code.
 live      invalid batches (mangled, or valid under a wrong seq) sent to a running agent: each
           refused with its documented code and status; target, last_seq and points unchanged.
 
 The default budget is what the suite runs (tests/test_torture.py); --long is the issue's goals:
-1000 cuts per model, 500 kills, 1,000,000 decoder inputs, 10,000 live batches. Needs FUSE
+1000 cuts per model, 500 kills, 150 pushes (about 200 faults), 1,000,000 decoder inputs, 10,000
+live batches. Needs FUSE
 (/dev/fuse and fusermount3) for `power` and `kill`.
 """
 
@@ -42,11 +46,12 @@ sys.path[:0] = [str(REPO)]
 from tests.support.agent_harness import AgentProcess  # noqa: E402
 from tests.support.batches import resync_batch  # noqa: E402
 from tests.support.fuzzing import fuzz_decoder, fuzz_live, live_agent_files  # noqa: E402
+from tests.support.netfaults import network_faults  # noqa: E402
 from tests.support.power_scenario import power_cuts  # noqa: E402
 
 BUDGETS = {
-    "default": {"cuts": 1, "kills": 1, "decoder": 5_000, "live": 150},
-    "long": {"cuts": 1_000, "kills": 500, "decoder": 1_000_000, "live": 10_000},
+    "default": {"cuts": 1, "kills": 1, "pushes": 2, "decoder": 5_000, "live": 150},
+    "long": {"cuts": 1_000, "kills": 500, "pushes": 150, "decoder": 1_000_000, "live": 10_000},
 }
 LIVE_DISK_BYTES = 1 << 20
 POWER_CASES = (("strict", 0.5), ("lenient", 0.0))
@@ -74,6 +79,11 @@ def kill(base: Path, kills: int, seed: int) -> dict[str, Any]:
     return dataclasses.asdict(report)
 
 
+def net(base: Path, pushes: int, seed: int) -> dict[str, Any]:
+    say(f"net: {pushes} pushes through a faulty proxy")
+    return asyncio.run(network_faults(base, pushes, seed)).to_json()
+
+
 def decoder(inputs: int, seed: int) -> dict[str, Any]:
     say(f"decoder: {inputs} mangled inputs")
     report = fuzz_decoder(inputs, seed)
@@ -99,7 +109,8 @@ def failures_of(summary: dict[str, Any]) -> list[str]:
     found: list[str] = []
     for model, report in summary.get("power", {}).items():
         found += [f"power {model}: {failure}" for failure in report["failures"]]
-    found += [f"kill: {failure}" for failure in summary.get("kill", {}).get("failures", [])]
+    for section in ("kill", "net"):
+        found += [f"{section}: {f}" for f in summary.get(section, {}).get("failures", [])]
     for section in ("decoder", "live"):
         if section in summary:
             found += [f"{section}: {failure}" for failure in summary[section]["failure_list"]]
@@ -112,10 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--long", action="store_true", help="the full counts (hours)")
     parser.add_argument("--seed", type=int, default=14)
-    parser.add_argument("--only", choices=("power", "kill", "decoder", "live"), action="append")
+    parser.add_argument(
+        "--only", choices=("power", "kill", "net", "decoder", "live"), action="append"
+    )
     parser.add_argument("--keep", type=Path, help="work in DIR and leave it (default: a temp dir)")
     parser.add_argument("--cuts", type=int, help="power cuts per model (overrides the budget)")
     parser.add_argument("--kills", type=int, help="SIGKILLs (overrides the budget)")
+    parser.add_argument("--pushes", type=int, help="pushes through faults (overrides the budget)")
     parser.add_argument("--decoder-inputs", type=int, help="decoder inputs (overrides the budget)")
     parser.add_argument("--live-batches", type=int, help="live batches (overrides the budget)")
     args = parser.parse_args(argv)
@@ -123,12 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in (
         ("cuts", args.cuts),
         ("kills", args.kills),
+        ("pushes", args.pushes),
         ("decoder", args.decoder_inputs),
         ("live", args.live_batches),
     ):
         if value is not None:
             budget[key] = value
-    sections = args.only or ["power", "kill", "decoder", "live"]
+    sections = args.only or ["power", "kill", "net", "decoder", "live"]
     started = time.monotonic()
     summary: dict[str, Any] = {"long": args.long, "seed": args.seed, "budget": budget}
     with tempfile.TemporaryDirectory(prefix="mtagent-torture-") as scratch:
@@ -138,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             summary["power"] = power(base / "power", budget["cuts"], args.seed)
         if "kill" in sections:
             summary["kill"] = kill(base / "kill", budget["kills"], args.seed + 100)
+        if "net" in sections:
+            summary["net"] = net(base / "net", budget["pushes"], args.seed)
         if "decoder" in sections:
             summary["decoder"] = decoder(budget["decoder"], args.seed)
         if "live" in sections:
