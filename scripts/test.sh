@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(util-linux mount e2fsprogs shellcheck umockdev gir1.2-umockdev-1.0 python3-gi prometheus systemd python3-venv)
+DEBIAN_PACKAGES=(util-linux mount e2fsprogs shellcheck umockdev gir1.2-umockdev-1.0 python3-gi prometheus systemd python3-venv fuse3)
 
 install_debian_packages() {
     local missing=() pkg

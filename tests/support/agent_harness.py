@@ -74,6 +74,8 @@ class AgentProcess:
     crl: Path | None = None
     # A command the agent runs under (["prlimit", "--nofile=64:64", "--"]), before its next start.
     wrapper: list[str] = field(default_factory=list)
+    # Where state.db lives when not in `workdir` (on a power-loss file system: support/powerfs.py).
+    state_dir: Path | None = None
 
     @classmethod
     def create(
@@ -141,7 +143,7 @@ class AgentProcess:
             "[server]",
             f'listen = "127.0.0.1:{self.port}"',
             f'metrics_listen = "127.0.0.1:{self.metrics_port}"',
-            f'state_dir = "{self.workdir / "state"}"',
+            f'state_dir = "{self.state_dir or self.workdir / "state"}"',
         ]
         lines += [f"{key} = {json.dumps(value)}" for key, value in self.server_options.items()]
         lines += [

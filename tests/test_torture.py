@@ -1,0 +1,39 @@
+"""scripts/torture.py, the runner of the torture suite, at its default (bounded) budget: power
+cuts under both models and SIGKILLs (these need FUSE), pushes through network faults, mangled
+decoder inputs and invalid live batches; one JSON summary, exit 0 with no failure. `--long`
+runs the same with the issue's counts, on demand."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FUSE = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
+
+
+def test_the_default_budget_runs_every_section_and_finds_nothing(tmp_path: Path) -> None:
+    only = [] if FUSE else ["--only", "net", "--only", "decoder", "--only", "live"]
+    result = subprocess.run(
+        [sys.executable, "scripts/torture.py", "--keep", str(tmp_path), *only],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.splitlines()[-1])
+    assert summary["failures"] == 0 and summary["long"] is False
+    assert summary["decoder"]["inputs"] == 5_000
+    assert summary["net"]["pushes"] == 2 and summary["net"]["connections"] >= 2
+    assert summary["live"]["inputs"] == 150 and summary["live"]["accepted"] == 0
+    if FUSE:
+        for model in ("strict", "lenient"):
+            report = summary["power"][model]
+            assert report["cuts"] == report["states_checked"] >= 1, report
+        assert summary["kill"]["cuts"] == summary["kill"]["states_checked"] >= 1
