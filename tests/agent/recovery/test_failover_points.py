@@ -78,6 +78,10 @@ async def test_another_point_is_refused_until_the_group_is_reprotected(tmp_path:
             assert status == 200 and again == first
         status, answer = await agent.post_json("/v1/groups/A/failover", {"point": "latest"})
         assert status == 409 and answer["error"]["code"] == "FAILOVER_REFUSED", answer
+        # A released disk answers no digests either: its target is not the agent's any more.
+        request = {"offset": 0, "length": 65536, "chunk_bytes": 65536}
+        status, answer = await agent.post_json("/v1/disks/a0/hashes", request)
+        assert status == 409 and answer["error"]["code"] == "FAILED_OVER", answer
 
         status, answer = await agent.post_json("/v1/groups/A/reprotect", {})
         assert status == 200 and answer["phase"] == "reprotected", answer
