@@ -315,11 +315,13 @@ class AgentProcess:
         async with self.client(name) as session, session.get(path) as response:
             return response.status, await response.json()
 
-    async def post_json(self, path: str, obj: object, timeout: float = 120) -> tuple[int, Any]:
-        """POST the JSON `obj` to `path` of the data listener: the HTTP status and the JSON
-        answer."""
+    async def post_json(
+        self, path: str, obj: object, timeout: float = 120, *, name: str = "sender"
+    ) -> tuple[int, Any]:
+        """POST the JSON `obj` to `path` of the data listener as client `name`: the HTTP status
+        and the JSON answer."""
         async with (
-            self.client(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            self.client(name, timeout=aiohttp.ClientTimeout(total=timeout)) as session,
             session.post(path, json=obj) as response,
         ):
             return response.status, await response.json()

@@ -188,13 +188,14 @@ async def test_a_configuration_with_senders_is_not_open(agent: AgentProcess) -> 
 async def in_process(tmp_path: Path) -> AsyncIterator[InProcessAgent]:
     served = InProcessAgent(two_groups(tmp_path))
 
-    async def failover(request: web.Request) -> web.Response:
-        return web.json_response({"failed_over": request.match_info["group"]})
+    async def group_chore(request: web.Request) -> web.Response:
+        return web.json_response({"done": request.match_info["group"]})
 
     async def whole_agent(request: web.Request) -> web.Response:
         return web.json_response({"done": True})
 
-    served.app.router.add_post("/v1/groups/{group}/failover", failover)
+    # Beside the agent's own administrative routes (failover, reprotect): one more per kind.
+    served.app.router.add_post("/v1/groups/{group}/chore", group_chore)
     served.app.router.add_post("/v1/maintenance", whole_agent)
     await served.start()
     yield served
@@ -224,13 +225,13 @@ async def test_every_route_outside_the_replication_table_is_refused_to_a_replica
 async def test_an_admin_calls_an_administrative_route_of_its_group(
     in_process: InProcessAgent,
 ) -> None:
-    status, answer = await in_process.request("ops", "POST", "/v1/groups/vm1/failover")
+    status, answer = await in_process.request("ops", "POST", "/v1/groups/vm1/chore")
 
-    assert (status, answer) == (200, {"failed_over": "vm1"})
+    assert (status, answer) == (200, {"done": "vm1"})
 
 
 async def test_an_admin_of_another_group_is_refused(in_process: InProcessAgent) -> None:
-    status, answer = await in_process.request("ops", "POST", "/v1/groups/vm2/failover")
+    status, answer = await in_process.request("ops", "POST", "/v1/groups/vm2/chore")
 
     assert forbidden(status, answer) == "group"
 
