@@ -133,6 +133,9 @@ class Authorization:
             "the CA may write every disk and call every administrative endpoint.",
             registry=registry,
         )
+        # Said once the start can no longer be refused (a refused start says one line), then at
+        # every reload.
+        self._announced = False
         self.apply(config)
 
     def apply(self, config: AgentConfig) -> None:
@@ -141,6 +144,13 @@ class Authorization:
         senders = config.senders
         self._senders = None if senders is None else {s.name.lower(): s for s in senders}
         self.open.set(1 if senders is None else 0)
+        if self._announced:
+            self.announce()
+
+    def announce(self) -> None:
+        """Warn about what the table leaves open: no table at all, or groups no disk is in."""
+        self._announced = True
+        config, senders = self._config, self._config.senders
         if senders is None:
             log.warning(
                 "%s has no [[senders]]: every client certificate of the CA may write every "

@@ -135,6 +135,7 @@ async def _serve_holding_the_lock(config: AgentConfig, tls: ReloadableTls) -> No
                 metrics_listen=metrics_listen,
             ),
         )
+        app[AUTHORIZATION].announce()
         for replica in app[keys.REPLICAS].values():
             replica.start_logging_state()
         data_sites = [web.SockSite(runner, sock, ssl_context=ssl_context) for sock in data_sockets]
