@@ -34,10 +34,11 @@ async def served(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncItera
     agent.write_config()
     in_process = InProcessAgent(agent)
 
-    async def failover(request: web.Request) -> web.Response:
+    # An administrative route beside the agent's own (a stand-in that answers at once).
+    async def chore(request: web.Request) -> web.Response:
         return web.json_response({})
 
-    in_process.app.router.add_post("/v1/groups/{group}/failover", failover)
+    in_process.app.router.add_post("/v1/groups/{group}/chore", chore)
     await in_process.start()
     caplog.set_level(logging.INFO, logger="mtagent.audit")
     yield in_process
@@ -105,7 +106,7 @@ async def test_a_hashes_request_is_audited(
 async def test_an_administrative_call_is_audited(
     served: InProcessAgent, caplog: pytest.LogCaptureFixture
 ) -> None:
-    status, _ = await served.request("ops", "POST", "/v1/groups/vm2/failover")
+    status, _ = await served.request("ops", "POST", "/v1/groups/vm2/chore")
 
     assert status == 200
     [(_, fields)] = audited(caplog)
