@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Protocol
 
 from agent.config import AgentConfig
+from agent.log_fields import log_fields
 from agent.metrics import FailoverSnapshot
 from agent.recovery.errors import PointNotFound, RecoveryFailed, RestoreFailed
 from agent.recovery.points import (
@@ -494,7 +495,12 @@ class GroupFailovers:
                 try:
                     await replica.ensure_open()
                 except TargetUnavailable as exc:  # a disk not attached yet opens when it comes
-                    log.warning("disk %s: reprotected, not opened yet: %s", replica.id, exc)
+                    log.warning(
+                        "disk %s: reprotected, not opened yet: %s",
+                        replica.id,
+                        exc,
+                        extra=log_fields(disk=replica.id),
+                    )
         return record
 
     async def stop(self) -> None:
