@@ -187,7 +187,8 @@ async def _serve_holding_the_lock(config: AgentConfig, tls: ReloadableTls) -> No
             supervision.cancel()
         await metrics_runner.cleanup()
         notifier.close()
-        loop.set_exception_handler(None)
+        # The accept-failure handler stays until the loop closes: a listener paused by a
+        # failed accept resumes up to a second after this, and that report is filtered there.
         for sock in listening:
             sock.close()  # already closed by their site once it started; not before
     log.info("stopped")

@@ -95,6 +95,8 @@ class AcceptFailureLog:
         self._unlogged = 0
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if _is_retry_after_close(context):
+            return
         if context.get("message") != ACCEPT_FAILURE_MESSAGE:
             loop.default_exception_handler(context)
             return
@@ -114,6 +116,21 @@ class AcceptFailureLog:
         )
         self._unlogged = 0
         self._next_log = now + self._interval
+
+
+def _is_retry_after_close(context: dict[str, Any]) -> bool:
+    """Whether this report is asyncio's paused listener resuming after the listener was closed.
+
+    After a failed accept asyncio schedules the listener's resumption a second later; a
+    shutdown inside that second closes the socket first, and the resumption then fails on
+    descriptor -1 with a traceback. Nothing is lost (the listener was meant to be closed), so
+    it is not an error to report.
+    """
+    callback = getattr(context.get("handle"), "_callback", None)
+    return (
+        isinstance(context.get("exception"), ValueError)
+        and getattr(callback, "__name__", "") == "_start_serving"
+    )
 
 
 def raise_open_file_limit() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.server.connection_limits import ConnectionLimits, ConnectionTable, Refusal
+from agent.server.listeners import AcceptFailureLog
 from protocol.encoder import BatchEncoder
 from protocol.events import Begin
 from tests.support.agent_harness import AgentProcess
@@ -203,3 +205,39 @@ def test_a_full_table_of_busy_connections_refuses() -> None:
     assert table.admit("b", "10.0.0.1").refused is Refusal.PER_PEER
     assert table.admit("c", "10.0.0.2").refused is None
     assert len(table) == 2
+
+
+async def test_a_paused_listener_resuming_after_shutdown_is_not_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What asyncio does a second after a failed accept, when the agent closed the listener
+    # within that second: resume serving a socket that is already closed.
+    loop = asyncio.get_running_loop()
+    counted: list[None] = []
+    loop.set_exception_handler(AcceptFailureLog(lambda: counted.append(None)))
+    closed = socket.socket()
+    closed.close()
+    try:
+        loop.call_soon(loop._start_serving, asyncio.Protocol, closed)  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)
+    finally:
+        loop.set_exception_handler(None)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert counted == []
+
+
+async def test_other_loop_errors_still_reach_the_default_handler(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptFailureLog(lambda: None))
+
+    def broken() -> None:
+        raise ValueError("a real bug")
+
+    try:
+        loop.call_soon(broken)
+        await asyncio.sleep(0.05)
+    finally:
+        loop.set_exception_handler(None)
+    assert any("a real bug" in (r.exc_text or str(r.exc_info)) for r in caplog.records)
