@@ -3,8 +3,9 @@
 process tree; one JSON summary on the last line of stdout (progress on stderr), exit 1 on any
 failure.
 
-    scripts/torture.py [--long] [--seed N] [--only power|kill|net|decoder|live] [--keep DIR]
-                       [--cuts N] [--kills N] [--pushes N] [--decoder-inputs N] [--live-batches N]
+    scripts/torture.py [--long] [--seed N] [--only power|kill|net|disk|decoder|live]
+                       [--keep DIR] [--cuts N] [--kills N] [--pushes N] [--disk-faults N]
+                       [--decoder-inputs N] [--live-batches N]
 
 power     a real agent whose state directory, retention and target live on a power-loss file
           system (tests/support/powerfs.py), cut at seeded moments, under the strict POSIX
@@ -17,15 +18,18 @@ kill      the same scenario with SIGKILL instead of a power cut: the agent is st
 net       `mtagent push` (full, then delta and resync) through a proxy that cuts connections
           after a random byte count in either direction, stalls or throttles them: every push
           finishes and the target equals the source.
+disk      EIO and ENOSPC injected into the target or the retention of one disk at a seeded
+          operation: the batch is refused with a documented code, the other disk goes on, and
+          once the fault is cleared the disk takes batches again at an acknowledged boundary.
 decoder   mangled batches (tests/support/fuzzing.py) fed to the decoder in random pieces:
           only its typed errors, each with a documented code.
 live      invalid batches (mangled, or valid under a wrong seq) sent to a running agent: each
           refused with its documented code and status; target, last_seq and points unchanged.
 
 The default budget is what the suite runs (tests/test_torture.py); --long is the issue's goals:
-1000 cuts per model, 500 kills, 150 pushes (about 200 faults), 1,000,000 decoder inputs, 10,000
-live batches. Needs FUSE
-(/dev/fuse and fusermount3) for `power` and `kill`.
+1000 cuts per model, 500 kills, 150 pushes (about 200 faults), 200 disk faults, 1,000,000
+decoder inputs, 10,000 live batches. Needs FUSE (/dev/fuse and fusermount3) for `power`, `kill`
+and `disk`.
 """
 
 from __future__ import annotations
@@ -45,13 +49,21 @@ sys.path[:0] = [str(REPO)]
 
 from tests.support.agent_harness import AgentProcess  # noqa: E402
 from tests.support.batches import resync_batch  # noqa: E402
+from tests.support.disk_faults import disk_faults  # noqa: E402
 from tests.support.fuzzing import fuzz_decoder, fuzz_live, live_agent_files  # noqa: E402
 from tests.support.netfaults import network_faults  # noqa: E402
 from tests.support.power_scenario import power_cuts  # noqa: E402
 
 BUDGETS = {
-    "default": {"cuts": 1, "kills": 1, "pushes": 2, "decoder": 5_000, "live": 150},
-    "long": {"cuts": 1_000, "kills": 500, "pushes": 150, "decoder": 1_000_000, "live": 10_000},
+    "default": {"cuts": 1, "kills": 1, "pushes": 2, "disk": 6, "decoder": 5_000, "live": 150},
+    "long": {
+        "cuts": 1_000,
+        "kills": 500,
+        "pushes": 150,
+        "disk": 200,
+        "decoder": 1_000_000,
+        "live": 10_000,
+    },
 }
 LIVE_DISK_BYTES = 1 << 20
 POWER_CASES = (("strict", 0.5), ("lenient", 0.0))
@@ -84,6 +96,11 @@ def net(base: Path, pushes: int, seed: int) -> dict[str, Any]:
     return asyncio.run(network_faults(base, pushes, seed)).to_json()
 
 
+def disk(base: Path, faults: int, seed: int) -> dict[str, Any]:
+    say(f"disk: {faults} injected disk faults")
+    return dataclasses.asdict(asyncio.run(disk_faults(base, faults, seed)))
+
+
 def decoder(inputs: int, seed: int) -> dict[str, Any]:
     say(f"decoder: {inputs} mangled inputs")
     report = fuzz_decoder(inputs, seed)
@@ -109,7 +126,7 @@ def failures_of(summary: dict[str, Any]) -> list[str]:
     found: list[str] = []
     for model, report in summary.get("power", {}).items():
         found += [f"power {model}: {failure}" for failure in report["failures"]]
-    for section in ("kill", "net"):
+    for section in ("kill", "net", "disk"):
         found += [f"{section}: {f}" for f in summary.get(section, {}).get("failures", [])]
     for section in ("decoder", "live"):
         if section in summary:
@@ -124,12 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long", action="store_true", help="the full counts (hours)")
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument(
-        "--only", choices=("power", "kill", "net", "decoder", "live"), action="append"
+        "--only", choices=("power", "kill", "net", "disk", "decoder", "live"), action="append"
     )
     parser.add_argument("--keep", type=Path, help="work in DIR and leave it (default: a temp dir)")
     parser.add_argument("--cuts", type=int, help="power cuts per model (overrides the budget)")
     parser.add_argument("--kills", type=int, help="SIGKILLs (overrides the budget)")
     parser.add_argument("--pushes", type=int, help="pushes through faults (overrides the budget)")
+    parser.add_argument("--disk-faults", type=int, help="disk faults (overrides the budget)")
     parser.add_argument("--decoder-inputs", type=int, help="decoder inputs (overrides the budget)")
     parser.add_argument("--live-batches", type=int, help="live batches (overrides the budget)")
     args = parser.parse_args(argv)
@@ -138,12 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         ("cuts", args.cuts),
         ("kills", args.kills),
         ("pushes", args.pushes),
+        ("disk", args.disk_faults),
         ("decoder", args.decoder_inputs),
         ("live", args.live_batches),
     ):
         if value is not None:
             budget[key] = value
-    sections = args.only or ["power", "kill", "net", "decoder", "live"]
+    sections = args.only or ["power", "kill", "net", "disk", "decoder", "live"]
     started = time.monotonic()
     summary: dict[str, Any] = {"long": args.long, "seed": args.seed, "budget": budget}
     with tempfile.TemporaryDirectory(prefix="mtagent-torture-") as scratch:
@@ -155,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             summary["kill"] = kill(base / "kill", budget["kills"], args.seed + 100)
         if "net" in sections:
             summary["net"] = net(base / "net", budget["pushes"], args.seed)
+        if "disk" in sections:
+            summary["disk"] = disk(base / "disk", budget["disk"], args.seed)
         if "decoder" in sections:
             summary["decoder"] = decoder(budget["decoder"], args.seed)
         if "live" in sections:

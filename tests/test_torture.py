@@ -1,5 +1,5 @@
 """scripts/torture.py, the runner of the torture suite, at its default (bounded) budget: power
-cuts under both models and SIGKILLs (these need FUSE), pushes through network faults, mangled
+cuts under both models, SIGKILLs and disk faults (these need FUSE), network faults, mangled
 decoder inputs and invalid live batches; one JSON summary, exit 0 with no failure. `--long`
 runs the same with the issue's counts, on demand."""
 
@@ -37,3 +37,4 @@ def test_the_default_budget_runs_every_section_and_finds_nothing(tmp_path: Path)
             report = summary["power"][model]
             assert report["cuts"] == report["states_checked"] >= 1, report
         assert summary["kill"]["cuts"] == summary["kill"]["states_checked"] >= 1
+        assert summary["disk"]["faults"] == 6 and summary["disk"]["other_disk_batches"] >= 1

@@ -294,9 +294,13 @@ class _BatchApplication:
                     )
                 self.begin = event
                 replica = self.replica
-                self.writer = await replica.run(
-                    BatchWriter, replica.target, replica.journal, self.seq
-                )
+                try:
+                    self.writer = await replica.run(
+                        BatchWriter, replica.target, replica.journal, self.seq
+                    )
+                except JournalIOError as exc:
+                    _reopen_if_torn(replica, exc)
+                    raise
             case Data(offset=offset, data=data):
                 await self._add(Write(offset, len(data), data))
             case Zero(offset=offset, length=length):
@@ -394,6 +398,7 @@ class _BatchApplication:
                 exc,
                 extra=log_fields(disk=replica.id),
             )
+            _reopen_if_torn(replica, exc)
         return BatchResult(
             disk=replica.id,
             seq=self.seq,
@@ -446,6 +451,13 @@ class _BatchApplication:
             await replica.run(writer.discard, lost)
         except (OSError, JournalIOError, sqlite3.Error) as exc:
             replica.mark_unavailable(f"batch {self.seq} could not be rolled back ({lost}): {exc}")
+
+
+def _reopen_if_torn(replica: Replica, exc: BaseException) -> None:
+    """A failed append that could not be cut off leaves the journal's end unknown to it: the
+    disk is dropped, and its next batch reopens the journal, whose recovery cuts the torn tail."""
+    if replica.journal is not None and replica.journal.needs_reopening:
+        replica.mark_unavailable(f"undo journal left torn by a failed append: {exc}")
 
 
 def _one_line(exc: BaseException) -> str:

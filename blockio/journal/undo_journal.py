@@ -24,6 +24,7 @@ protects reached the target.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -121,6 +122,12 @@ class UndoJournal:
         return self._catalog.published
 
     @property
+    def needs_reopening(self) -> bool:
+        """A failed append could not be cut off the segment: its end is no longer what this
+        object counts. Close it and open it again; `recover()` then cuts the torn tail."""
+        return self._writer.torn
+
+    @property
     def last_commit_seq(self) -> int:
         """The newest batch with a commit record in the journal (0: none)."""
         return self._catalog.last_commit_seq
@@ -180,6 +187,12 @@ class UndoJournal:
         if self._needs_recovery:
             raise RuntimeError(
                 f"undo journal {self.directory}: recover() must run before the first batch"
+            )
+        if self._writer.torn:
+            raise JournalIOError(
+                self.current_segment,
+                "append",
+                OSError(errno.EIO, "an earlier failed append could not be cut off; reopen"),
             )
         if self._writer.write_commits(sync=True):
             self._publish()

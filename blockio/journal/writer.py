@@ -71,6 +71,9 @@ class SegmentWriter:
         self._batch_undo_bytes = 0
         # Commit records whose write failed (a full drive): written before anything else.
         self._unwritten: list[CommitRecord] = []
+        # A failed append could not be cut off: the segment may end in bytes `size` does not
+        # count, so nothing may be appended until the journal is opened again (and recovered).
+        self.torn = False
 
     @classmethod
     def open(
@@ -251,6 +254,7 @@ class SegmentWriter:
             try:
                 os.ftruncate(self.fd, start)
             except OSError as exc:
+                self.torn = True
                 log.error("undo journal %s: cannot cut a failed append: %s", self.directory, exc)
             raise
         position = start

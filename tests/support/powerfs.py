@@ -18,6 +18,9 @@ Durability, as POSIX promises it and no more:
 A cut that keeps everything (`keep` 1.0) is a SIGKILL at that exact operation instead: the files
 stay as the killed process left them in the page cache.
 
+Disk faults: operations (reads included) on the paths under a prefix fail with a given errno
+(EIO, ENOSPC) after a given number of them, until cleared.
+
 The power is cut either now or after a given number of further mutating operations (a write,
 truncation, sync, create, unlink, rename, ...), which makes the moment reproducible. From the
 cut until power comes back, every operation fails with EIO, as a vanished disk does; the test
@@ -96,20 +99,37 @@ class PowerLossState:
         self.cut_keep = 0.0
         self.mutations = 0
         self.cuts = 0
+        self.fault_prefix: str | None = None
+        self.fault_errno = errno.EIO
+        self.fault_after = 0
+        self.faults_hit = 0
         self.handles: dict[int, Node] = {}
         self._next_handle = 1
 
     # -- what a cut keeps ------------------------------------------------------------------
 
-    def mutated(self) -> None:
-        """Count one mutating operation; cut the power when the armed count is reached."""
+    def mutated(self, path: str) -> None:
+        """Count one mutating operation on `path`; cut the power when the armed count is
+        reached. Raises OSError: EIO without power, an injected fault (`check_fault`)."""
         self.check_power()
+        self.check_fault(path)
         self.mutations += 1
         if self.cut_after is not None:
             self.cut_after -= 1
             if self.cut_after <= 0:
                 self.cut(self.cut_seed, self.cut_keep)
                 raise OSError(errno.EIO, "power cut")
+
+    def check_fault(self, path: str) -> None:
+        """Fail an operation on a path under the armed prefix once the armed count of them has
+        passed, with the armed errno, until the fault is cleared (a failing disk, a full one)."""
+        if self.fault_prefix is None or not (path or "").startswith(self.fault_prefix):
+            return
+        if self.fault_after > 0:
+            self.fault_after -= 1
+            return
+        self.faults_hit += 1
+        raise OSError(self.fault_errno, os.strerror(self.fault_errno))
 
     def check_power(self) -> None:
         if not self.powered:
@@ -277,7 +297,7 @@ def serve(mountpoint: str, control: str, model: str, capacity: int) -> None:
 
         @locked
         def mkdir(self, path: str, mode: int) -> int:
-            state.mutated()
+            state.mutated(path)
             parent, name = state.parent_of(path)
             if name in parent.entries:
                 raise OSError(errno.EEXIST, path)
@@ -286,7 +306,7 @@ def serve(mountpoint: str, control: str, model: str, capacity: int) -> None:
 
         @locked
         def create(self, path: str, mode: int, fi: Any = None) -> int:
-            state.mutated()
+            state.mutated(path)
             parent, name = state.parent_of(path)
             node = parent.entries.get(name)
             if node is None:
@@ -299,7 +319,7 @@ def serve(mountpoint: str, control: str, model: str, capacity: int) -> None:
             state.check_power()
             node = state.lookup(path)
             if flags & os.O_TRUNC and node.data:
-                state.mutated()
+                state.mutated(path)
                 node.data = bytearray()
                 node.pending.append(("t", 0, b""))
             return state.add_handle(node)
@@ -312,11 +332,12 @@ def serve(mountpoint: str, control: str, model: str, capacity: int) -> None:
         @locked
         def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
             state.check_power()
+            state.check_fault(path)
             return bytes(state.node(path, fh).data[offset : offset + size])
 
         @locked
         def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-            state.mutated()
+            state.mutated(path)
             node = state.node(path, fh)
             _write_into(node.data, offset, data)
             node.pending.append(("w", offset, bytes(data)))
@@ -325,7 +346,7 @@ def serve(mountpoint: str, control: str, model: str, capacity: int) -> None:
 
         @locked
         def truncate(self, path: str, length: int, fh: int | None = None) -> int:
-            state.mutated()
+            state.mutated(path)
             node = state.node(path, fh)
             _truncate(node.data, length)
             node.pending.append(("t", length, b""))
@@ -334,19 +355,19 @@ def serve(mountpoint: str, control: str, model: str, capacity: int) -> None:
 
         @locked
         def fsync(self, path: str, datasync: int, fh: int) -> int:
-            state.mutated()
+            state.mutated(path)
             state.sync_file(state.node(path, fh))
             return 0
 
         @locked
         def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
-            state.mutated()
+            state.mutated(path)
             state.sync_file(state.lookup(path))
             return 0
 
         @locked
         def unlink(self, path: str) -> int:
-            state.mutated()
+            state.mutated(path)
             parent, name = state.parent_of(path)
             if name not in parent.entries:
                 raise OSError(errno.ENOENT, path)
@@ -355,7 +376,7 @@ def serve(mountpoint: str, control: str, model: str, capacity: int) -> None:
 
         @locked
         def rmdir(self, path: str) -> int:
-            state.mutated()
+            state.mutated(path)
             parent, name = state.parent_of(path)
             node = parent.entries.get(name)
             if node is None:
@@ -367,7 +388,7 @@ def serve(mountpoint: str, control: str, model: str, capacity: int) -> None:
 
         @locked
         def rename(self, old: str, new: str) -> int:
-            state.mutated()
+            state.mutated(old)
             old_parent, old_name = state.parent_of(old)
             new_parent, new_name = state.parent_of(new)
             node = old_parent.entries.get(old_name)
@@ -379,7 +400,7 @@ def serve(mountpoint: str, control: str, model: str, capacity: int) -> None:
 
         @locked
         def chmod(self, path: str, mode: int) -> int:
-            state.mutated()
+            state.mutated(path)
             node = state.lookup(path)
             node.mode = stat.S_IFMT(node.mode) | (mode & 0o7777)
             return 0
@@ -391,7 +412,7 @@ def serve(mountpoint: str, control: str, model: str, capacity: int) -> None:
 
         @locked
         def utimens(self, path: str, times: Any = None) -> int:
-            state.mutated()
+            state.mutated(path)
             node = state.lookup(path)
             node.mtime_ns = times[1] if times else time.time_ns()
             return 0
@@ -423,6 +444,12 @@ def serve(mountpoint: str, control: str, model: str, capacity: int) -> None:
                 state.powered = True
             elif command == "disarm":
                 state.cut_after = None
+            elif command == "fault":
+                state.fault_prefix = str(request["prefix"])
+                state.fault_errno = int(request["errno"])
+                state.fault_after = int(request["after"])
+            elif command == "clear":
+                state.fault_prefix = None
             elif command == "sync_all":
                 state.sync_all()
             return {
@@ -430,6 +457,7 @@ def serve(mountpoint: str, control: str, model: str, capacity: int) -> None:
                 "armed": state.cut_after,
                 "mutations": state.mutations,
                 "cuts": state.cuts,
+                "faults_hit": state.faults_hit,
             }
 
     def control_loop(server: socket.socket) -> None:
@@ -522,6 +550,15 @@ class PowerFS:
     def cut(self, *, seed: int, keep: float) -> None:
         """Cut the power now."""
         self.request("cut", seed=seed, keep=keep)
+
+    def fail(self, prefix: str, error: int, *, after: int) -> None:
+        """Fail every operation on paths under `prefix` (from the mount's root, `/targets/d0.img`)
+        with `error` once `after` more of them have passed, until `clear()`."""
+        self.request("fault", prefix=prefix, errno=error, after=after)
+
+    def clear(self) -> None:
+        """The injected fault is gone."""
+        self.request("clear")
 
     def power_on(self) -> None:
         """Power back: the files are what the cut kept."""

@@ -8,6 +8,8 @@ as the appends left it. Seeded, so every state is reproduced exactly.
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from blockio.disks.target import TargetDisk
 from blockio.journal.reader import scan_headers
 from blockio.journal.records import CommitRecord, JournalCorrupt, RecordKind
 from blockio.journal.rollback import UndoLost
+from blockio.journal.segments import JournalIOError
 from blockio.journal.undo_journal import UndoJournal
 from tests.support.damage import zero_bytes
 
@@ -237,3 +240,33 @@ def test_any_pages_kept_after_the_last_sync_recover_to_the_acknowledged_batch(
     finally:
         journal.close()
         target.close()
+
+
+def test_a_failed_commit_append_that_cannot_be_cut_off_makes_the_journal_reopen(
+    target: TargetDisk, journal: UndoJournal, rng: random.Random, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the disk-fault run: the sync of a COMMIT record failed, and so did cutting it
+    off again. The writer no longer knows where the segment ends, so it refuses to append
+    until the journal is opened again; reopening recovers a segment with no damage."""
+    committed(target, journal, 1, rng)
+    journal.begin(2)  # a batch that keeps no record: its COMMIT record is synced at once
+    real_fdatasync, real_ftruncate = os.fdatasync, os.ftruncate
+
+    def failing(*args: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    monkeypatch.setattr(os, "ftruncate", failing)
+    with pytest.raises(JournalIOError):
+        journal.end(keep=True, commit=CommitRecord(DISK, 2, 2, 2))
+    monkeypatch.setattr(os, "fdatasync", real_fdatasync)
+    monkeypatch.setattr(os, "ftruncate", real_ftruncate)
+
+    assert journal.needs_reopening
+    with pytest.raises(JournalIOError, match="could not be cut off; reopen"):
+        journal.begin(3)
+    journal = restart(journal)
+    journal.recover(target, committed_seq=2)
+    assert journal.last_commit_seq == 2
+    assert [s.damage for s in journal.summaries()] == [None]
+    journal.begin(3)
