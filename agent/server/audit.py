@@ -1,5 +1,6 @@
 """The audit trail of the data port: one log record for each batch, hashes request and
-administrative call, accepted or refused, and for every request refused by authorization.
+administrative call, accepted or refused, for every enrollment attempt, and for every request
+refused by authorization.
 
 Each record carries its facts as structured fields (agent.log_fields: `SENDER=`, `DISK=`,
 `SEQ=`, `BYTES=`, `RESULT=`, `CODE=`, ... in the journal under systemd), at info; a refusal by
@@ -21,7 +22,11 @@ from enum import StrEnum
 from aiohttp import web
 
 from agent.log_fields import log_fields
-from agent.server.authorization import certificate_name, is_replication_route
+from agent.server.authorization import (
+    ENROLLMENT_ROUTES,
+    certificate_name,
+    is_replication_route,
+)
 from protocol.errors import ErrorBody, Forbidden
 
 log = logging.getLogger("mtagent.audit")
@@ -41,6 +46,7 @@ class Action(StrEnum):
     BATCH = "batch"
     HASHES = "hashes"
     ADMIN = "admin"
+    ENROLL = "enroll"  # enrollment by passphrase, by a client without a certificate
     READ = "read"  # a listing: audited only when refused by authorization
 
 
@@ -54,6 +60,8 @@ def action_of(request: web.Request) -> Action | None:
         return Action.BATCH
     if route == HASHES_ROUTE:
         return Action.HASHES
+    if route in ENROLLMENT_ROUTES:
+        return Action.ENROLL
     return Action.READ if is_replication_route(*route) else Action.ADMIN
 
 
