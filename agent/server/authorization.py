@@ -181,6 +181,11 @@ class Authorization:
         if self._senders is not None:
             self._senders.setdefault(sender.name.lower(), sender)
 
+    @property
+    def is_open(self) -> bool:
+        """Whether there is no `[[senders]]` table (every certificate may do everything)."""
+        return self._senders is None
+
     def knows(self, name: str) -> bool:
         """Whether a `[[senders]]` entry or an enrolled sender has the name `name`."""
         return self._senders is not None and name.lower() in self._senders

@@ -130,7 +130,7 @@ async def post_challenge(request: web.Request) -> web.Response:
     gate = request.app[ENROLLMENT_GATE]
     gate.check_open()
     config = request.app[keys.CONFIG]
-    _check_enabled(config)
+    _check_enabled(request)
     obj = await _json_body(request)
     enrollment_id = obj.get("enrollment") if isinstance(obj, dict) else None
     if not isinstance(enrollment_id, str):
@@ -150,7 +150,7 @@ async def post_enroll(request: web.Request) -> web.Response:
     gate = request.app[ENROLLMENT_GATE]
     gate.check_open()
     config = request.app[keys.CONFIG]
-    _check_enabled(config)
+    _check_enabled(request)
     try:
         asked = EnrollRequest.from_json(await _json_body(request))
     except BadDocument as exc:
@@ -207,10 +207,11 @@ async def post_enroll(request: web.Request) -> web.Response:
     return web.json_response(answer.to_json())
 
 
-def _check_enabled(config: AgentConfig) -> None:
-    if config.tls.enrollment_ca_key is None:
+def _check_enabled(request: web.Request) -> None:
+    if request.app[keys.CONFIG].tls.enrollment_ca_key is None:
         raise EnrollmentDisabled("this agent enrolls no one: it has no [tls] enrollment_ca_key")
-    if config.senders is None:
+    # The table as the last reload left it, not as the agent started.
+    if request.app[AUTHORIZATION].is_open:
         raise EnrollmentDisabled(
             "this agent enrolls no one: without a [[senders]] table every certificate may do "
             "everything, so no groups could be bound to a new one"

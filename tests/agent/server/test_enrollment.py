@@ -22,6 +22,7 @@ from protocol.enrollment import EnrollRequest, Passphrase, enrollment_proof, pas
 from protocol.errors import EnrollmentRefused, Forbidden
 from tests.support.agent_harness import AgentProcess, cli
 from tests.support.batches import resync_batch
+from tests.support.waiting import wait_until
 
 PASSPHRASE_LINE = re.compile(r"passphrase:\s+(\S+)")
 FINGERPRINT_LINE = re.compile(r"fingerprint:\s+([0-9a-f]{64})")
@@ -109,6 +110,7 @@ def test_the_right_passphrase_yields_a_certificate_bound_to_its_groups(
 
     assert code == 0, err
     assert "enrolled as ps01" in printed
+    assert "enrolled ps01 by passphrase" in agent.log()
     assert stat.S_IMODE((out / "ps01.key").stat().st_mode) == 0o600
     cert = x509.load_pem_x509_certificate((out / "ps01.crt").read_bytes())
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "ps01"
@@ -195,6 +197,13 @@ def test_a_wrong_passphrase_is_refused_and_writes_nothing(
     assert err.startswith("mtagent: the agent refused: ENROLLMENT_REFUSED: ")
     assert err.count("\n") == 1
     assert not (tmp_path / "tls" / "ps04.crt").exists()
+    wait_until(
+        lambda: (
+            "enroll POST /v1/enroll from (no name): refused 403 ENROLLMENT_REFUSED" in agent.log()
+        ),
+        timeout=10,
+        what="the refused attempt in the audit trail",
+    )
 
 
 def test_a_used_passphrase_is_refused(agent: AgentProcess, tmp_path: Path) -> None:
