@@ -115,20 +115,47 @@ def test_the_right_passphrase_yields_a_certificate_bound_to_its_groups(
     cert = x509.load_pem_x509_certificate((out / "ps01.crt").read_bytes())
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "ps01"
     assert (out / "ca.crt").read_bytes() == agent.ca.read_bytes()
-    context = client_ssl_context(out / "ps01.crt", out / "ps01.key", out / "ca.crt")
+    source = tmp_path / "source.img"
+    source.write_bytes(bytes(range(256)) * 4096)  # 1 MiB, the size of d1 and d2
     vm2_before = agent.target_bytes("d2")
 
-    asyncio.run(put(context, agent, "d1"))
-    with pytest.raises(Forbidden):
-        asyncio.run(put(context, agent, "d2"))
+    pushed = push(agent, out, "ps01", "d1", source)
+    refused = push(agent, out, "ps01", "d2", source)
 
-    assert agent.target_bytes("d1")[:4096] == b"\x5a" * 4096
+    assert pushed[0] == 0, pushed[2]
+    assert agent.target_bytes("d1") == source.read_bytes()
+    assert refused[0] == 1 and "FORBIDDEN" in refused[2]
     assert agent.target_bytes("d2") == vm2_before
     # The binding is kept in the agent's state: a restart does not forget it.
     agent.stop()
     agent.start()
+    context = client_ssl_context(out / "ps01.crt", out / "ps01.key", out / "ca.crt")
     with pytest.raises(Forbidden):
         asyncio.run(put(context, agent, "d2"))
+    assert agent.target_bytes("d2") == vm2_before
+
+
+def push(
+    agent: AgentProcess, tls: Path, name: str, disk: str, source: Path
+) -> tuple[int, str, str]:
+    """`mtagent push --mode full` of `source` to `disk` with the enrolled files in `tls`."""
+    return cli(
+        "push",
+        "--server",
+        agent.url,
+        "--cert",
+        tls / f"{name}.crt",
+        "--key",
+        tls / f"{name}.key",
+        "--ca",
+        tls / "ca.crt",
+        "--disk",
+        disk,
+        "--source",
+        source,
+        "--mode",
+        "full",
+    )
 
 
 def test_a_captured_exchange_does_not_reveal_the_passphrase(
