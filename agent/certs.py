@@ -279,8 +279,9 @@ class Revocation:
     revoked_count: int
 
 
-def revoke_client(directory: Path | str, name: str) -> Revocation:
-    """Add client certificate `<name>.crt` of `directory` to the CRL its CA signs, `crl.pem` in
+def revoke_client(directory: Path | str, name: str, cert_path: Path | None = None) -> Revocation:
+    """Add client certificate `<name>.crt` of `directory` (or `cert_path`, for one made
+    elsewhere: a sender enrolled by passphrase) to the CRL its CA signs, `crl.pem` in
     `directory` (made if missing; the certificates it already lists stay). The CRL is valid
     until the CA expires, so that an agent that checks it never refuses every client for a
     stale list; each revocation writes a new one. Revoking a revoked certificate again changes
@@ -295,7 +296,7 @@ def revoke_client(directory: Path | str, name: str) -> Revocation:
         raise PkiError(None, str(exc)) from exc
     paths = PkiPaths.in_directory(directory)
     ca_cert, ca_key = _load_ca(paths)
-    cert_path = paths.directory / f"{name}.crt"
+    cert_path = cert_path or paths.directory / f"{name}.crt"
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except OSError as exc:

@@ -1,6 +1,7 @@
 """What the agent keeps of enrollment by passphrase: each one-time passphrase as a verifier
 (`<state_dir>/enrollments.json`) and the senders enrolled with them
-(`<state_dir>/enrolled-senders.json`).
+(`<state_dir>/enrolled-senders.json`, and each one's certificate in `<state_dir>/enrolled/`, for
+`mtagent certs revoke --cert`).
 
 A verifier is the passphrase's salt and scrypt key (protocol.enrollment), never the passphrase;
 with the groups and role it enrolls into, its expiry, and whom it enrolled once used. Both files
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 ENROLLMENTS_FILE = "enrollments.json"
 ENROLLED_SENDERS_FILE = "enrolled-senders.json"
+ENROLLED_CERTIFICATES_DIR = "enrolled"
 LOCK_FILE = "enrollments.lock"
 SALT_BYTES = 16
 
@@ -158,10 +160,19 @@ def read_enrolled_senders(state_dir: Path) -> tuple[SenderConfig, ...]:
         return ()
 
 
-def add_enrolled_sender(state_dir: Path, sender: SenderConfig, enrollment: str) -> None:
-    """Write down `sender`, enrolled with passphrase `enrollment`. Raises EnrollmentStoreError."""
+def add_enrolled_sender(
+    state_dir: Path, sender: SenderConfig, enrollment: str, certificate_pem: bytes
+) -> None:
+    """Write down `sender`, enrolled with passphrase `enrollment`, and its certificate (as
+    `enrolled/<name>.crt`). Raises EnrollmentStoreError."""
     path = state_dir / ENROLLED_SENDERS_FILE
+    certificate = state_dir / ENROLLED_CERTIFICATES_DIR / f"{sender.name}.crt"
     with _locked(state_dir):
+        try:
+            certificate.parent.mkdir(mode=0o700, exist_ok=True)
+            write_atomically(certificate, certificate_pem, mode=0o644)
+        except OSError as exc:
+            raise EnrollmentStoreError(f"{certificate}: cannot write: {exc.strerror}") from exc
         entries = list(_read_json(path).get("senders", []))
         entries.append(
             {

@@ -122,6 +122,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     revoke.add_argument(
         "--name", required=True, type=client_name_argument, metavar="N", help="the client to revoke"
     )
+    revoke.add_argument(
+        "--cert",
+        type=Path,
+        metavar="PATH",
+        help="its certificate, when not DIR/N.crt (a sender enrolled by passphrase: "
+        "<state_dir>/enrolled/N.crt)",
+    )
     revoke.set_defaults(run=run_revoke)
 
     passphrase = actions.add_parser(
@@ -200,7 +207,7 @@ def run_issue(args: argparse.Namespace) -> int:
 
 def run_revoke(args: argparse.Namespace) -> int:
     """Revoke one client's certificate and say what the CRL holds. Raises PkiError (exit 1)."""
-    done = certs.revoke_client(args.dir, args.name)
+    done = certs.revoke_client(args.dir, args.name, args.cert)
     state = "was already revoked" if done.already else "revoked"
     print(
         f"{args.name} (serial {done.serial:x}) {state}: {done.crl} lists "

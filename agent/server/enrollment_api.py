@@ -18,6 +18,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -42,6 +43,8 @@ from protocol.errors import (
 )
 
 log = logging.getLogger("mtagent.audit")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 NONCE_SECONDS = 60.0
 MAX_NONCES = 64
@@ -121,8 +124,24 @@ ENROLLMENT_GATE = web.AppKey("enrollment_gate", EnrollmentGate)
 
 def add_routes(app: web.Application) -> None:
     app[ENROLLMENT_GATE] = EnrollmentGate()
-    app.router.add_post("/v1/enroll/challenge", post_challenge)
-    app.router.add_post("/v1/enroll", post_enroll)
+    app.router.add_post("/v1/enroll/challenge", _store_errors_refused(post_challenge))
+    app.router.add_post("/v1/enroll", _store_errors_refused(post_enroll))
+
+
+def _store_errors_refused(handler: Handler) -> Handler:
+    """An enrollment file the agent cannot read or write: said in the log, naming it, and
+    answered ENROLLMENT_DISABLED without the path (the caller is nobody yet)."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except enrollment.EnrollmentStoreError as exc:
+            log.error("enrollment refused: %s", exc)
+            raise EnrollmentDisabled(
+                "this agent cannot use its enrollment files now; its log says why"
+            ) from None
+
+    return guarded
 
 
 async def post_challenge(request: web.Request) -> web.Response:
@@ -190,7 +209,10 @@ async def post_enroll(request: web.Request) -> web.Response:
             enrollment.use_passphrase, state_dir, asked.enrollment, asked.name
         )
         sender = SenderConfig(asked.name, used.groups, used.role)
-        await asyncio.to_thread(enrollment.add_enrolled_sender, state_dir, sender, asked.enrollment)
+        certificate_pem = certificate.public_bytes(serialization.Encoding.PEM)
+        await asyncio.to_thread(
+            enrollment.add_enrolled_sender, state_dir, sender, asked.enrollment, certificate_pem
+        )
         authorization.enrolled(sender)
     log.info(
         "enrolled %s by passphrase %s: groups %s, role %s",
@@ -201,7 +223,7 @@ async def post_enroll(request: web.Request) -> web.Response:
         extra=log_fields(audit=1, action="enroll", sender=sender.name, enrollment=asked.enrollment),
     )
     answer = Enrolled(
-        certificate.public_bytes(serialization.Encoding.PEM).decode(),
+        certificate_pem.decode(),
         ca_cert.public_bytes(serialization.Encoding.PEM).decode(),
     )
     return web.json_response(answer.to_json())

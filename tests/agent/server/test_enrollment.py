@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from protocol.client import AgentClient, client_ssl_context, pinned_ssl_context
+from agent.certs import CRL_FILE, issue_client, revoke_client
+from protocol.client import AgentClient, TlsRefused, client_ssl_context, pinned_ssl_context
 from protocol.enrollment import EnrollRequest, Passphrase, enrollment_proof, passphrase_key
 from protocol.errors import EnrollmentRefused, Forbidden
 from tests.support.agent_harness import AgentProcess, cli
@@ -28,12 +29,17 @@ PASSPHRASE_LINE = re.compile(r"passphrase:\s+(\S+)")
 FINGERPRINT_LINE = re.compile(r"fingerprint:\s+([0-9a-f]{64})")
 
 
-def enrolling_agent(workdir: Path) -> AgentProcess:
-    """An agent with disk d1 in group vm1 and d2 in vm2, an admin `sender`, and enrollment on."""
+def enrolling_agent(workdir: Path, *, crl: bool = False) -> AgentProcess:
+    """An agent with disk d1 in group vm1 and d2 in vm2, an admin `sender`, and enrollment on;
+    `crl`: checking the CA's revocation list (which lists a certificate `gone`)."""
     agent = AgentProcess.create(workdir, {"d1": 1 << 20, "d2": 1 << 20})
     agent.groups = {"d1": "vm1", "d2": "vm2"}
     agent.senders = [{"name": "sender", "groups": ["*"], "role": "admin"}]
     agent.enrollment_ca_key = agent.pki / "ca.key"
+    if crl:
+        issue_client(agent.pki, "gone")
+        revoke_client(agent.pki, "gone")
+        agent.crl = agent.pki / CRL_FILE
     agent.write_config()
     agent.start()
     return agent
@@ -304,3 +310,25 @@ def test_a_passphrase_needs_a_senders_table(tmp_path: Path) -> None:
 
     assert code == 1 and out == ""
     assert "has no [[senders]] table" in err
+
+
+def test_an_enrolled_sender_is_revoked_with_the_certificate_the_agent_kept(
+    tmp_path: Path,
+) -> None:
+    agent = enrolling_agent(tmp_path / "agent", crl=True)
+    try:
+        passphrase, fingerprint = new_passphrase(agent, "vm1")
+        out = tmp_path / "tls"
+        assert enroll(agent, passphrase, fingerprint, "ps11", out)[0] == 0
+        kept = agent.workdir / "state" / "enrolled" / "ps11.crt"
+        assert kept.read_bytes() == (out / "ps11.crt").read_bytes()
+
+        code, _, err = cli("certs", "revoke", "--dir", agent.pki, "--name", "ps11", "--cert", kept)
+        assert code == 0, err
+        assert "reloaded" in agent.reload()
+
+        context = client_ssl_context(out / "ps11.crt", out / "ps11.key", out / "ca.crt")
+        with pytest.raises(TlsRefused):
+            asyncio.run(put(context, agent, "d1"))
+    finally:
+        agent.stop()
