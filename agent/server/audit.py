@@ -25,6 +25,7 @@ from agent.log_fields import log_fields
 from agent.server.authorization import (
     ENROLLMENT_ROUTES,
     certificate_name,
+    has_certificate,
     is_replication_route,
 )
 from protocol.errors import ErrorBody, Forbidden
@@ -86,7 +87,10 @@ def record(request: web.Request, status: int | None, error: ErrorBody | None) ->
     forbidden = code == Forbidden.code
     if action is None or (action is Action.READ and not forbidden):
         return
-    sender = certificate_name(request) or "(no name)"
+    # A client without a certificate (enrolling) has nothing but its address to go by.
+    sender = certificate_name(request) or (
+        "(no name)" if has_certificate(request) else f"(no certificate, {request.remote})"
+    )
     match = request.match_info
     received = request.content.total_bytes
     result = "accepted" if code is None else "refused"
@@ -111,5 +115,6 @@ def record(request: web.Request, status: int | None, error: ErrorBody | None) ->
             result=result,
             code=code,
             status=status,
+            remote=request.remote,
         ),
     )

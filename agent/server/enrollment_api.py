@@ -20,11 +20,13 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from prometheus_client import Counter
 
 from agent import enrollment
 from agent.certs import PkiError, load_ca_files, sign_client_csr
@@ -39,6 +41,7 @@ from protocol.errors import (
     EnrollmentDisabled,
     EnrollmentLocked,
     EnrollmentRefused,
+    ProtocolError,
     SenderExists,
 )
 
@@ -122,24 +125,53 @@ class EnrollmentGate:
 ENROLLMENT_GATE = web.AppKey("enrollment_gate", EnrollmentGate)
 
 
+class EnrollmentResult(StrEnum):
+    """The `result` label of mtagent_enrollment_attempts_total."""
+
+    ENROLLED = "enrolled"
+    FAILED_PROOF = "failed_proof"  # ENROLLMENT_REFUSED: counts towards the lock
+    LOCKED = "locked"  # ENROLLMENT_LOCKED
+    REFUSED = "refused"  # any other refusal (used, expired, name taken, disabled, malformed)
+
+
 def add_routes(app: web.Application) -> None:
     app[ENROLLMENT_GATE] = EnrollmentGate()
-    app.router.add_post("/v1/enroll/challenge", _store_errors_refused(post_challenge))
-    app.router.add_post("/v1/enroll", _store_errors_refused(post_enroll))
+    attempts = Counter(
+        "mtagent_enrollment_attempts",
+        "Enrollment requests by passphrase (challenges that succeed aside), by result.",
+        ["result"],
+        registry=app[keys.REGISTRY],
+    )
+    for result in EnrollmentResult:
+        attempts.labels(result.value)  # from zero, so that increase() sees the first
+    app.router.add_post("/v1/enroll/challenge", _guarded(post_challenge, attempts))
+    app.router.add_post("/v1/enroll", _guarded(post_enroll, attempts))
 
 
-def _store_errors_refused(handler: Handler) -> Handler:
-    """An enrollment file the agent cannot read or write: said in the log, naming it, and
-    answered ENROLLMENT_DISABLED without the path (the caller is nobody yet)."""
+def _guarded(handler: Handler, attempts: Counter) -> Handler:
+    """Count each outcome; an enrollment file the agent cannot read or write is said in the
+    log, naming it, and answered ENROLLMENT_DISABLED without the path (the caller is nobody
+    yet)."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
         except enrollment.EnrollmentStoreError as exc:
             log.error("enrollment refused: %s", exc)
+            attempts.labels(EnrollmentResult.REFUSED.value).inc()
             raise EnrollmentDisabled(
                 "this agent cannot use its enrollment files now; its log says why"
             ) from None
+        except ProtocolError as exc:
+            result = {
+                EnrollmentRefused.code: EnrollmentResult.FAILED_PROOF,
+                EnrollmentLocked.code: EnrollmentResult.LOCKED,
+            }.get(exc.code, EnrollmentResult.REFUSED)
+            attempts.labels(result.value).inc()
+            raise
+        if handler is post_enroll:
+            attempts.labels(EnrollmentResult.ENROLLED.value).inc()
+        return response
 
     return guarded
 

@@ -232,7 +232,8 @@ def test_a_wrong_passphrase_is_refused_and_writes_nothing(
     assert not (tmp_path / "tls" / "ps04.crt").exists()
     wait_until(
         lambda: (
-            "enroll POST /v1/enroll from (no name): refused 403 ENROLLMENT_REFUSED" in agent.log()
+            "enroll POST /v1/enroll from (no certificate, 127.0.0.1): refused 403 "
+            "ENROLLMENT_REFUSED" in agent.log()
         ),
         timeout=10,
         what="the refused attempt in the audit trail",
@@ -297,6 +298,8 @@ def test_five_failed_proofs_lock_enrollment(tmp_path: Path) -> None:
         assert code == 1
         assert "ENROLLMENT_LOCKED" in err
         assert "enrollment locked" in agent.log()
+        assert agent.metric("mtagent_enrollment_attempts_total", result="failed_proof") == 5
+        assert agent.metric("mtagent_enrollment_attempts_total", result="locked") == 1
     finally:
         agent.stop()
 
