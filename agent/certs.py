@@ -261,15 +261,8 @@ def issue_client(
     _refuse_existing((cert_path, key_path), force)
     ca_cert, ca_key = _load_ca(paths)
     client_key = ec.generate_private_key(ec.SECP256R1())
-    client_cert = _sign_leaf(
-        ca_cert,
-        ca_key,
-        client_key,
-        common_name=name,
-        names=[x509.DNSName(name)],
-        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
-        validity=_validity(days, not_valid_after, ca_cert, cert_path),
-    )
+    validity = _validity(days, not_valid_after, ca_cert, cert_path)
+    client_cert = _sign_client(ca_cert, ca_key, client_key.public_key(), name, validity)
     _write_key(key_path, client_key)
     _write_cert(cert_path, client_cert)
     return cert_path, key_path
@@ -286,8 +279,9 @@ class Revocation:
     revoked_count: int
 
 
-def revoke_client(directory: Path | str, name: str) -> Revocation:
-    """Add client certificate `<name>.crt` of `directory` to the CRL its CA signs, `crl.pem` in
+def revoke_client(directory: Path | str, name: str, cert_path: Path | None = None) -> Revocation:
+    """Add client certificate `<name>.crt` of `directory` (or `cert_path`, for one made
+    elsewhere: a sender enrolled by passphrase) to the CRL its CA signs, `crl.pem` in
     `directory` (made if missing; the certificates it already lists stay). The CRL is valid
     until the CA expires, so that an agent that checks it never refuses every client for a
     stale list; each revocation writes a new one. Revoking a revoked certificate again changes
@@ -302,7 +296,7 @@ def revoke_client(directory: Path | str, name: str) -> Revocation:
         raise PkiError(None, str(exc)) from exc
     paths = PkiPaths.in_directory(directory)
     ca_cert, ca_key = _load_ca(paths)
-    cert_path = paths.directory / f"{name}.crt"
+    cert_path = cert_path or paths.directory / f"{name}.crt"
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except OSError as exc:
@@ -389,7 +383,7 @@ def _new_ca(common_name: str, days: int) -> tuple[ec.EllipticCurvePrivateKey, x5
 def _sign_leaf(
     ca_cert: x509.Certificate,
     ca_key: CertificateIssuerPrivateKeyTypes,
-    key: ec.EllipticCurvePrivateKey,
+    key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey,
     *,
     common_name: str,
     names: list[x509.GeneralName],
@@ -397,6 +391,7 @@ def _sign_leaf(
     validity: tuple[datetime, datetime],
 ) -> x509.Certificate:
     not_before, not_after = validity
+    public = key if isinstance(key, ec.EllipticCurvePublicKey) else key.public_key()
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return (
         x509.CertificateBuilder()
@@ -404,7 +399,7 @@ def _sign_leaf(
             x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _common_name(common_name))])
         )
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
@@ -426,7 +421,7 @@ def _sign_leaf(
         )
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
             critical=False,
@@ -505,40 +500,37 @@ def _signature_hash(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | No
 
 
 def _load_ca(paths: PkiPaths) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
-    hint = f"run `mtagent certs init --dir {paths.directory}` first"
+    return load_ca_files(
+        paths.ca_cert, paths.ca_key, f"run `mtagent certs init --dir {paths.directory}` first"
+    )
+
+
+def load_ca_files(
+    cert_path: Path, key_path: Path, hint: str
+) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
+    """The CA of `cert_path` (a PEM file; of several certificates, the one `key_path`'s key
+    belongs to) and its key. Raises PkiError naming the file at fault; `hint` says what to do
+    about a missing one."""
     try:
-        cert_pem = paths.ca_cert.read_bytes()
+        cert_pem = cert_path.read_bytes()
     except FileNotFoundError as exc:
-        raise PkiError(paths.ca_cert, f"no CA certificate here; {hint}") from exc
+        raise PkiError(cert_path, f"no CA certificate here; {hint}") from exc
     except OSError as exc:
-        raise PkiError(paths.ca_cert, f"cannot read: {exc.strerror}") from exc
+        raise PkiError(cert_path, f"cannot read: {exc.strerror}") from exc
     try:
-        key_pem = paths.ca_key.read_bytes()
+        key_pem = key_path.read_bytes()
     except FileNotFoundError as exc:
-        raise PkiError(paths.ca_key, f"no CA key here; {hint}") from exc
+        raise PkiError(key_path, f"no CA key here; {hint}") from exc
     except OSError as exc:
-        raise PkiError(paths.ca_key, f"cannot read: {exc.strerror}") from exc
+        raise PkiError(key_path, f"cannot read: {exc.strerror}") from exc
     try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
+        candidates = x509.load_pem_x509_certificates(cert_pem)
     except ValueError as exc:
-        raise PkiError(paths.ca_cert, "not a PEM certificate") from exc
+        raise PkiError(cert_path, "not a PEM certificate") from exc
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as exc:
-        raise PkiError(paths.ca_key, "not an unencrypted PEM private key") from exc
-    try:
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        constraints = None
-    if constraints is None or not constraints.ca:
-        raise PkiError(paths.ca_cert, "not a CA certificate (no BasicConstraints with ca=True)")
-    try:
-        # Leaves name their issuer's key by it (AuthorityKeyIdentifier); verifiers require that.
-        cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-    except x509.ExtensionNotFound as exc:
-        raise PkiError(
-            paths.ca_cert, "a CA without a SubjectKeyIdentifier cannot sign here"
-        ) from exc
+        raise PkiError(key_path, "not an unencrypted PEM private key") from exc
     if not isinstance(
         key,
         ec.EllipticCurvePrivateKey
@@ -546,11 +538,65 @@ def _load_ca(paths: PkiPaths) -> tuple[x509.Certificate, CertificateIssuerPrivat
         | ed448.Ed448PrivateKey
         | rsa.RSAPrivateKey,
     ):
-        raise PkiError(paths.ca_key, f"a {type(key).__name__} cannot sign certificates here")
-    if _public_der(key.public_key()) != _public_der(cert.public_key()):
-        raise PkiError(paths.ca_key, f"does not belong to the certificate {paths.ca_cert}")
-    _warn_if_exposed(paths.ca_key)
+        raise PkiError(key_path, f"a {type(key).__name__} cannot sign certificates here")
+    public = _public_der(key.public_key())
+    cert = next((c for c in candidates if _public_der(c.public_key()) == public), None)
+    if cert is None:
+        raise PkiError(key_path, f"does not belong to the certificate {cert_path}")
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca:
+        raise PkiError(cert_path, "not a CA certificate (no BasicConstraints with ca=True)")
+    try:
+        # Leaves name their issuer's key by it (AuthorityKeyIdentifier); verifiers require that.
+        cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    except x509.ExtensionNotFound as exc:
+        raise PkiError(cert_path, "a CA without a SubjectKeyIdentifier cannot sign here") from exc
+    _warn_if_exposed(key_path)
     return cert, key
+
+
+def sign_client_csr(
+    ca_cert: x509.Certificate,
+    ca_key: CertificateIssuerPrivateKeyTypes,
+    csr: x509.CertificateSigningRequest,
+    name: str,
+    days: int = LEAF_DAYS,
+) -> x509.Certificate:
+    """A client certificate for `name` (as `issue_client` makes them) over the public key of
+    `csr`, whose own subject and extensions are ignored. Raises PkiError for an invalid name, a
+    CSR whose signature does not verify or whose key is not ECDSA P-256."""
+    try:
+        check_client_name(name)
+    except ValueError as exc:
+        raise PkiError(None, str(exc)) from exc
+    key = csr.public_key()
+    if not csr.is_signature_valid:
+        raise PkiError(None, "the CSR's signature does not verify")
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise PkiError(None, "the CSR's key is not an ECDSA P-256 key")
+    return _sign_client(ca_cert, ca_key, key, name, _validity(days, None, ca_cert, Path(name)))
+
+
+def _sign_client(
+    ca_cert: x509.Certificate,
+    ca_key: CertificateIssuerPrivateKeyTypes,
+    key: ec.EllipticCurvePublicKey,
+    name: str,
+    validity: tuple[datetime, datetime],
+) -> x509.Certificate:
+    """A client certificate: CN=name, a DNSName SAN name, clientAuth its only extended usage."""
+    return _sign_leaf(
+        ca_cert,
+        ca_key,
+        key,
+        common_name=name,
+        names=[x509.DNSName(name)],
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        validity=validity,
+    )
 
 
 def _warn_if_exposed(key: Path) -> None:

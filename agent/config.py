@@ -148,13 +148,15 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
-    """The server's certificate and key, the CA that client certificates must chain to, and the
-    CA's revocation list (None: none is checked)."""
+    """The server's certificate and key, the CA that client certificates must chain to, the
+    CA's revocation list (None: none is checked), and the key of that CA with which the agent
+    signs the certificates of senders enrolled by passphrase (None: it enrolls no one)."""
 
     cert: Path
     key: Path
     client_ca: Path
     crl: Path | None = None
+    enrollment_ca_key: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,12 +380,17 @@ class _ConfigReader:
         )
 
     def read_tls(self, table: dict[str, Any]) -> TlsConfig:
-        self.check_keys("tls", table, ("cert", "key", "client_ca", "crl"))
+        self.check_keys("tls", table, ("cert", "key", "client_ca", "crl", "enrollment_ca_key"))
         return TlsConfig(
             cert=self.path(table, "tls", "cert"),
             key=self.path(table, "tls", "key"),
             client_ca=self.path(table, "tls", "client_ca"),
             crl=self.path(table, "tls", "crl") if "crl" in table else None,
+            enrollment_ca_key=(
+                self.path(table, "tls", "enrollment_ca_key")
+                if "enrollment_ca_key" in table
+                else None
+            ),
         )
 
     def read_retention(self, table: dict[str, Any]) -> RetentionConfig:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -35,6 +36,7 @@ from protocol.documents import (
     disks_from_json,
     points_from_json,
 )
+from protocol.enrollment import EnrollChallenge, Enrolled, EnrollRequest
 from protocol.errors import ERRORS_BY_CODE, BadDocument, ErrorBody, ProtocolError
 from protocol.wire import BATCH_CONTENT_TYPE
 
@@ -117,6 +119,17 @@ def client_ssl_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    return context
+
+
+def pinned_ssl_context() -> ssl.SSLContext:
+    """A TLS context for enrollment: no client certificate and no CA yet, so the agent's
+    certificate is checked against a pinned fingerprint instead (AgentClient's `pinned_sha256`).
+    TLS 1.2 or newer."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 
 
@@ -283,7 +296,18 @@ class AgentClient:
     ended cleanly.
     """
 
-    def __init__(self, base_url: str, ssl_context: ssl.SSLContext, *, timeout: float = 300) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        ssl_context: ssl.SSLContext,
+        *,
+        timeout: float = 300,
+        pinned_sha256: bytes | None = None,
+    ) -> None:
+        """`pinned_sha256`: the SHA-256 of the agent's certificate (DER); when given, every
+        connection whose certificate has another is closed before a byte is sent (TlsRefused),
+        for a context that verifies nothing (`pinned_ssl_context`)."""
+        self._pinned = pinned_sha256
         self.base_url = base_url.rstrip("/")
         url = urlsplit(self.base_url)
         if url.scheme not in ("https", "http") or not url.hostname:
@@ -346,6 +370,20 @@ class AgentClient:
         path = f"/v1/groups/{quote(group, safe='')}/reprotect"
         async with self._exchange("POST", path, "application/json", b"{}") as answer:
             return Failover.from_json(await self._timed(_json_answer(answer)))
+
+    async def enroll_challenge(self, enrollment: str) -> EnrollChallenge:
+        """`POST /v1/enroll/challenge`: a nonce to prove passphrase `enrollment` over. Raises
+        EnrollmentRefused, EnrollmentLocked, EnrollmentDisabled, BadDocument."""
+        body = json.dumps({"enrollment": enrollment}).encode()
+        async with self._exchange("POST", "/v1/enroll/challenge", "application/json", body) as a:
+            return EnrollChallenge.from_json(await self._timed(_json_answer(a)))
+
+    async def enroll(self, request: EnrollRequest) -> Enrolled:
+        """`POST /v1/enroll`: the certificate for a proven passphrase. Raises EnrollmentRefused,
+        EnrollmentUsed, EnrollmentExpired, EnrollmentLocked, SenderExists, BadDocument."""
+        body = json.dumps(request.to_json()).encode()
+        async with self._exchange("POST", "/v1/enroll", "application/json", body) as answer:
+            return Enrolled.from_json(await self._timed(_json_answer(answer)))
 
     async def put_batch(
         self, disk_id: str, seq: int, body: bytes | AsyncIterable[bytes | memoryview]
@@ -545,9 +583,22 @@ class AgentClient:
             errno = exc.errno if isinstance(exc.errno, int) and exc.errno > 0 else None
             reason = (os.strerror(errno) if errno else exc.strerror) or str(exc)
             raise Unreachable(f"cannot connect to {self._where}: {reason}") from exc
+        if self._pinned is not None:
+            self._check_pin(writer)
         connection = _Connection(reader, writer, self._where)
         self._busy.add(connection)
         return connection
+
+    def _check_pin(self, writer: asyncio.StreamWriter) -> None:
+        tls = writer.get_extra_info("ssl_object")
+        der = tls.getpeercert(binary_form=True) if tls is not None else None
+        found = hashlib.sha256(der).hexdigest() if der else "none"
+        if found != (self._pinned or b"").hex():
+            writer.close()
+            raise TlsRefused(
+                f"the certificate of {self._where} has SHA-256 fingerprint {found}, not the "
+                f"{(self._pinned or b'').hex()} it was given: not the agent it should be"
+            )
 
     async def _certificate_refusal(self) -> str | None:
         if self._ssl is None:

@@ -93,6 +93,22 @@ class WrongGroup(ProtocolError):
     status = 400
 
 
+class ClientCertificateRequired(ProtocolError):
+    """A request without a client certificate to an endpoint other than enrollment's: refused
+    before any of it is read (docs/protocol.md section 1)."""
+
+    code = "CLIENT_CERTIFICATE_REQUIRED"
+    status = 401
+
+
+class EnrollmentRefused(ProtocolError):
+    """An enrollment whose proof does not match (a wrong passphrase), whose passphrase id is
+    unknown, or whose challenge nonce is unknown, used or stale; counts towards the lock."""
+
+    code = "ENROLLMENT_REFUSED"
+    status = 403
+
+
 class Forbidden(ProtocolError):
     """The sender's client certificate may not do this: no `[[senders]]` entry, a disk or group
     outside its groups, or an administrative endpoint without the admin role. Answered before
@@ -194,6 +210,44 @@ class TargetUnavailable(ProtocolError):
     status = 503
 
 
+class EnrollmentUsed(ProtocolError):
+    """The passphrase proved is right, but it enrolled a sender already: each works once."""
+
+    code = "ENROLLMENT_USED"
+    status = 409
+
+
+class EnrollmentDisabled(ProtocolError):
+    """This agent enrolls no one: no `[tls] enrollment_ca_key`, a CA key it cannot use, or no
+    `[[senders]]` table to bind the groups to."""
+
+    code = "ENROLLMENT_DISABLED"
+    status = 409
+
+
+class SenderExists(ProtocolError):
+    """An enrollment under a name that a `[[senders]]` entry or an earlier enrollment has; the
+    passphrase is not used up (`name`)."""
+
+    code = "SENDER_EXISTS"
+    status = 409
+
+
+class EnrollmentExpired(ProtocolError):
+    """The passphrase proved is right, but its time to live has run out."""
+
+    code = "ENROLLMENT_EXPIRED"
+    status = 410
+
+
+class EnrollmentLocked(ProtocolError):
+    """Too many failed enrollment proofs lately: the enrollment endpoints refuse everyone for a
+    while (`retry_after_seconds`)."""
+
+    code = "ENROLLMENT_LOCKED"
+    status = 429
+
+
 class TooManyConnections(ProtocolError):
     """A listener's cap on open connections is reached and every connection under it is busy
     (`limit`: `total` or `per_peer`); answered before any request, then the connection is
@@ -227,6 +281,8 @@ ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {
         BadRequest,
         BadHttpRequest,
         WrongGroup,
+        ClientCertificateRequired,
+        EnrollmentRefused,
         Forbidden,
         UnknownDisk,
         UnknownGroup,
@@ -238,6 +294,11 @@ ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {
         FailedOver,
         FailoverRefused,
         NoRecoveryPoint,
+        EnrollmentUsed,
+        EnrollmentDisabled,
+        SenderExists,
+        EnrollmentExpired,
+        EnrollmentLocked,
         FrameTooLarge,
         BatchTooLarge,
         OutOfRange,

@@ -22,6 +22,7 @@ AGENT_ROOTS = {
     "agent.certs",
     "agent.version",
     "agent.log_fields",
+    "agent.enrollment",
 }
 LOWER = {"protocol", "blockio"}
 # blockio's shared roots: every room of blockio may import them.

@@ -1,14 +1,22 @@
-"""`mtagent certs init`, `issue`, `renew` and `revoke`: the CA, server and client certificates,
-and the revocation list."""
+"""`mtagent certs init`, `issue`, `renew`, `revoke` and `passphrase`: the CA, server and client
+certificates, the revocation list, and one-time passphrases to enroll process servers with."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from agent import certs
+from agent import certs, enrollment
+from agent.config import ALL_GROUPS, ID_PATTERN, SENDER_ROLES, load_config
+from agent.errors import CommandFailed
+from agent.units import InvalidValue, parse_duration
+
+DEFAULT_PASSPHRASE_TTL = "24h"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     issue.add_argument(
         "--name",
         required=True,
-        type=_client_name,
+        type=client_name_argument,
         metavar="N",
         help="the client's name, e.g. ps1 or ps1.example.com; also its file names",
     )
@@ -89,7 +97,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     renew.add_argument("--dir", required=True, type=Path, help="directory holding ca.crt, ca.key")
     renew.add_argument(
-        "--name", type=_client_name, metavar="N", help="renew client N's certificate instead"
+        "--name",
+        type=client_name_argument,
+        metavar="N",
+        help="renew client N's certificate instead",
     )
     renew.add_argument(
         "--days",
@@ -109,9 +120,49 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     revoke.add_argument("--dir", required=True, type=Path, help="directory holding ca.crt, ca.key")
     revoke.add_argument(
-        "--name", required=True, type=_client_name, metavar="N", help="the client to revoke"
+        "--name", required=True, type=client_name_argument, metavar="N", help="the client to revoke"
+    )
+    revoke.add_argument(
+        "--cert",
+        type=Path,
+        metavar="PATH",
+        help="its certificate, when not DIR/N.crt (a sender enrolled by passphrase: "
+        "<state_dir>/enrolled/N.crt)",
     )
     revoke.set_defaults(run=run_revoke)
+
+    passphrase = actions.add_parser(
+        "passphrase",
+        help="print a one-time passphrase that enrolls a process server into some groups",
+        description=(
+            "Print a one-time passphrase with which `mtagent enroll` on a process server gets a "
+            "client certificate for GROUPS (its key never leaves the process server), and the "
+            "SHA-256 fingerprint of the agent's server certificate, which the process server "
+            "checks on first contact. Only a verifier is kept, in the agent's state directory; "
+            "the agent needs [tls] enrollment_ca_key and a [[senders]] table."
+        ),
+    )
+    passphrase.add_argument(
+        "--config", required=True, type=Path, help="the agent's configuration file"
+    )
+    passphrase.add_argument(
+        "--groups",
+        required=True,
+        type=_groups,
+        metavar="G1,G2",
+        help=f'the consistency groups it may reach, comma-separated ("{ALL_GROUPS}": every one)',
+    )
+    passphrase.add_argument(
+        "--role", choices=SENDER_ROLES, default="replicate", help="its role (default replicate)"
+    )
+    passphrase.add_argument(
+        "--ttl",
+        type=_ttl,
+        default=parse_duration(DEFAULT_PASSPHRASE_TTL),
+        metavar="DURATION",
+        help=f"how long the passphrase works, like 1h or 2d (default {DEFAULT_PASSPHRASE_TTL})",
+    )
+    passphrase.set_defaults(run=run_passphrase)
 
 
 def run_init(args: argparse.Namespace) -> int:
@@ -156,7 +207,7 @@ def run_issue(args: argparse.Namespace) -> int:
 
 def run_revoke(args: argparse.Namespace) -> int:
     """Revoke one client's certificate and say what the CRL holds. Raises PkiError (exit 1)."""
-    done = certs.revoke_client(args.dir, args.name)
+    done = certs.revoke_client(args.dir, args.name, args.cert)
     state = "was already revoked" if done.already else "revoked"
     print(
         f"{args.name} (serial {done.serial:x}) {state}: {done.crl} lists "
@@ -187,6 +238,64 @@ def run_renew(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_passphrase(args: argparse.Namespace) -> int:
+    """Make a passphrase and print it with what the process server needs. Raises ConfigError,
+    PkiError, CommandFailed, EnrollmentStoreError (exit code 1)."""
+    config = load_config(args.config)
+    if config.senders is None:
+        raise CommandFailed(
+            f"{config.file} has no [[senders]] table: every certificate may do everything there, "
+            "so an enrollment could bind no groups; add one first (README, Security)"
+        )
+    if config.tls.enrollment_ca_key is None:
+        raise CommandFailed(
+            f"{config.file} has no [tls] enrollment_ca_key: the agent could not sign the "
+            "certificate; name the CA key of [tls] client_ca there"
+        )
+    certs.load_ca_files(config.tls.client_ca, config.tls.enrollment_ca_key, "see [tls]")
+    try:
+        server = x509.load_pem_x509_certificate(config.tls.cert.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CommandFailed(f"cannot read the server certificate {config.tls.cert}: {exc}") from exc
+    fingerprint = hashlib.sha256(server.public_bytes(serialization.Encoding.DER)).hexdigest()
+    made, verifier = enrollment.add_passphrase(
+        config.server.state_dir, args.groups, args.role, args.ttl
+    )
+    host = config.server.listen_host
+    host = "THIS-HOST" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    until = datetime.fromtimestamp(verifier.expires_ns / 1e9, UTC)
+    print(
+        f"passphrase:  {made}\n"
+        f"             works once, until {until:%Y-%m-%d %H:%M} UTC, for groups "
+        f"{', '.join(sorted(args.groups))} with role {args.role}\n"
+        f"fingerprint: {fingerprint}  (SHA-256 of {config.tls.cert})\n"
+        "\non the process server (NAME: its name, like ps01):\n"
+        f"  mtagent enroll --server https://{host}:{config.server.listen_port} "
+        f"--passphrase {made} --name NAME --fingerprint {fingerprint} --out /etc/mtagent/tls"
+    )
+    return 0
+
+
+def _groups(text: str) -> frozenset[str]:
+    groups = frozenset(part.strip() for part in text.split(","))
+    for group in groups:
+        if group != ALL_GROUPS and ID_PATTERN.fullmatch(group) is None:
+            raise argparse.ArgumentTypeError(
+                f"expected consistency groups separated by commas (like vm1,vm2), got {text!r}"
+            )
+    return groups
+
+
+def _ttl(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except InvalidValue as exc:
+        raise argparse.ArgumentTypeError(f"expected {exc.expected}, got {exc.got}") from exc
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration above zero, got {text!r}")
+    return seconds
+
+
 def _hostname(text: str) -> str:
     try:
         certs.parse_hostname(text)
@@ -195,7 +304,8 @@ def _hostname(text: str) -> str:
     return text
 
 
-def _client_name(text: str) -> str:
+def client_name_argument(text: str) -> str:
+    """A client certificate's name (certs.check_client_name). For argparse."""
     try:
         return certs.check_client_name(text)
     except ValueError as exc:

@@ -32,6 +32,7 @@ COMMANDS = (
     "check",
     "failover",
     "reprotect",
+    "enroll",
 )
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

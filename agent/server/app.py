@@ -15,7 +15,15 @@ from agent.metrics import AgentMetrics
 from agent.replication.apply import ApplyLimits, apply_batch
 from agent.replication.memory_budget import MemoryBudget
 from agent.replication.replica import Replica
-from agent.server import audit, authorization, failover_api, hashes_api, keys, points_api
+from agent.server import (
+    audit,
+    authorization,
+    enrollment_api,
+    failover_api,
+    hashes_api,
+    keys,
+    points_api,
+)
 from agent.server.contexts import open_replicas, run_failovers, run_retention, watch_disks
 from agent.server.health import Readiness
 from agent.server.http_layer import INTERNAL
@@ -69,6 +77,7 @@ def create_app(config: AgentConfig, registry: CollectorRegistry) -> web.Applicat
     hashes_api.add_routes(app)
     points_api.add_routes(app)
     failover_api.add_routes(app)
+    enrollment_api.add_routes(app)
     return app
 
 

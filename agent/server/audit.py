@@ -1,5 +1,6 @@
 """The audit trail of the data port: one log record for each batch, hashes request and
-administrative call, accepted or refused, and for every request refused by authorization.
+administrative call, accepted or refused, for every enrollment attempt, and for every request
+refused by authorization.
 
 Each record carries its facts as structured fields (agent.log_fields: `SENDER=`, `DISK=`,
 `SEQ=`, `BYTES=`, `RESULT=`, `CODE=`, ... in the journal under systemd), at info; a refusal by
@@ -21,7 +22,12 @@ from enum import StrEnum
 from aiohttp import web
 
 from agent.log_fields import log_fields
-from agent.server.authorization import certificate_name, is_replication_route
+from agent.server.authorization import (
+    ENROLLMENT_ROUTES,
+    certificate_name,
+    has_certificate,
+    is_replication_route,
+)
 from protocol.errors import ErrorBody, Forbidden
 
 log = logging.getLogger("mtagent.audit")
@@ -41,6 +47,7 @@ class Action(StrEnum):
     BATCH = "batch"
     HASHES = "hashes"
     ADMIN = "admin"
+    ENROLL = "enroll"  # enrollment by passphrase, by a client without a certificate
     READ = "read"  # a listing: audited only when refused by authorization
 
 
@@ -54,6 +61,8 @@ def action_of(request: web.Request) -> Action | None:
         return Action.BATCH
     if route == HASHES_ROUTE:
         return Action.HASHES
+    if route in ENROLLMENT_ROUTES:
+        return Action.ENROLL
     return Action.READ if is_replication_route(*route) else Action.ADMIN
 
 
@@ -78,7 +87,10 @@ def record(request: web.Request, status: int | None, error: ErrorBody | None) ->
     forbidden = code == Forbidden.code
     if action is None or (action is Action.READ and not forbidden):
         return
-    sender = certificate_name(request) or "(no name)"
+    # A client without a certificate (enrolling) has nothing but its address to go by.
+    sender = certificate_name(request) or (
+        "(no name)" if has_certificate(request) else f"(no certificate, {request.remote})"
+    )
     match = request.match_info
     received = request.content.total_bytes
     result = "accepted" if code is None else "refused"
@@ -103,5 +115,6 @@ def record(request: web.Request, status: int | None, error: ErrorBody | None) ->
             result=result,
             code=code,
             status=status,
+            remote=request.remote,
         ),
     )

@@ -10,6 +10,12 @@ group, and an administrative route whose path names neither acts on the whole ag
 needs an admin of every group ("*"). A disk that is not configured is outside every group but
 "*", so that a sender learns nothing of disks it may not reach.
 
+A request without a client certificate is refused (401 CLIENT_CERTIFICATE_REQUIRED) before its
+handler runs, whatever its route, except the enrollment routes (ENROLLMENT_ROUTES), which are
+the way to get a certificate and check their callers themselves (agent.server.enrollment_api).
+Senders enrolled by passphrase (`<state_dir>/enrolled-senders.json`, agent.enrollment) join the
+`[[senders]]` table; an entry of the configuration file wins over one of the same name there.
+
 Without a `[[senders]]` table every certificate of the CA is an admin of every group, as before
 authorization existed: existing configurations keep starting, loudly (a warning at start,
 `mtagent_authorization_open` 1).
@@ -26,8 +32,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agent.config import ALL_GROUPS, AgentConfig, SenderConfig
+from agent.enrollment import read_enrolled_senders
 from agent.log_fields import log_fields
-from protocol.errors import Forbidden
+from agent.metrics import NO_CLIENT_CERTIFICATE
+from agent.server import keys
+from protocol.errors import ClientCertificateRequired, Forbidden
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,10 @@ REPLICATION_ROUTES = frozenset(
         ("GET", "/v1/groups/{group}/recovery-points"),
     }
 )
+
+
+# The routes a client without a certificate may call: enrollment by passphrase.
+ENROLLMENT_ROUTES = frozenset({("POST", "/v1/enroll/challenge"), ("POST", "/v1/enroll")})
 
 
 class Refusal(StrEnum):
@@ -143,6 +156,10 @@ class Authorization:
         self._config = config
         senders = config.senders
         self._senders = None if senders is None else {s.name.lower(): s for s in senders}
+        self.configured = frozenset(self._senders or ())
+        if self._senders is not None:
+            for enrolled in read_enrolled_senders(config.server.state_dir):
+                self._senders.setdefault(enrolled.name.lower(), enrolled)
         self.open.set(1 if senders is None else 0)
         if self._announced:
             self.announce()
@@ -169,6 +186,20 @@ class Authorization:
                     extra=log_fields(sender=sender.name, group=group),
                 )
 
+    def enrolled(self, sender: SenderConfig) -> None:
+        """Let `sender` in, just enrolled by passphrase (and written down by agent.enrollment)."""
+        if self._senders is not None:
+            self._senders.setdefault(sender.name.lower(), sender)
+
+    @property
+    def is_open(self) -> bool:
+        """Whether there is no `[[senders]]` table (every certificate may do everything)."""
+        return self._senders is None
+
+    def knows(self, name: str) -> bool:
+        """Whether a `[[senders]]` entry or an enrolled sender has the name `name`."""
+        return self._senders is not None and name.lower() in self._senders
+
     def sender(self, identity: str) -> SenderConfig | None:
         """The entry of the certificate named `identity`: None when it has none. Without a
         [[senders]] table, an admin of every group."""
@@ -190,6 +221,12 @@ AUTHORIZATION = web.AppKey("authorization", Authorization)
 SENDER = web.RequestKey("sender", SenderConfig)
 
 
+def has_certificate(request: web.Request) -> bool:
+    """Whether the client presented a certificate (the handshake verified it, or failed)."""
+    transport = request.transport
+    return bool(transport is not None and transport.get_extra_info("peercert"))
+
+
 def certificate_name(request: web.Request) -> str:
     """The CN of the request's client certificate ("" when it has none: the CA signed a
     certificate without one)."""
@@ -206,10 +243,19 @@ def certificate_name(request: web.Request) -> str:
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse with 403 FORBIDDEN what the sender may not do, before the handler runs. Place
     inside the error middleware, so that the refusal is answered as JSON."""
+    resource = request.match_info.route.resource
+    if resource is not None and (request.method, resource.canonical) in ENROLLMENT_ROUTES:
+        return await handler(request)
+    if not has_certificate(request):
+        # Counted with the handshakes that lacked one, as before certificates became optional.
+        request.app[keys.METRICS].count_handshake_failure(NO_CLIENT_CERTIFICATE)
+        raise ClientCertificateRequired(
+            "this endpoint needs a client certificate of the agent's CA; a process server "
+            "without one enrolls first (mtagent enroll)"
+        )
     authorization = request.app[AUTHORIZATION]
     identity = certificate_name(request)
     sender = authorization.sender(identity)
-    resource = request.match_info.route.resource
     denial = None
     if sender is None or resource is not None:  # no route: 404 or 405, the same for everyone
         denial = judge(

@@ -70,6 +70,8 @@ class Reloader:
             for name in ("server", "retention", "disks")
             if getattr(fresh, name) != getattr(self._running, name)
         ]
+        if fresh.tls.enrollment_ca_key != self._running.tls.enrollment_ca_key:
+            waiting.append("tls.enrollment_ca_key")
         log.info(
             "reloaded %s: server certificate and key, client CA, revocation list, [[senders]]%s",
             file,

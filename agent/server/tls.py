@@ -1,6 +1,11 @@
 """The data port's TLS: 1.3 preferred, 1.2 only with ECDHE and AEAD suites, and a client
-certificate from our CA that its revocation list (when there is one) does not name, always; a
-private key others can read is refused."""
+certificate from our CA that its revocation list (when there is one) does not name whenever one
+is presented; a private key others can read is refused.
+
+A client may connect without a certificate: a process server enrolling by passphrase has none
+yet. Every request such a connection sends is refused before it is read, but enrollment's
+(agent.server.authorization); a certificate that is presented and does not verify still fails
+the handshake."""
 
 from __future__ import annotations
 
@@ -36,7 +41,8 @@ def server_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
     _refuse_exposed_key(tls.key)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.verify_mode = ssl.CERT_REQUIRED
+    # Verified when presented; its absence is refused per request (see the module docstring).
+    context.verify_mode = ssl.CERT_OPTIONAL
     context.set_ciphers(TLS12_CIPHERS)
     # The server's order of suites, and no renegotiation (a client could start one at will).
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION

@@ -32,7 +32,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_accepts_the_alert_rules() -> None:
     result = promtool("check", "rules", ALERTS.name)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 15 rules found" in result.stdout
+    assert "SUCCESS: 16 rules found" in result.stdout
 
 
 def test_the_alert_rules_pass_their_unit_tests() -> None:
@@ -45,7 +45,7 @@ def test_every_alert_has_a_unit_test_that_sees_it_fire() -> None:
     alerts = set(re.findall(r"^\s+- alert: (\w+)$", ALERTS.read_text(), re.MULTILINE))
     tests = ALERT_TESTS.read_text()
     firing = set(re.findall(r"alertname: (\w+)\n\s+exp_alerts:\n\s+- exp_labels", tests))
-    assert len(alerts) == 15
+    assert len(alerts) == 16
     assert alerts == firing
 
 

@@ -72,6 +72,8 @@ class AgentProcess:
     senders: list[dict[str, object]] | None = None
     # [tls] crl, None for none: set, then write_config() again.
     crl: Path | None = None
+    # [tls] enrollment_ca_key, None for none: set, then write_config() again.
+    enrollment_ca_key: Path | None = None
     # A command the agent runs under (["prlimit", "--nofile=64:64", "--"]), before its next start.
     wrapper: list[str] = field(default_factory=list)
     # Where state.db lives when not in `workdir` (on a power-loss file system: support/powerfs.py).
@@ -153,6 +155,11 @@ class AgentProcess:
             f'key = "{self.pki / "server.key"}"',
             f'client_ca = "{self.pki / "ca.crt"}"',
             *([f'crl = "{self.crl}"'] if self.crl is not None else []),
+            *(
+                [f'enrollment_ca_key = "{self.enrollment_ca_key}"']
+                if self.enrollment_ca_key is not None
+                else []
+            ),
             "",
             "[retention]",
             f'path = "{retention}"',

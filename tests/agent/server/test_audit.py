@@ -70,6 +70,7 @@ async def test_an_accepted_batch_is_one_record_with_sender_disk_seq_and_bytes(
                 "BYTES": str(len(body)),
                 "RESULT": "accepted",
                 "STATUS": "200",
+                "REMOTE": "127.0.0.1",
             },
         )
     ]

@@ -62,8 +62,9 @@ def busy_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProces
     agent.start()
     try:
         asyncio.run(load(agent))
-        # A sender without a client certificate.
-        handshake(agent, ssl.create_default_context(cafile=str(agent.ca)))
+        # A sender without a client certificate: refused 401 after the handshake, and counted
+        # with the failed handshakes as no_client_certificate.
+        refused_without_certificate(agent, ssl.create_default_context(cafile=str(agent.ca)))
         yield agent
     finally:
         agent.stop()
@@ -116,6 +117,15 @@ def test_metrics_answer_what_an_operator_asks(busy_agent: AgentProcess) -> None:
     build = [key for key in values if key.startswith("mtagent_build_info{")]
     assert len(build) == 1 and 'version="' in build[0] and 'protocol="1"' in build[0]
     assert values["process_resident_memory_bytes"] > 0
+
+
+def refused_without_certificate(agent: AgentProcess, context: ssl.SSLContext) -> None:
+    with (
+        socket.create_connection(("127.0.0.1", agent.port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(b"GET /v1/info HTTP/1.1\r\nHost: agent\r\n\r\n")
+        assert tls.recv(12) == b"HTTP/1.1 401"
 
 
 def handshake(agent: AgentProcess, context: ssl.SSLContext | None) -> None:
