@@ -27,6 +27,7 @@ without repeats.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import lz4.block
@@ -180,10 +181,18 @@ class BatchDecoder:
         Raises the ProtocolError subclass of the first rule broken (see the module
         docstring), with `frame` set; BadOrder for any byte after END.
         """
+        return list(self.events(data))
+
+    def events(self, data: bytes | bytearray | memoryview) -> Iterator[Event]:
+        """`feed`, one event at a time: a frame is taken from `data` (and a DATA payload
+        decompressed and verified) only when its event is asked for, so that a consumer that
+        waits between events holds one event's data, not a whole chunk's. `data` must not
+        change until the iterator is exhausted, and the next chunk waits until then.
+        """
         if self._error is not None:
             raise self._error
         try:
-            return self._feed(data)
+            yield from self._feed(data)
         except ProtocolError as exc:
             self._error = exc
             raise
@@ -204,7 +213,7 @@ class BatchDecoder:
         self._error = Truncated(f"the body ended {where}, before END", frame=self._frames)
         raise self._error
 
-    def _feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+    def _feed(self, data: bytes | bytearray | memoryview) -> Iterator[Event]:
         view = memoryview(data)
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
@@ -235,9 +244,12 @@ class BatchDecoder:
                 self._pending = 0
             if self._header is None:
                 self._take_header(unit, events)
+                yield from events
+                events.clear()
             else:
-                events.append(self._take_payload(unit))
-        return events
+                event = self._take_payload(unit)
+                del unit  # not held while the consumer handles the event
+                yield event
 
     def _hold(self, piece: memoryview, keep_slice: bool) -> None:
         """Keep part of the current unit until the rest of it is fed."""

@@ -5,8 +5,9 @@ Every figure is a ratio against a baseline measured in the same run, on the same
 file system, because these machines are shared and noisy; absolute times stand
 beside the ratios.
 
-    scripts/bench.py [--only full_push|ack_latency|resync|hashes|recover|soak] [--size 1GiB]
-                     [--soak-disks 60] [--soak-rate 120MB] [--soak-seconds 60]
+    scripts/bench.py [--only full_push|ack_latency|resync|hashes|recover|soak|scale]
+                     [--size 1GiB] [--soak-disks 60] [--soak-rate 120MB] [--soak-seconds 60]
+                     [--scale-disks 1,16,60] [--scale-bytes 1GiB] [--scale-budget SIZE]
 
 full_push    a full `mtagent push` of realistic data through the whole path (mutual TLS,
              verify, undo journal, fdatasync) against `dd bs=1M conv=fdatasync` of the
@@ -25,6 +26,14 @@ soak         scripts/loadgen.py against one agent serving --soak-disks disks (60
              field figures do) for --soak-seconds (60): the RPO every disk saw (p50/p99/max),
              acknowledged bytes, errors, the final model check, and the agent's peak RSS and CPU
              seconds; the baseline is the rate asked for (`rate_ratio`).
+scale        N disks at once (--scale-disks, each N a fresh agent), --scale-bytes of realistic
+             LZ4-compressed data in all, split evenly, one pre-encoded batch per disk sent by
+             `curl -T` with the client certificate, so that the senders cost the agent little;
+             on a host of 2 cores or more the agent runs on the first half of the cores and the
+             senders on the others (taskset). Per N: disk data GB/s, agent CPU seconds per GiB,
+             cores busy and peak RSS, each target checked against its source; the baseline is
+             the first N (`throughput_ratio`, `rss_ratio`). One agent process (`workers`: the
+             worker processes of issue 13 are not built yet).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import asyncio
 import json
 import os
 import random
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -52,6 +62,8 @@ from sample_image import make_image, mutate_image  # noqa: E402
 
 from agent.units import parse_size  # noqa: E402
 from protocol.client import AgentClient, client_ssl_context  # noqa: E402
+from protocol.encoder import BatchEncoder  # noqa: E402
+from protocol.events import Begin, Data  # noqa: E402
 from tests.support.agent_harness import AgentProcess  # noqa: E402
 from tests.support.batches import batch  # noqa: E402
 from tests.support.process_memory import peak_rss_bytes  # noqa: E402
@@ -494,7 +506,145 @@ def bench_soak(workdir: Path, disks: int, rate: int, seconds: float) -> dict[str
     }
 
 
-SECTIONS = {"full_push", "ack_latency", "resync", "hashes", "recover", "soak"}
+SCALE_FRAME_BYTES = 1 * MiB
+SCALE_BATCH_BYTES = 64 * MiB
+
+
+def write_scale_batches(
+    workdir: Path, disks: list[str], disk_bytes: int
+) -> tuple[Path, dict[str, list[Path]]]:
+    """One source image of `disk_bytes` and, per disk, the batches (resync, 64 MiB each, one
+    DATA frame a MiB, LZ4 where it pays) that copy it to that disk, in order; the files of
+    one seq differ between disks only in BEGIN."""
+    image = workdir / "source.img"
+    make_image(image, disk_bytes, seed=13)
+    batches = -(-disk_bytes // SCALE_BATCH_BYTES)
+    files: dict[str, list[Path]] = {disk: [] for disk in disks}
+    with open(image, "rb") as source:
+        for seq in range(1, batches + 1):
+            flags = frozenset({"resync", "resync_done"} if seq == batches else {"resync"})
+            encoder = BatchEncoder(seq)
+            encoder.encode(Begin("counted", seq, 0))  # each file's own BEGIN is counted by END
+            body = workdir / "body.frames"
+            with open(body, "wb") as out:
+                offset = (seq - 1) * SCALE_BATCH_BYTES
+                for _ in range(SCALE_BATCH_BYTES // SCALE_FRAME_BYTES):
+                    if not (chunk := source.read(SCALE_FRAME_BYTES)):
+                        break
+                    out.write(encoder.encode(Data(offset, chunk)))
+                    offset += len(chunk)
+                out.write(encoder.end())
+            for disk in disks:
+                begin = BatchEncoder(seq).encode(Begin(disk, seq, time.time_ns(), flags))
+                path = workdir / f"{disk}.{seq}.batch"
+                with open(path, "wb") as out, open(body, "rb") as frames:
+                    out.write(begin)
+                    shutil.copyfileobj(frames, out, 8 * MiB)
+                files[disk].append(path)
+            body.unlink()
+    return image, files
+
+
+def sender_script(curl: list[str], url: str, disk: str, batches: list[Path]) -> str:
+    """A shell line sending `batches` of `disk` in order, stopping at the first refusal."""
+    return "; ".join(
+        shlex.join([*curl, "-T", str(path), f"{url}/v1/disks/{disk}/batches/{seq}"])
+        for seq, path in enumerate(batches, start=1)
+    )
+
+
+def core_split() -> tuple[list[str], list[str]]:
+    """taskset prefixes for the agent and the senders: halves of the host's cores."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2 or shutil.which("taskset") is None:
+        return [], []
+    half = len(cores) // 2
+    agent_cores = ",".join(str(core) for core in cores[:half])
+    sender_cores = ",".join(str(core) for core in cores[half:])
+    return ["taskset", "-c", agent_cores], ["taskset", "-c", sender_cores]
+
+
+def scale_once(
+    workdir: Path, disks: int, total_bytes: int, budget: int | None = None
+) -> dict[str, Any]:
+    """`disks` disks at once, `total_bytes` in all; see the module docstring."""
+    workdir.mkdir(parents=True)
+    disk_bytes = max(MiB, total_bytes // disks // MiB * MiB)
+    names = [f"c{i:02d}" for i in range(disks)]
+    image, files = write_scale_batches(workdir, names, disk_bytes)
+    agent_prefix, sender_prefix = core_split()
+    agent = AgentProcess.create(workdir / "agent", {name: disk_bytes for name in names})
+    if budget is not None:
+        agent.server_options["memory_budget"] = budget
+        agent.write_config()
+    agent.wrapper = agent_prefix
+    agent.start(timeout=120)
+    try:
+        assert agent.process is not None
+        say(f"scale: {disks} disks of {disk_bytes // MiB} MiB at once")
+        cpu_before = cpu_seconds(agent.process.pid)
+        started = time.perf_counter()
+        curl = [
+            "curl", "-sS", "--fail-with-body",
+            "-H", "Content-Type: application/x-mtagent-batch",
+            "--cert", str(agent.cert), "--key", str(agent.key), "--cacert", str(agent.ca),
+        ]  # fmt: skip
+        senders = [
+            # One sender per disk, its batches one after another, as a process server does.
+            subprocess.Popen(
+                [*sender_prefix, "sh", "-ec", sender_script(curl, agent.url, name, files[name])],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for name in names
+        ]
+        failures = []
+        for name, sender in zip(names, senders, strict=True):
+            out, err = sender.communicate()
+            if sender.returncode != 0:
+                failures.append(f"{name}: {(out or err).decode(errors='replace').strip()}")
+        seconds = time.perf_counter() - started
+        cpu = cpu_seconds(agent.process.pid) - cpu_before
+        rss = peak_rss_bytes(agent.process.pid)
+        if failures:
+            raise RuntimeError(f"scale: batches refused: {failures[:3]}")
+        source = file_digest(image)
+        differing = [name for name in names if file_digest(agent.disks[name]) != source]
+        if differing:
+            raise RuntimeError(f"scale: targets differ from the source: {differing[:5]}")
+    finally:
+        agent.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    data = disk_bytes * disks
+    return {
+        "disks": disks,
+        "disk_bytes": disk_bytes,
+        "seconds": round(seconds, 3),
+        "gb_per_s": round(data / seconds / 1e9, 3),
+        "agent_cpu_seconds_per_gib": round(cpu / (data / (1 << 30)), 3),
+        "agent_cores_busy": round(cpu / seconds, 2),
+        "agent_peak_rss_bytes": rss,
+    }
+
+
+def bench_scale(
+    workdir: Path, disk_counts: list[int], total_bytes: int, budget: int | None = None
+) -> dict[str, Any]:
+    """`scale_once` for each count of disks; ratios against the first."""
+    runs = [scale_once(workdir / f"n{count}", count, total_bytes, budget) for count in disk_counts]
+    base = runs[0]
+    for run in runs:
+        run["throughput_ratio"] = round(run["gb_per_s"] / base["gb_per_s"], 3)
+        run["rss_ratio"] = round(run["agent_peak_rss_bytes"] / base["agent_peak_rss_bytes"], 3)
+    agent_prefix, _ = core_split()
+    return {
+        "workers": 1,
+        "agent_cores": agent_prefix[-1] if agent_prefix else "all",
+        "runs": runs,
+    }
+
+
+SECTIONS = {"full_push", "ack_latency", "resync", "hashes", "recover", "soak", "scale"}
 
 
 def main() -> int:
@@ -505,6 +655,16 @@ def main() -> int:
     parser.add_argument("--soak-disks", type=int, default=60)
     parser.add_argument("--soak-rate", type=parse_size, default=parse_size("120MB"))
     parser.add_argument("--soak-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--scale-disks",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 16, 60],
+        help="counts of disks at once, comma-separated",
+    )
+    parser.add_argument("--scale-bytes", type=parse_size, default=1 << 30)
+    parser.add_argument(
+        "--scale-budget", type=parse_size, help="[server] memory_budget (default: the agent's)"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="mtagent-bench-", dir=args.dir))
     results: dict[str, Any] = {}
@@ -522,6 +682,10 @@ def main() -> int:
         if args.only in (None, "soak"):
             results["soak"] = bench_soak(
                 workdir / "soak", args.soak_disks, args.soak_rate, args.soak_seconds
+            )
+        if args.only in (None, "scale"):
+            results["scale"] = bench_scale(
+                workdir / "scale", args.scale_disks, args.scale_bytes, args.scale_budget
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-READ_CHUNK = 1 << 20
+READ_CHUNK = 256 << 10
 
 
 class BodyReader(Protocol):
@@ -206,7 +206,8 @@ async def _replay(
     while chunk := await _read(body):
         metrics.received_bytes.labels(replica.id).inc(len(chunk))
         digest.update(chunk)
-        decoder.feed(chunk)
+        for _ in decoder.events(chunk):  # checked one at a time, then dropped
+            pass
     decoder.eof()
     if digest.digest() != known:
         raise SequenceConflict(
@@ -263,9 +264,16 @@ class _BatchApplication:
                     break
                 self.metrics.received_bytes.labels(self.replica.id).inc(len(chunk))
                 self.digest.update(chunk)
-                for event in self.decoder.feed(chunk):
+                # One event at a time, each decoded only once the batch holds a slot: a
+                # batch that waits for one holds no decompressed data, only its chunk.
+                events = self.decoder.events(chunk)
+                while True:
+                    await self._gathering_slot()
+                    if (event := next(events, None)) is None:
+                        break
                     await self._handle(event)
                     self.frame += 1
+                    del event  # its data is the group's now, freed once the group is written
             self.decoder.eof()
             await self._flush()
             await self._settle()

@@ -530,3 +530,18 @@ def test_encoder_output_is_checked_too() -> None:
     enc = BatchEncoder(SEQ)
     raw = body(enc.encode(Begin("disk-b", SEQ, 0)), enc.end())
     assert type(failure([raw])) is BadFrame
+
+
+def test_events_takes_a_frame_only_when_its_event_is_asked_for() -> None:
+    # A consumer that waits between events (for memory) holds one event, not a whole chunk's
+    # frames decoded: the bad frame behind the first is not looked at until asked for.
+    dec = decoder()
+    events = dec.events(body(begin(), data(), flip(data(), 100)))
+    assert next(events) == Begin(DISK, SEQ, 1)
+    assert next(events) == Data(0, PLAIN, 1)
+    assert dec.frames == 2
+    with pytest.raises(ChecksumMismatch) as info:
+        next(events)
+    assert info.value.frame == 2
+    with pytest.raises(ChecksumMismatch):
+        dec.eof()
