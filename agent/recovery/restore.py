@@ -306,7 +306,23 @@ def restore_in_place(
     with agent_stopped(
         config, "mtagent recover --in-place", "the agent is running: stop the agent first"
     ) as store:
+        _refuse_if_failed_over(store, group)
         return _restore_in_place(config, group, disks, spec, store, progress)
+
+
+def _refuse_if_failed_over(store: StateStore, group: str) -> None:
+    """A group whose failover is not ended belongs to that failover: one under way finishes at
+    the agent's next start (it would roll back over this recovery), and a released group's disks
+    may be attached to the recovered machine by now."""
+    last = store.last_failover(group)
+    if last is None or last.ended:
+        return
+    point = "" if last.point is None else f" to {last.point.id}"
+    raise RestoreFailed(
+        f"group {group} has a failover{point} ({last.phase}): finish it with `mtagent failover "
+        f"--group {group}`, or once its disks are back, `mtagent reprotect --group {group}`, "
+        "before recovering it in place"
+    )
 
 
 @contextlib.contextmanager

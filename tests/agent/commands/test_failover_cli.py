@@ -100,3 +100,26 @@ async def test_with_no_agent_running_the_command_does_the_failover_itself(
         assert (described["state"], described["size_bytes"]) == ("resync_required", DISK)
     finally:
         agent.stop()
+
+
+async def test_recovery_in_place_refuses_a_group_that_is_failed_over(tmp_path: Path) -> None:
+    agent = two_groups(tmp_path / "agent", {"a0": DISK, "a1": DISK, "b0": DISK})
+    agent.start()
+    try:
+        sources = await group_a_with_history(agent, random.Random(23))
+    finally:
+        agent.stop()
+    code, _, err = await asyncio.to_thread(
+        agent.cli, "failover", "--group", "A", "--point", "latest-app"
+    )
+    assert code == 0, err
+
+    # Its disks may be the recovered machine's by now: rolling them back again would not do.
+    code, out, err = await asyncio.to_thread(
+        agent.cli, "recover", "--group", "A", "--point", "latest", "--in-place"
+    )
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "group A has a failover to tag:t1 (released)" in err
+    assert "mtagent reprotect --group A" in err
+    for disk in A:
+        assert agent.target_bytes(disk) == sources[disk].at(2)
