@@ -54,7 +54,6 @@ step "Certificates: a CA, the agent's server certificate, a client certificate f
 step "A source disk image of $SIZE with realistic content (zeros, text, incompressible data)"
 "$PY" scripts/sample_image.py make "$WORK/source.img" --size "$SIZE" --seed 1
 BYTES=$(stat -c %s "$WORK/source.img")
-truncate -s "$BYTES" "$WORK/target.img"
 ls -l "$WORK/source.img"
 
 PORT=$(free_port)
@@ -77,7 +76,9 @@ path = "$WORK/retention"
 id = "vm1-disk0"
 group = "vm1"
 path = "$WORK/target.img"
+source_size = $BYTES
 TOML
+"$MTAGENT" targets create --config "$WORK/agent.toml"
 
 start_agent() {
     "$MTAGENT" serve --config "$WORK/agent.toml" 2>> "$WORK/agent.log" &
@@ -148,10 +149,10 @@ echo "target  $FAILBACK_TARGET_DIGEST"
 step "Two machines replicating at once: vm2 and vm3 ($MACHINE_SIZE each) join the agent"
 for vm in vm2 vm3; do
     "$PY" scripts/sample_image.py make "$WORK/$vm.img" --size "$MACHINE_SIZE" --seed "${vm#vm}"
-    truncate -s "$(stat -c %s "$WORK/$vm.img")" "$WORK/$vm-target.img"
-    printf '\n[[disks]]\nid = "%s-disk0"\ngroup = "%s"\npath = "%s"\n' \
-        "$vm" "$vm" "$WORK/$vm-target.img" >> "$WORK/agent.toml"
+    printf '\n[[disks]]\nid = "%s-disk0"\ngroup = "%s"\npath = "%s"\nsource_size = %s\n' \
+        "$vm" "$vm" "$WORK/$vm-target.img" "$(stat -c %s "$WORK/$vm.img")" >> "$WORK/agent.toml"
 done
+"$MTAGENT" targets create --config "$WORK/agent.toml"
 stop_agent
 start_agent
 push_vm() { "$MTAGENT" push --server "https://127.0.0.1:$PORT" --cert "$WORK/pki/process-server.crt" \
