@@ -24,8 +24,9 @@ recover      `mtagent recover --output` of a --size disk (1 GiB) to the point be
 soak         scripts/loadgen.py against one agent serving --soak-disks disks (60) of 64 MiB, three
              per machine, at an aggregate --soak-rate (120 MB/s, bursting to 2.16 times as ASR's
              field figures do) for --soak-seconds (60): the RPO every disk saw (p50/p99/max),
-             acknowledged bytes, errors, the final model check, and the agent's peak RSS and CPU
-             seconds; the baseline is the rate asked for (`rate_ratio`).
+             acknowledged bytes, errors, the final model check, the seconds machines held back
+             with a full backlog (64 MiB each), and the agent's peak RSS and CPU seconds; the
+             baseline is the rate asked for (`rate_ratio`).
 scale        N disks at once (--scale-disks, each N a fresh agent), --scale-bytes of realistic
              LZ4-compressed data in all, split evenly, one pre-encoded batch per disk sent by
              `curl -T` with the client certificate, so that the senders cost the agent little;
@@ -499,6 +500,7 @@ def bench_soak(workdir: Path, disks: int, rate: int, seconds: float) -> dict[str
         "rpo_seconds": summary["rpo_seconds"],
         "acked_bytes": summary["acked_bytes"],
         "batches": summary["batches"],
+        "held_back_seconds": summary["held_back_seconds"],
         "errors": len(summary["errors"]),
         "model_check": "equal" if not summary["differing"] else summary["differing"],
         "agent_cpu_seconds": round(cpu, 3),

@@ -4,7 +4,7 @@ as a real one is, at a configured rate, with a model of every disk checked at th
 
     loadgen.py run --server URL --cert C --key K --ca A --workdir W [--rate 25MB] [--peak 54MB]
                    [--duration 60] [--crash-every 5] [--app-every 60] [--heartbeat 5]
-                   [--groups g1,g2]
+                   [--max-backlog 64MiB] [--groups g1,g2]
     loadgen.py check --server URL --cert C --key K --ca A --workdir W
 
 `run` takes every disk the agent lists (or those of `--groups`) and, per group (a machine):
@@ -21,6 +21,9 @@ as a real one is, at a configured rate, with a model of every disk checked at th
   moment on all of them;
 - sends an empty batch for a disk that had nothing to send for `--heartbeat` seconds, so that the
   agent knows the disk is in sync (docs/protocol.md section 6, "RPO");
+- holds at most `--max-backlog` of cut, unsent writes per machine: past it the machine writes
+  nothing until the agent catches up (the generator's memory stays bounded whatever the agent
+  takes), which shows as a `rate_ratio` under 1, and the RPO grows as it would;
 - samples each disk's RPO (now minus the `source_time_ns` of its newest acknowledged batch) every
   `--sample` seconds.
 
@@ -83,18 +86,33 @@ class Load:
     heartbeat: float
     flush: float
     batch_bytes: int
+    max_backlog: int
     sample: float
     seed: int
 
 
-class Content:
-    """Write contents with the demo's mix: zeros 30%, text 45%, noise 25%, from pools made
-    once, so that generating a write costs a slice, not a random draw per byte."""
+@dataclass(frozen=True)
+class Pools:
+    """The text and noise that writes are cut from, made once for every machine: making them
+    takes about a second, which per machine would delay the load by 20 s for 20 machines."""
 
-    def __init__(self, rng: random.Random) -> None:
+    text: bytes
+    noise: bytes
+
+    @classmethod
+    def made(cls, rng: random.Random) -> Pools:
+        return cls(text_pool(rng), rng.randbytes(4 << 20))
+
+
+class Content:
+    """Write contents with the demo's mix: zeros 30%, text 45%, noise 25%, sliced from `pools`
+    at offsets drawn by `rng`, so that generating a write costs a slice, not a random draw per
+    byte."""
+
+    def __init__(self, rng: random.Random, pools: Pools) -> None:
         self.rng = rng
-        self.text = text_pool(rng)
-        self.noise = rng.randbytes(4 << 20)
+        self.text = pools.text
+        self.noise = pools.noise
 
     def write(self, disk_size: int) -> Write:
         """One write at a random 4 KiB-aligned offset inside a disk of `disk_size` bytes."""
@@ -132,6 +150,7 @@ class DiskLoad:
     pending_bytes: int = 0
     last_cut: float = 0.0
     queue: asyncio.Queue[Cut | None] = field(default_factory=asyncio.Queue)
+    queued_bytes: int = 0  # the data of cuts not acknowledged yet
     acked_source_time_ns: int = 0
     batches: int = 0
     empty_batches: int = 0
@@ -151,6 +170,7 @@ class DiskLoad:
         if not self.pending and tag is None and not empty_ok:
             return
         self.queue.put_nowait(Cut(self.pending, int(now * 1e9), tag))
+        self.queued_bytes += self.pending_bytes
         self.pending, self.pending_bytes, self.last_cut = [], 0, now
 
 
@@ -215,19 +235,22 @@ async def wipe(client: AgentClient, state: DiskLoad) -> bool:
 async def sender(client: AgentClient, state: DiskLoad) -> None:
     """Send the disk's batches in order, one at a time, until the queue says stop."""
     while (cut := await state.queue.get()) is not None:
-        if state.errors:
-            continue  # a refused batch stops the disk: later seqs would be refused too
-        await send(client, state, cut)
+        if not state.errors:  # a refused batch stops the disk: later seqs would be refused too
+            await send(client, state, cut)
+        state.queued_bytes -= cut.data_bytes
 
 
 class Machine:
     """One group: its disks written at the machine's rate, cut together for group points."""
 
-    def __init__(self, group: str, disks: list[DiskLoad], load: Load, rng: random.Random) -> None:
+    def __init__(
+        self, group: str, disks: list[DiskLoad], load: Load, rng: random.Random, pools: Pools
+    ) -> None:
         self.group, self.disks, self.load = group, disks, load
         self.rng = rng
-        self.content = Content(rng)
+        self.content = Content(rng, pools)
         self.points: dict[str, int] = {"app": 0, "crash": 0}
+        self.held_back_seconds = 0.0  # time the backlog was full and the machine wrote nothing
 
     async def run(self, started: float) -> None:
         """Write, cut and tag until the duration is over, then cut what is left."""
@@ -247,6 +270,9 @@ class Machine:
                     next_second += 1
                 # What the machine wrote since the last pass, however long the pass took.
                 debt += load.peak * (now - last) if burst else 0.0
+                if sum(d.queued_bytes + d.pending_bytes for d in self.disks) >= load.max_backlog:
+                    self.held_back_seconds += now - last
+                    debt = 0.0
                 last = now
                 while debt > 0:
                     index = self.rng.randrange(len(self.disks))
@@ -338,11 +364,14 @@ async def run(args: argparse.Namespace, load: Load) -> dict[str, Any]:
         ]
         manifest = {"disks": [s.disk.id for s in states]}
         (args.workdir / "manifest.json").write_text(json.dumps(manifest))
-        wiped = await asyncio.gather(*(wipe(client, s) for s in states))
+        pools = Pools.made(rng)
         machines = [
-            Machine(group, [s for s in states if s.disk.group == group], load, rng)
+            Machine(group, [s for s in states if s.disk.group == group], load, rng, pools)
             for group in sorted({s.disk.group for s in states})
         ]
+        # Last before the load: the wipe's time is each disk's first source state, and the RPO
+        # sampled from here on must not count the generator's own setup.
+        wiped = await asyncio.gather(*(wipe(client, s) for s in states))
         samples: list[float] = []
         started = time.monotonic()
         sampler = asyncio.create_task(sample_rpo(states, load.sample, samples))
@@ -367,6 +396,7 @@ async def run(args: argparse.Namespace, load: Load) -> dict[str, Any]:
         "acked_bytes": acked,
         "acked_mb_per_s": round(acked / seconds / 1e6, 3),
         "batches": sum(s.batches for s in states),
+        "held_back_seconds": round(sum(m.held_back_seconds for m in machines), 3),
         "empty_batches": sum(s.empty_batches for s in states),
         "group_points": {
             "app": sum(m.points["app"] for m in machines),
@@ -418,6 +448,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         command.add_argument("--heartbeat", type=float, default=5.0)
         command.add_argument("--flush", type=float, default=0.5)
         command.add_argument("--batch-bytes", type=parse_size, default=parse_size("4MiB"))
+        command.add_argument("--max-backlog", type=parse_size, default=parse_size("64MiB"))
         command.add_argument("--sample", type=float, default=0.5)
         command.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
@@ -440,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             heartbeat=args.heartbeat,
             flush=args.flush,
             batch_bytes=args.batch_bytes,
+            max_backlog=args.max_backlog,
             sample=args.sample,
             seed=args.seed,
         )

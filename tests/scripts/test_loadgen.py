@@ -113,3 +113,16 @@ async def test_an_idle_disk_is_kept_in_sync_by_empty_batches(
         state = await two_machines.disk(disk)
         assert state["last_source_time_ns"] > started_ns + 2 * 10**9
         assert target.read_bytes() == bytes(8 * MiB)
+
+
+def test_a_machine_holds_back_while_its_backlog_is_full(two_machines: AgentProcess, tmp_path: Path):
+    # 64 MB/s asked against a backlog of one batch: the generator must wait for the agent (its
+    # memory stays bounded), and what it did write still lands exactly.
+    code, summary = loadgen(
+        two_machines, "run", tmp_path / "load", "--rate", "64MB", "--peak", "64MB",
+        "--duration", "3", "--batch-bytes", "256KiB", "--max-backlog", "256KiB",
+    )  # fmt: skip
+
+    assert code == 0, summary
+    assert summary["held_back_seconds"] > 0
+    assert summary["errors"] == {} and summary["differing"] == {}
