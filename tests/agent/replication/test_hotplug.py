@@ -17,6 +17,7 @@ from tests.conftest import LoopDeviceFactory
 from tests.support.agent_harness import AgentProcess, until_on_target
 from tests.support.batches import apply_in_memory, batch, resync_batch
 from tests.support.udev_testbed import UdevTestbed
+from tests.support.waiting import wait_until_async
 
 MiB = 1 << 20
 UUID = "6000c29a1b2c3d4e5f60718293a4b5c6"
@@ -142,5 +143,47 @@ async def test_a_hot_added_disk_held_by_device_mapper_is_protected_and_never_wri
             assert "protected" in body["error"]["message"]
             assert "sdb is held by dm-3" in body["error"]["message"]
             assert loop.read_bytes() == before
+        finally:
+            agent.stop()
+
+
+async def test_a_released_disk_may_be_detached_and_attached_again_without_being_taken(
+    tmp_path: Path, loop_device: LoopDeviceFactory
+) -> None:
+    # After a failover the disk is the recovered machine's: the operator detaches it from the
+    # master target (udev "remove") and may attach it again; neither is an alarm, and the agent
+    # opens it only when the group is reprotected.
+    loop = loop_device(8 * MiB, 4096)
+    with UdevTestbed.start() as bed:
+        agent = agent_in(bed, tmp_path)
+        agent.start()
+        try:
+            sdb = bed.add_disk("sdb", node=loop, scsi_id=UUID)
+            await agent.wait_for_disk("d0", lambda d: d["state"] != "missing")
+            writes = [(0, os.urandom(64 * 1024))]
+            assert (await agent.put_batch("d0", 1, resync_batch("d0", 1, writes)))[0] == 200
+            status, answer = await agent.post_json("/v1/groups/g1/failover", {"point": "latest"})
+            assert (status, answer["phase"]) == (200, "released"), answer
+            expected = loop.read_bytes()
+
+            bed.remove_disk(sdb)
+            await wait_until_async(
+                lambda: "udev: remove" in agent.log(), timeout=10, what="the removal"
+            )
+            assert (await agent.disk("d0"))["state"] == "failed_over"
+            bed.add_disk("sdc", node=loop, scsi_id=UUID)
+            await wait_until_async(
+                lambda: agent.log().count("udev: add") == 2, timeout=10, what="the add"
+            )
+            await asyncio.sleep(1)  # time enough for an open the agent must not make
+            disk = await agent.disk("d0")
+            assert disk["state"] == "failed_over"
+            assert "attached" not in agent.log().split("udev: remove")[-1]
+            assert loop.read_bytes() == expected
+
+            status, answer = await agent.post_json("/v1/groups/g1/reprotect", {})
+            assert status == 200, answer
+            disk = await agent.wait_for_disk("d0", lambda d: d["state"] == "resync_required")
+            assert disk["size_bytes"] == 8 * MiB
         finally:
             agent.stop()
