@@ -19,6 +19,7 @@ from agent.server.app import create_app, create_metrics_app
 from agent.server.authorization import AUTHORIZATION
 from agent.server.connection_limits import ConnectionLimits
 from agent.server.draining import RequestDrain
+from agent.server.early_reloads import EARLY_RELOADS
 from agent.server.health import HealthProbe, Readiness, status_line
 from agent.server.http_layer import AgentAppRunner, ConnectionMetrics, ListenerGuard
 from agent.server.listeners import AcceptFailureLog, bind_listeners, raise_open_file_limit
@@ -115,6 +116,11 @@ async def _serve_holding_the_lock(config: AgentConfig, tls: ReloadableTls) -> No
         loop.add_signal_handler(signum, stop.set)
     reloader = Reloader(config, tls, app[AUTHORIZATION], registry)
     loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+    if EARLY_RELOADS.take():
+        # Asked for while the agent started (before the handler above): applied now, once for
+        # all of them, before the listeners serve.
+        log.info("a reload was asked for during the start: reloading now")
+        reloader.reload()
     notifier.notify(f"STATUS={readiness.reason}")
     supervision: asyncio.Task[None] | None = None
     try:
