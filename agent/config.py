@@ -56,6 +56,13 @@ DEFAULT_METRICS_IDLE_TIMEOUT_SECONDS = 10.0
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_MAX_CONNECTIONS_PER_PEER = 64
 DEFAULT_METRICS_MAX_CONNECTIONS = 32
+# TLS handshakes in progress on the data port: one takes a sender milliseconds (a WAN's round
+# trips at most), so a minute's wait (asyncio's) and an unbounded number only serve a flood of
+# connections that never finish theirs. Half the connection caps: a burst of a peer's reconnects
+# fits.
+DEFAULT_HANDSHAKE_TIMEOUT_SECONDS = 10.0
+DEFAULT_MAX_HANDSHAKES = 128
+DEFAULT_MAX_HANDSHAKES_PER_PEER = 32
 DEFAULT_HASH_READ_BYTES = 256 * MiB
 """Memory for reading targets for hash requests (resync, verify): two large direct-read
 windows (blockio.scan.chunk_digests.SCAN_WINDOW_BYTES) at once; more requests read in small
@@ -144,6 +151,9 @@ class ServerConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER
     metrics_max_connections: int = DEFAULT_METRICS_MAX_CONNECTIONS
+    handshake_timeout_seconds: float = DEFAULT_HANDSHAKE_TIMEOUT_SECONDS
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES
+    max_handshakes_per_peer: int = DEFAULT_MAX_HANDSHAKES_PER_PEER
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +323,9 @@ class _ConfigReader:
                 "max_connections",
                 "max_connections_per_peer",
                 "metrics_max_connections",
+                "handshake_timeout",
+                "max_handshakes",
+                "max_handshakes_per_peer",
             ),
         )
         listen_host, listen_port = self.address(table, "server", "listen", DEFAULT_LISTEN)
@@ -376,6 +389,13 @@ class _ConfigReader:
             ),
             metrics_max_connections=self.count(
                 table, "server", "metrics_max_connections", DEFAULT_METRICS_MAX_CONNECTIONS
+            ),
+            handshake_timeout_seconds=self.duration(
+                table, "server", "handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT_SECONDS
+            ),
+            max_handshakes=self.count(table, "server", "max_handshakes", DEFAULT_MAX_HANDSHAKES),
+            max_handshakes_per_peer=self.count(
+                table, "server", "max_handshakes_per_peer", DEFAULT_MAX_HANDSHAKES_PER_PEER
             ),
         )
 

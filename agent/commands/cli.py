@@ -12,11 +12,13 @@ import importlib
 import json
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
 from agent.commands.json_output import error_document
 from agent.errors import AgentError
+from agent.server.early_reloads import EARLY_RELOADS
 from agent.version import agent_version
 
 # Each names a module of agent/commands with `register(subparsers)`.
@@ -74,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    if chosen == "serve" and threading.current_thread() is threading.main_thread():
+        # Before the daemon's imports (most of a second): a SIGHUP from here on is a reload
+        # asked for early, not the end of the agent (agent.server.early_reloads).
+        EARLY_RELOADS.hold()
     wants_json = "--json" in argv
     parser = build_parser(only=chosen, json_errors=wants_json)
     args = parser.parse_args(argv)

@@ -8,6 +8,7 @@ import asyncio
 from agent.commands.table import add_config_argument
 from agent.config import load_config
 from agent.server.daemon import run_daemon
+from agent.server.early_reloads import EARLY_RELOADS
 from agent.server.log_handlers import configure_logging
 
 
@@ -30,5 +31,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     configure_logging(args.log_level)
-    asyncio.run(run_daemon(config))
+    try:
+        asyncio.run(run_daemon(config))
+    finally:
+        # Closing the loop gave SIGHUP back its default action, which would end an agent on its
+        # way out with a signal instead of its exit code.
+        EARLY_RELOADS.hold()
     return 0

@@ -15,13 +15,13 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Protocol, TypeVar
 
 import xxhash
 
-from agent.config import WRITE_GROUP_BYTES
+from agent.config import MAX_FRAME_BYTES_LIMIT, WRITE_GROUP_BYTES
 from agent.log_fields import log_fields
 from agent.metrics import ROLLBACK_FAILED, AgentMetrics
 from agent.replication.memory_budget import MemoryBudget
@@ -183,6 +183,18 @@ def _decoder(replica: Replica, seq: int, limits: ApplyLimits) -> BatchDecoder:
     )
 
 
+def replay_limits(limits: ApplyLimits, data_bytes: int) -> ApplyLimits:
+    """The limits a replay of an acknowledged batch of `data_bytes` (DATA and ZERO lengths) is
+    decoded under (docs/protocol.md section 4.5): the current ones, widened to what that batch
+    needed. None of its DATA frames can be longer than the batch, nor than any configuration
+    allows, so a replay still holds at most one frame of a size the agent could have accepted."""
+    return replace(
+        limits,
+        max_batch_bytes=max(limits.max_batch_bytes, data_bytes),
+        max_frame_bytes=max(limits.max_frame_bytes, min(data_bytes, MAX_FRAME_BYTES_LIMIT)),
+    )
+
+
 async def _replay(
     replica: Replica,
     store: StateStore,
@@ -193,15 +205,17 @@ async def _replay(
 ) -> BatchResult:
     """An acknowledged batch sent again: 200 if identical, SEQUENCE_CONFLICT if not."""
     expected = replica.progress.last_seq + 1
-    known = await replica.run(store.batch_digest, replica.id, seq)
+    known = await replica.run(store.batch_receipt, replica.id, seq)
     if known is None:
         raise SequenceGap(
             f"disk {replica.id} has no record of batch {seq}; expects {expected}",
             expected_seq=expected,
         )
     # Held to the rules and limits of a new batch (413 over them), so that a replay cannot
-    # stream without bound; its frames are checked, and then dropped.
-    decoder = _decoder(replica, seq, limits)
+    # stream without bound; its frames are checked, and then dropped. The limits are widened to
+    # the acknowledged batch's own size: an operator who lowered them since must not turn the
+    # safe retry of a batch the agent already has into a 413 the sender takes for its own fault.
+    decoder = _decoder(replica, seq, replay_limits(limits, known.data_bytes))
     digest = xxhash.xxh3_128()
     while chunk := await _read(body):
         metrics.received_bytes.labels(replica.id).inc(len(chunk))
@@ -209,7 +223,7 @@ async def _replay(
         for _ in decoder.events(chunk):  # checked one at a time, then dropped
             pass
     decoder.eof()
-    if digest.digest() != known:
+    if digest.digest() != known.digest:
         raise SequenceConflict(
             f"batch {seq} of disk {replica.id} was acknowledged with different content",
             expected_seq=expected,

@@ -197,6 +197,15 @@ class BatchCommit:
     extent_end: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class BatchReceipt:
+    """An acknowledged batch as a replay of it is checked: the digest of its body, and the sum
+    of its DATA and ZERO lengths."""
+
+    digest: bytes
+    data_bytes: int
+
+
 def state_after(progress: DiskProgress, flags: frozenset[str]) -> DiskState:
     """The disk's state once a batch with `flags` commits (docs/protocol.md section 5)."""
     if BEGIN_FLAG_RESYNC_DONE in flags:
@@ -314,13 +323,14 @@ class StateStore:
             "" if reason is None else reason[0],
         )
 
-    def batch_digest(self, disk: str, seq: int) -> bytes | None:
-        """The body digest of an acknowledged batch, or None if it is not known."""
+    def batch_receipt(self, disk: str, seq: int) -> BatchReceipt | None:
+        """What the store keeps of an acknowledged batch to recognise it when it is sent again,
+        or None if it is not known."""
         with self._lock:
             row = self._db.execute(
-                "SELECT digest FROM batches WHERE disk = ? AND seq = ?", (disk, seq)
+                "SELECT digest, data_bytes FROM batches WHERE disk = ? AND seq = ?", (disk, seq)
             ).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None else BatchReceipt(bytes(row[0]), int(row[1]))
 
     def target_size(self, disk: str) -> tuple[int, int]:
         """(size in bytes, time_ns) of `disk`'s target when it was last opened for writing;

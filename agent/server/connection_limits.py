@@ -39,10 +39,11 @@ class ConnectionLimits:
 @dataclass(frozen=True, slots=True)
 class Admission(Generic[C]):
     """What to do with a new connection: admit it (refused None) after closing `evicted`, or
-    refuse it."""
+    refuse it. `caps[i]`: the cap `evicted[i]` gave way at."""
 
     evicted: tuple[C, ...] = ()
     refused: Refusal | None = None
+    caps: tuple[Refusal, ...] = ()
 
 
 @dataclass(slots=True)
@@ -67,22 +68,25 @@ class ConnectionTable(Generic[C]):
         """Decide on the new `connection` from address `peer`; an admitted one is in the table
         (and those evicted for it are not) when this returns."""
         evicted: list[C] = []
+        caps: list[Refusal] = []
         cap = self.limits.max_per_peer
         if cap is not None and self._per_peer[peer] >= cap:
             victim = self._idle(lambda entry: entry.peer == peer)
             if victim is None:
                 return Admission(refused=Refusal.PER_PEER)
             evicted.append(victim)
+            caps.append(Refusal.PER_PEER)
             self.remove(victim)
         if len(self._entries) >= self.limits.max_total:
             victim = self._idle(lambda entry: True)
             if victim is None:
-                return Admission(tuple(evicted), Refusal.TOTAL)
+                return Admission(tuple(evicted), Refusal.TOTAL, tuple(caps))
             evicted.append(victim)
+            caps.append(Refusal.TOTAL)
             self.remove(victim)
         self._entries[connection] = _Entry(peer)
         self._per_peer[peer] += 1
-        return Admission(tuple(evicted))
+        return Admission(tuple(evicted), caps=tuple(caps))
 
     def set_busy(self, connection: C, busy: bool) -> None:
         """A request of `connection` starts (True) or ends (False)."""

@@ -19,6 +19,13 @@ from agent.server.app import create_app, create_metrics_app
 from agent.server.authorization import AUTHORIZATION
 from agent.server.connection_limits import ConnectionLimits
 from agent.server.draining import RequestDrain
+from agent.server.early_reloads import EARLY_RELOADS
+from agent.server.handshake_gate import (
+    HandshakeGate,
+    HandshakeGatedSite,
+    HandshakeLimits,
+    HandshakeMetrics,
+)
 from agent.server.health import HealthProbe, Readiness, status_line
 from agent.server.http_layer import AgentAppRunner, ConnectionMetrics, ListenerGuard
 from agent.server.listeners import AcceptFailureLog, bind_listeners, raise_open_file_limit
@@ -115,6 +122,11 @@ async def _serve_holding_the_lock(config: AgentConfig, tls: ReloadableTls) -> No
         loop.add_signal_handler(signum, stop.set)
     reloader = Reloader(config, tls, app[AUTHORIZATION], registry)
     loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+    if EARLY_RELOADS.take():
+        # Asked for while the agent started (before the handler above): applied now, once for
+        # all of them, before the listeners serve.
+        log.info("a reload was asked for during the start: reloading now")
+        reloader.reload()
     notifier.notify(f"STATUS={readiness.reason}")
     supervision: asyncio.Task[None] | None = None
     try:
@@ -138,7 +150,16 @@ async def _serve_holding_the_lock(config: AgentConfig, tls: ReloadableTls) -> No
         app[AUTHORIZATION].announce()
         for replica in app[keys.REPLICAS].values():
             replica.start_logging_state()
-        data_sites = [web.SockSite(runner, sock, ssl_context=ssl_context) for sock in data_sockets]
+        gate = HandshakeGate(
+            ssl_context,
+            HandshakeLimits(
+                server.max_handshakes,
+                server.max_handshakes_per_peer,
+                server.handshake_timeout_seconds,
+            ),
+            HandshakeMetrics(registry),
+        )
+        data_sites = [HandshakeGatedSite(runner, sock, gate) for sock in data_sockets]
         metrics_sites = [web.SockSite(metrics_runner, sock) for sock in metrics_sockets]
         for site in [*data_sites, *metrics_sites]:
             await site.start()

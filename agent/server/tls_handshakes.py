@@ -1,15 +1,16 @@
 """Counting failed TLS handshakes on the data port, by a reason an operator can act on.
 
-asyncio does the server side of TLS with `SSLContext.wrap_bio()` and logs a failed
-handshake only in debug mode; the application never sees the connection. The
+asyncio does the server side of TLS with `SSLContext.wrap_bio()` (for the data port, through
+`loop.start_tls()`: agent.server.handshake_gate) and logs a failed handshake only in debug mode. The
 context's `sslobject_class` is the one hook on that path: a subclass of
 `ssl.SSLObject` sees every `do_handshake()` call and the error OpenSSL reports,
 at the moment it does.
 
-Not counted: a connection that closes or times out before the handshake is over
-(a port probe, a load balancer's TCP check). OpenSSL reports nothing for it and
-asyncio drops it without a call into the SSL object, so the only trace would be
-the object's garbage collection, whose timing would make the counter lie. That is also
+Not counted here: a connection that closes or times out before the handshake is over
+(a port probe, a load balancer's TCP check; the gate counts those it closes itself).
+OpenSSL reports nothing for it and asyncio drops it without a call into the SSL object,
+so the only trace would be the object's garbage collection, whose timing would make the
+counter lie. That is also
 what a client on asyncio looks like when it refuses our certificate: asyncio drops a
 connection whose handshake failed without sending the TLS alert, so no reason code ever
 reaches us (OpenSSL's `TLSV1_ALERT_UNKNOWN_CA` and the like only come with an alert).

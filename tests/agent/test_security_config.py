@@ -9,7 +9,10 @@ import pytest
 
 from agent.config import (
     DEFAULT_BATCH_TIMEOUT_SECONDS,
+    DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_PEER,
     AgentConfig,
     ConfigError,
     SenderConfig,
@@ -126,6 +129,39 @@ def test_the_bounds_have_defaults_and_take_their_values(tmp_path: Path) -> None:
     assert (server.batch_timeout_seconds, server.idle_timeout_seconds) == (300.0, 20.0)
     assert (server.max_connections, server.max_connections_per_peer) == (10, 2)
     assert server.metrics_max_connections == 4
+
+
+def test_the_handshake_bounds_have_defaults_and_take_their_values(tmp_path: Path) -> None:
+    default = load_whole(tmp_path, MINIMAL).server
+    assert default.handshake_timeout_seconds == DEFAULT_HANDSHAKE_TIMEOUT_SECONDS
+    assert default.max_handshakes == DEFAULT_MAX_HANDSHAKES
+    assert default.max_handshakes_per_peer == DEFAULT_MAX_HANDSHAKES_PER_PEER
+
+    server = load_whole(
+        tmp_path,
+        '[server]\nhandshake_timeout = "3s"\nmax_handshakes = 20\nmax_handshakes_per_peer = 5\n'
+        + MINIMAL,
+    ).server
+
+    assert (server.handshake_timeout_seconds, server.max_handshakes) == (3.0, 20)
+    assert server.max_handshakes_per_peer == 5
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('handshake_timeout = "0s"', "server.handshake_timeout"),
+        ("max_handshakes = 0", "server.max_handshakes"),
+        ('max_handshakes_per_peer = "8"', "server.max_handshakes_per_peer"),
+    ],
+)
+def test_a_handshake_bound_out_of_its_range_is_refused_naming_its_key(
+    tmp_path: Path, line: str, key: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_whole(tmp_path, f"[server]\n{line}\n" + MINIMAL)
+
+    assert caught.value.key == key
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "true", '"10"', "2.5"])

@@ -185,6 +185,11 @@ class AgentProcess:
         Ports 0 let the agent pick free ports (no race with other tests); the ports it
         bound are read from its "ready" log line and kept for later restarts.
         """
+        self.wait_ready(self.spawn(), timeout)
+
+    def spawn(self) -> int:
+        """Start `mtagent serve` and return at once (with where its log starts, for
+        `wait_ready`): for a test that acts while the agent starts."""
         log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child from here on
         self.process = subprocess.Popen(
@@ -203,6 +208,10 @@ class AgentProcess:
             env={**os.environ, "PYTHONPATH": str(REPO), **self.env},
         )
         log.close()
+        return log_start
+
+    def wait_ready(self, log_start: int, timeout: float = 30.0) -> None:
+        """Wait until the agent `spawn` started (its log from `log_start`) is ready."""
 
         def ready() -> bool:
             assert self.process is not None

@@ -1,6 +1,8 @@
 """Every batch is bounded, replayed or not: a replay's body is held to the limits of a new batch
-(413), and a batch has a total deadline however steadily it trickles (408 BATCH_TIMEOUT), after
-which it is rolled back and its disk is free again; other disks never wait for it."""
+(413), widened to the size of the batch acknowledged under its seq (so lowered limits never turn a
+replay into a 413), and a batch has a total deadline however steadily it trickles (408
+BATCH_TIMEOUT), after which it is rolled back and its disk is free again; other disks never wait
+for it."""
 
 from __future__ import annotations
 
@@ -84,5 +86,38 @@ async def test_a_trickling_batch_is_cut_at_its_deadline_while_another_disk_goes_
         assert (await agent.disk("d0"))["last_seq"] == 0
         # Its disk is free again: the same batch, sent whole, is acknowledged.
         assert (await agent.put_batch("d0", 1, body))[0] == 200
+    finally:
+        agent.stop()
+
+
+async def test_a_replay_after_the_limits_were_lowered_is_recognised_as_a_replay(
+    tmp_path: Path,
+) -> None:
+    agent = AgentProcess.create(tmp_path, {"d0": 8 * MiB})
+    agent.start()
+    try:
+        writes = [(0, b"r" * 512 * KiB), (MiB, b"s" * 512 * KiB)]  # 1 MiB in frames of 512 KiB
+        body = resync_batch("d0", 1, writes, compress=False)
+        status, answer = await agent.put_batch("d0", 1, body)
+        assert status == 200, answer
+        agent.stop()
+        # The operator lowers both limits below batch 1 (a restart applies them), and the
+        # sender, which never saw batch 1's answer, sends it again.
+        agent.server_options.update(max_frame_bytes="64KiB", max_batch_bytes="256KiB")
+        agent.write_config()
+        agent.start()
+
+        status, answer = await agent.put_batch("d0", 1, body)
+
+        assert (status, answer.get("replayed")) == (200, True), answer
+        # Other content of that size under seq 1 is a conflict, not a 413; past its size, and
+        # for a new batch, the lowered limits hold.
+        other = resync_batch("d0", 1, [(0, b"x" * 512 * KiB), (MiB, b"s" * 512 * KiB)])
+        assert (await agent.put_batch("d0", 1, other))[1]["error"]["code"] == "SEQUENCE_CONFLICT"
+        larger = resync_batch("d0", 1, [*writes, (2 * MiB, b"t" * 4 * KiB)], compress=False)
+        assert (await agent.put_batch("d0", 1, larger))[1]["error"]["code"] == "BATCH_TOO_LARGE"
+        new = resync_batch("d0", 2, writes, compress=False)
+        assert (await agent.put_batch("d0", 2, new))[1]["error"]["code"] == "FRAME_TOO_LARGE"
+        assert (await agent.disk("d0"))["last_seq"] == 1
     finally:
         agent.stop()

@@ -1,6 +1,8 @@
 """Both listeners cap their open connections: idle ones give way to new ones, a peer whose
 connections are all busy is refused with 503 TOO_MANY_CONNECTIONS, and a connection that sends
-no request (or trickles its headers) is closed after the idle timeout. The metrics port answers a
+no request (or trickles its headers) is closed after the idle timeout. On the data port the TLS
+handshakes in progress are capped too (the oldest gives way) and timed out, so connections that
+never send a ClientHello neither keep a sender out nor stay. The metrics port answers a
 scrape while a thousand idle connections are thrown at it."""
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from agent.server.listeners import AcceptFailureLog
 from protocol.encoder import BatchEncoder
 from protocol.events import Begin
 from tests.support.agent_harness import AgentProcess
+from tests.support.batches import resync_batch
 from tests.support.waiting import wait_until, wait_until_async
 
 MiB = 1 << 20
@@ -153,6 +156,49 @@ def test_a_connection_without_a_whole_request_is_closed_after_the_idle_timeout(
             interval=0.5,
             what="the agent to close the connection",
         )
+
+
+async def test_connections_that_never_finish_their_handshake_keep_no_sender_out_and_are_closed(
+    tmp_path: Path,
+) -> None:
+    agent = AgentProcess.create(
+        tmp_path,
+        {"d0": MiB},
+        max_handshakes=8,
+        max_handshakes_per_peer=4,
+        handshake_timeout="2s",
+    )
+    # Fewer descriptors than the silent connections (and room for one accept burst of 128):
+    # were they held, the sender's connection could not be accepted.
+    agent.wrapper = ["prlimit", "--nofile=192:192", "--"]
+    agent.start()
+    silent: list[socket.socket] = []
+    try:
+        for at in range(300):  # most from one address, over its cap; the rest over the total
+            source = (f"127.0.0.{(3, 4, 2, 2, 2)[at % 5]}", 0)
+            silent.append(
+                socket.create_connection(("127.0.0.1", agent.port), 10, source_address=source)
+            )
+        body = resync_batch("d0", 1, [(0, b"k" * 4096)])
+
+        status, answer = await asyncio.wait_for(agent.put_batch("d0", 1, body), 30)
+
+        assert status == 200, answer
+        await wait_until_async(
+            lambda: all(closed_by_agent(sock) for sock in silent),
+            timeout=15,
+            what="the agent to close every connection without a handshake",
+        )
+        cut = {
+            reason: agent.metric("mtagent_tls_handshakes_cut_total", reason=reason)
+            for reason in ("per_peer", "total", "timeout")
+        }
+        assert all(cut.values()) and sum(cut.values()) == len(silent), cut
+        assert agent.metric("mtagent_tls_handshakes_in_progress") == 0
+    finally:
+        for sock in silent:
+            sock.close()
+        agent.stop()
 
 
 def test_failed_accepts_are_logged_once_per_interval_not_once_per_attempt(tmp_path: Path) -> None:
