@@ -182,7 +182,11 @@ class PowerCutRun:
     async def _resync(self) -> None:
         seq = self.source.last_seq + 1
         image = self.source.at(self.source.last_seq)
-        writes: list[Write] = [(0, image)]
+        # In frames under the agent's frame limit (4 MiB): one frame of the whole disk is
+        # refused with 413 FRAME_TOO_LARGE.
+        writes: list[Write] = [
+            (offset, image[offset : offset + MiB]) for offset in range(0, len(image), MiB)
+        ]
         flags = ("resync", "resync_done")
         status, answer = await self.agent.put_batch(
             "d0", seq, _body(self.source, seq, writes, None, flags)

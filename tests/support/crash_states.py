@@ -1,0 +1,307 @@
+"""Many power-loss crash states from one run of the agent: the agent runs on a power-loss file
+system (tests/support/powerfs.py) that is never cut; instead, at seeded file operations spread
+over every batch, the file system writes the crash image a cut there would leave (its durable
+state and, under `keep`, a random part of the pending writes) into a directory on tmpfs, and
+goes on. Each image is then checked offline by the agent's own start-up recovery, run in this
+process (tests/support/state_check.py): a fraction of a second a state instead of a restart of
+the agent over FUSE, so that a run checks thousands. The end-to-end cuts
+(tests/support/power_scenario.py) still prove the whole daemon on what a cut left.
+
+The stream: random batches (some spanning two write groups, with ZERO frames and TAGs), and
+every few dozen batches a resync (one batch, or two: a `resync` then a `resync_done`), with
+pruning and segment rolls going on (small segments, a small retention). Images fall during a
+batch, right after its 200 (the commit record append, pruning), and during a resync.
+
+Which batches an image must hold: the sender asks the file system for its count of operations
+right after each 200 (the same request arms the next images). An image taken after N
+operations must be at least at the newest batch whose 200 came before a count <= N (its
+commit, durable, was among those N operations), and at most one further: the sender sent no
+batch before the 200 of the one before it.
+
+Seeded: the batches, the operations at which images are taken and what each keeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocol.events import Tag
+from tests.support.agent_harness import AgentProcess
+from tests.support.batches import Write, apply_in_memory, batch
+from tests.support.power_scenario import BIG_BATCH_BYTES, DISK_BYTES
+from tests.support.powerfs import PowerFS
+from tests.support.retention_scenario import BASE_TIME_NS, KiB, MiB, random_writes
+from tests.support.state_check import StateChecker
+
+RETENTION: dict[str, object] = {"segment_bytes": "1MiB", "max_bytes": "48MiB"}
+IMAGES_PER_BATCH = 4
+# A resync about every this many batches.
+RESYNC_EVERY = 30
+# After this fraction of the batches the sender waits a retention round (pruning, the commit
+# record), imaging its first operations: states right after a 200 with no batch in flight.
+IDLE_EVERY = 1 / 6
+IDLE_SECONDS = 1.2
+CHECKPOINT_EVERY = 32
+BATCH_TIMEOUT = 120.0
+
+
+@dataclass
+class CrashStateReport:
+    """What a run checked and found."""
+
+    model: str
+    keep: float
+    states_checked: int = 0
+    batches_acked: int = 0
+    # States by what was going on: the kind of batch in flight, or `between` two batches.
+    by_moment: dict[str, int] = field(default_factory=dict)
+    in_flight_committed: int = 0
+    resyncs_required: int = 0
+    points_restored: int = 0
+    image_bytes: int = 0
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+
+class Model:
+    """The source disk after every batch, rebuilt from checkpoints."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.history: list[list[Write]] = []
+        self._checkpoints: dict[int, bytes] = {0: bytes(size)}
+        self._recent: dict[int, bytes] = {}
+
+    @property
+    def last_seq(self) -> int:
+        return len(self.history)
+
+    def append(self, writes: list[Write]) -> None:
+        self.history.append(writes)
+        if self.last_seq % CHECKPOINT_EVERY == 0:
+            self._checkpoints[self.last_seq] = self.at(self.last_seq)
+
+    def at(self, seq: int) -> bytes:
+        if seq in self._recent:
+            return self._recent[seq]
+        base = max(k for k in self._checkpoints if k <= seq)
+        image = bytearray(self._checkpoints[base])
+        for writes in self.history[base:seq]:
+            apply_in_memory(image, writes)
+        if len(self._recent) >= 4:
+            self._recent.pop(min(self._recent))
+        self._recent[seq] = bytes(image)
+        return self._recent[seq]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One batch to send."""
+
+    kind: str
+    writes: list[Write]
+    flags: tuple[str, ...] = ()
+    tag: Tag | None = None
+
+
+class CrashStateRun:
+    """One agent on one power-loss file system, imaged at seeded operations and never cut."""
+
+    def __init__(
+        self, fs: PowerFS, workdir: Path, images: Path, model: str, seed: int, keep: float
+    ) -> None:
+        self.fs = fs
+        self.images = images
+        self.rng = random.Random(seed)
+        self.keep = keep
+        self.report = CrashStateReport(model, keep)
+        root = fs.mountpoint
+        (root / "targets").mkdir()
+        target = root / "targets" / "d0.img"
+        target.write_bytes(bytes(DISK_BYTES))
+        self.agent = AgentProcess.create(
+            workdir / "agent", {"d0": target}, retention_path=root / "retention"
+        )
+        self.agent.state_dir = root / "state"
+        self.agent.retention_options = dict(RETENTION)
+        self.agent.write_config()
+        self.images.mkdir()
+        self.checker = StateChecker(workdir / "check", images.parent / "check", RETENTION)
+        self.model = Model(DISK_BYTES)
+        # The count of operations read right after the 200 of each batch, and its seq.
+        self.ack_counts: list[int] = []
+        self.ack_seqs: list[int] = []
+        # The kind of each batch sent, by seq.
+        self.kinds: dict[int, str] = {}
+        # Mutating operations a batch of a kind took, as last seen.
+        self.ops_of: dict[str, int] = {}
+        self.queue: list[Planned] = []
+
+    async def run(self, states: int) -> CrashStateReport:
+        started = time.monotonic()
+        self.agent.start()
+        try:
+            first: list[Write] = [(0, self.rng.randbytes(64 * KiB))]
+            await self._send(Planned("resync", first, ("resync", "resync_done")))
+            self.fs.sync_all()
+            while self.report.states_checked < states and not self.report.failures:
+                planned = self._next()
+                before = self._arm(planned.kind)
+                self._check_images(limit=states)
+                if self.report.failures:
+                    break
+                if not await self._send(planned):
+                    break
+                self.ops_of[planned.kind] = self.ack_counts[-1] - before
+                if self.rng.random() < IDLE_EVERY:
+                    await self._idle()
+            self._arm("none", offsets=[])
+            self._check_images(limit=states)
+        finally:
+            self.agent.kill()
+        self.report.seconds = round(time.monotonic() - started, 1)
+        return self.report
+
+    def _count(self) -> int:
+        return int(self.fs.status()["mutations"])
+
+    def _next(self) -> Planned:
+        if not self.queue:
+            self.queue = self._plan()
+        return self.queue.pop(0)
+
+    def _plan(self) -> list[Planned]:
+        rng = self.rng
+        seq = self.model.last_seq + 1
+        if rng.random() < 1 / RESYNC_EVERY:
+            # Half random, half zeros (ZERO frames), in frames under the frame limit.
+            image = rng.randbytes(DISK_BYTES // 2) + bytes(DISK_BYTES // 2)
+            frames: list[Write] = [
+                (offset, image[offset : offset + MiB]) for offset in range(0, DISK_BYTES, MiB)
+            ]
+            frames[len(frames) // 2 :] = [(DISK_BYTES // 2, DISK_BYTES // 2)]
+            if rng.random() < 0.5:
+                return [Planned("resync", frames, ("resync", "resync_done"))]
+            half = len(frames) // 2
+            return [
+                Planned("resync", frames[:half], ("resync",)),
+                Planned("resync", frames[half:], ("resync", "resync_done")),
+            ]
+        tag = None
+        if rng.random() < 0.2:
+            tag = Tag(f"t{seq}", f"tag {seq}", "crash", "g1", BASE_TIME_NS + seq)
+        if rng.random() < 0.1:
+            # Bigger than a write group (8 MiB): two groups, the first synced before the second.
+            start = rng.randrange(0, DISK_BYTES - BIG_BATCH_BYTES, 512)
+            frames = [
+                (offset, rng.randbytes(MiB))
+                for offset in range(start, start + BIG_BATCH_BYTES, MiB)
+            ]
+            return [Planned("two groups", [*frames, *random_writes(rng, DISK_BYTES)], tag=tag)]
+        return [Planned("tag" if tag else "small", random_writes(rng, DISK_BYTES), tag=tag)]
+
+    def _arm(self, kind: str, offsets: list[int] | None = None) -> int:
+        """Arm the images of the next batch (of `kind`). Returns the count of operations now."""
+        if offsets is None:
+            span = max(int(self.ops_of.get(kind, 60) * 1.2), IMAGES_PER_BATCH)
+            offsets = sorted(self.rng.sample(range(1, span + 1), IMAGES_PER_BATCH))
+        return self.fs.images_at(
+            offsets, self.images, seed=self.rng.getrandbits(32), keep=self.keep
+        )
+
+    async def _idle(self) -> None:
+        self._arm("idle", offsets=sorted(self.rng.sample(range(1, 25), 3)))
+        await asyncio.sleep(IDLE_SECONDS)
+
+    async def _send(self, planned: Planned) -> bool:
+        seq = self.model.last_seq + 1
+        when = BASE_TIME_NS + seq * 1_000_000_000
+        body = batch(
+            "d0", seq, planned.writes, flags=planned.flags, tag=planned.tag, source_time_ns=when
+        )
+        self.kinds[seq] = planned.kind
+        status, answer = await asyncio.wait_for(
+            self.agent.put_batch("d0", seq, body), BATCH_TIMEOUT
+        )
+        if status != 200:
+            self.report.failures.append(f"batch {seq} ({planned.kind}) answered {status}: {answer}")
+            return False
+        # Read at once: every operation of the batch's commit came before this count.
+        self.ack_counts.append(self._count())
+        self.ack_seqs.append(seq)
+        self.model.append(planned.writes)
+        self.report.batches_acked += 1
+        return True
+
+    def _acked_at(self, count: int) -> int:
+        """The newest seq whose 200 the sender had seen before `count` operations."""
+        index = bisect.bisect_right(self.ack_counts, count) - 1
+        return self.ack_seqs[index] if index >= 0 else 0
+
+    def _check_images(self, limit: int) -> None:
+        for image in sorted(self.images.iterdir()):
+            if image.name.endswith(".part"):
+                continue
+            if self.report.states_checked >= limit or self.report.failures:
+                _remove(image)
+                continue
+            self._check_one(image)
+
+    def _check_one(self, image: Path) -> None:
+        report = self.report
+        count = int(image.name)
+        acked = self._acked_at(count)
+        in_flight = acked < self.model.last_seq
+        moment = self.kinds[acked + 1] if in_flight else "after a 200"
+        report.image_bytes += sum(p.stat().st_size for p in image.rglob("*") if p.is_file())
+        verdict = self.checker.check(image, acked, in_flight, self.model.at, self.rng)
+        report.states_checked += 1
+        report.by_moment[moment] = report.by_moment.get(moment, 0) + 1
+        if verdict.failure is not None:
+            report.failures.append(
+                f"image after operation {count} ({moment}, 200 of batch {acked} seen): "
+                f"{verdict.failure}"
+            )
+            return
+        if verdict.last_seq == acked + 1:
+            report.in_flight_committed += 1
+        if verdict.state == "resync_required":
+            report.resyncs_required += 1
+        if verdict.restored is not None:
+            report.points_restored += 1
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def scratch_dir(base: Path) -> Path:
+    """A new directory for the images and the state under check, on tmpfs when there is one
+    (/dev/shm: a thousand images of tens of MiB need not reach a disk), else under `base`."""
+    shm = Path("/dev/shm")
+    if shm.is_dir():
+        return Path(tempfile.mkdtemp(prefix="mtagent-crash-states-", dir=shm))
+    path = base / "scratch"
+    path.mkdir(parents=True)
+    return path
+
+
+async def crash_states(
+    base: Path, *, model: str, states: int, seed: int, keep: float
+) -> CrashStateReport:
+    """Mount a power-loss file system of `model` under `base`, run an agent on it and check
+    `states` crash images taken along the way (see the module docstring)."""
+    scratch = scratch_dir(base)
+    try:
+        with PowerFS.mounted(base / "fs", model=model) as fs:
+            run = CrashStateRun(fs, base, scratch / "images", model, seed, keep)
+            return await run.run(states)
+    finally:
+        _remove(scratch)
