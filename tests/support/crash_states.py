@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import random
 import shutil
 import tempfile
@@ -32,13 +33,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.config import load_config
+from agent.recovery.failover import fail_over_in_process, reprotect_in_process
+from agent.recovery.restore import restore_in_place
 from protocol.events import Tag
 from tests.support.agent_harness import AgentProcess
 from tests.support.batches import Write, apply_in_memory, batch
 from tests.support.power_scenario import BIG_BATCH_BYTES, DISK_BYTES
 from tests.support.powerfs import PowerFS
 from tests.support.retention_scenario import BASE_TIME_NS, KiB, MiB, random_writes
-from tests.support.state_check import StateChecker
+from tests.support.state_check import FAILOVER, IN_PLACE, StateChecker, quiet_logs
 
 RETENTION: dict[str, object] = {"segment_bytes": "1MiB", "max_bytes": "48MiB"}
 IMAGES_PER_BATCH = 4
@@ -48,6 +52,12 @@ RESYNC_EVERY = 30
 # record), imaging its first operations: states right after a 200 with no batch in flight.
 IDLE_EVERY = 1 / 6
 IDLE_SECONDS = 1.2
+# Group g1 rolled back to a random point with the agent stopped (the real failback, or a
+# failover) before these batches, then every ROLLBACK_EVERY batches, in turn; each imaged
+# IMAGES_PER_ROLLBACK times, and its resync after it as any batch.
+ROLLBACK_AT = {5: IN_PLACE, 9: FAILOVER}
+ROLLBACK_EVERY = 50
+IMAGES_PER_ROLLBACK = 6
 CHECKPOINT_EVERY = 32
 BATCH_TIMEOUT = 120.0
 
@@ -71,13 +81,18 @@ class CrashStateReport:
 
 
 class Model:
-    """The source disk after every batch, rebuilt from checkpoints."""
+    """The source disk after every batch, rebuilt from checkpoints; and what the target holds,
+    which differs after an in-place recovery or a failover rolled it back to a point, until a
+    resync writes it whole."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.history: list[list[Write]] = []
         self._checkpoints: dict[int, bytes] = {0: bytes(size)}
         self._recent: dict[int, bytes] = {}
+        # seq -> (the point the target was rolled back to while at that seq, the count of
+        # operations when that began).
+        self._rolled_back: dict[int, tuple[int, int]] = {}
 
     @property
     def last_seq(self) -> int:
@@ -88,7 +103,13 @@ class Model:
         if self.last_seq % CHECKPOINT_EVERY == 0:
             self._checkpoints[self.last_seq] = self.at(self.last_seq)
 
+    def roll_back(self, point: int, count: int) -> None:
+        """The target was rolled back to the content after batch `point`, from the `count`th
+        file operation on."""
+        self._rolled_back[self.last_seq] = (point, count)
+
     def at(self, seq: int) -> bytes:
+        """The source after batch `seq`: what a recovery point of `seq` restores."""
         if seq in self._recent:
             return self._recent[seq]
         base = max(k for k in self._checkpoints if k <= seq)
@@ -99,6 +120,29 @@ class Model:
             self._recent.pop(min(self._recent))
         self._recent[seq] = bytes(image)
         return self._recent[seq]
+
+    def target_at(self, seq: int, count: int) -> bytes:
+        """What the target holds at `seq` after `count` file operations: the source, but after
+        a rollback to a point the point's content, and the batches since written over it."""
+        since = [k for k, (_, start) in self._rolled_back.items() if k <= seq and start <= count]
+        if not since:
+            return self.at(seq)
+        base = max(since)
+        image = bytearray(self.at(self._rolled_back[base][0]))
+        for writes in self.history[base:seq]:
+            apply_in_memory(image, writes)
+        return bytes(image)
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """An in-place recovery or a failover, between two counts of operations."""
+
+    kind: str
+    start: int
+    end: int
+    point: str
+    seq: int
 
 
 @dataclass(frozen=True)
@@ -143,6 +187,7 @@ class CrashStateRun:
         # Mutating operations a batch of a kind took, as last seen.
         self.ops_of: dict[str, int] = {}
         self.queue: list[Planned] = []
+        self.rollbacks: list[Rollback] = []
 
     async def run(self, states: int) -> CrashStateReport:
         started = time.monotonic()
@@ -152,6 +197,9 @@ class CrashStateRun:
             await self._send(Planned("resync", first, ("resync", "resync_done")))
             self.fs.sync_all()
             while self.report.states_checked < states and not self.report.failures:
+                kind = self._rollback_due()
+                if kind is not None:
+                    await self._roll_back(kind)
                 planned = self._next()
                 before = self._arm(planned.kind)
                 self._check_images(limit=states)
@@ -181,19 +229,7 @@ class CrashStateRun:
         rng = self.rng
         seq = self.model.last_seq + 1
         if rng.random() < 1 / RESYNC_EVERY:
-            # Half random, half zeros (ZERO frames), in frames under the frame limit.
-            image = rng.randbytes(DISK_BYTES // 2) + bytes(DISK_BYTES // 2)
-            frames: list[Write] = [
-                (offset, image[offset : offset + MiB]) for offset in range(0, DISK_BYTES, MiB)
-            ]
-            frames[len(frames) // 2 :] = [(DISK_BYTES // 2, DISK_BYTES // 2)]
-            if rng.random() < 0.5:
-                return [Planned("resync", frames, ("resync", "resync_done"))]
-            half = len(frames) // 2
-            return [
-                Planned("resync", frames[:half], ("resync",)),
-                Planned("resync", frames[half:], ("resync", "resync_done")),
-            ]
+            return self._resync()
         tag = None
         if rng.random() < 0.2:
             tag = Tag(f"t{seq}", f"tag {seq}", "crash", "g1", BASE_TIME_NS + seq)
@@ -207,11 +243,68 @@ class CrashStateRun:
             return [Planned("two groups", [*frames, *random_writes(rng, DISK_BYTES)], tag=tag)]
         return [Planned("tag" if tag else "small", random_writes(rng, DISK_BYTES), tag=tag)]
 
+    def _resync(self) -> list[Planned]:
+        """A full resync: half random, half zeros (ZERO frames), in frames under the frame
+        limit; one batch, or two (`resync`, then `resync_done`)."""
+        rng = self.rng
+        image = rng.randbytes(DISK_BYTES // 2)
+        frames: list[Write] = [
+            (offset, image[offset : offset + MiB]) for offset in range(0, len(image), MiB)
+        ]
+        frames.append((DISK_BYTES // 2, DISK_BYTES // 2))
+        if rng.random() < 0.5:
+            return [Planned("resync", frames, ("resync", "resync_done"))]
+        half = len(frames) // 2
+        return [
+            Planned("resync", frames[:half], ("resync",)),
+            Planned("resync", frames[half:], ("resync", "resync_done")),
+        ]
+
+    def _rollback_due(self) -> str | None:
+        if self.queue:
+            return None  # not inside a resync of two batches
+        seq = self.model.last_seq + 1
+        if seq in ROLLBACK_AT:
+            return ROLLBACK_AT[seq]
+        if seq % ROLLBACK_EVERY == 0:
+            return IN_PLACE if seq // ROLLBACK_EVERY % 2 else FAILOVER
+        return None
+
+    async def _roll_back(self, kind: str) -> None:
+        """Stop the agent, roll g1 back to a random point (`kind`), imaging it, then start the
+        agent again (imaging its start) and resync."""
+        points = [p for p in await self.agent.points() if "d0" in p["disks"]]
+        if not points:
+            return
+        point = self.rng.choice(points)
+        self.agent.stop()
+        config = load_config(self.agent.config_path)
+        start = self._arm(kind, offsets=self._offsets(kind, IMAGES_PER_ROLLBACK, 60))
+        with quiet_logs():
+            if kind == IN_PLACE:
+                await asyncio.to_thread(restore_in_place, config, "g1", point["id"])
+            else:
+                quiet = lambda *_: None  # noqa: E731
+                await asyncio.to_thread(fail_over_in_process, config, "g1", point["id"], quiet)
+        end = self._arm("start", offsets=[])
+        self.ops_of[kind] = end - start
+        self.rollbacks.append(Rollback(kind, start, end, point["id"], point["disks"]["d0"]))
+        if kind == FAILOVER:
+            with quiet_logs():
+                await asyncio.to_thread(reprotect_in_process, config, "g1")
+        self.model.roll_back(point["disks"]["d0"], start)
+        self._arm("start", offsets=self._offsets("start", 3, 40))
+        self.agent.start()
+        self.queue = self._resync()
+
+    def _offsets(self, kind: str, count: int, guess: int) -> list[int]:
+        span = max(int(self.ops_of.get(kind, guess) * 1.2), count)
+        return sorted(self.rng.sample(range(1, span + 1), count))
+
     def _arm(self, kind: str, offsets: list[int] | None = None) -> int:
         """Arm the images of the next batch (of `kind`). Returns the count of operations now."""
         if offsets is None:
-            span = max(int(self.ops_of.get(kind, 60) * 1.2), IMAGES_PER_BATCH)
-            offsets = sorted(self.rng.sample(range(1, span + 1), IMAGES_PER_BATCH))
+            offsets = self._offsets(kind, IMAGES_PER_BATCH, 60)
         return self.fs.images_at(
             offsets, self.images, seed=self.rng.getrandbits(32), keep=self.keep
         )
@@ -257,11 +350,24 @@ class CrashStateRun:
     def _check_one(self, image: Path) -> None:
         report = self.report
         count = int(image.name)
-        acked = self._acked_at(count)
-        in_flight = acked < self.model.last_seq
-        moment = self.kinds[acked + 1] if in_flight else "after a 200"
         report.image_bytes += sum(p.stat().st_size for p in image.rglob("*") if p.is_file())
-        verdict = self.checker.check(image, acked, in_flight, self.model.at, self.rng)
+        rollback = next((r for r in self.rollbacks if r.start <= count < r.end), None)
+        acked = self._acked_at(count)
+        if rollback is not None:
+            moment = rollback.kind
+            expected = self.model.at(rollback.seq)
+            verdict = self.checker.check_rollback(image, rollback.kind, rollback.point, expected)
+        else:
+            in_flight = acked < self.model.last_seq
+            moment = self.kinds[acked + 1] if in_flight else "after a 200"
+            verdict = self.checker.check(
+                image,
+                acked,
+                in_flight,
+                functools.partial(self.model.target_at, count=count),
+                self.model.at,
+                self.rng,
+            )
         report.states_checked += 1
         report.by_moment[moment] = report.by_moment.get(moment, 0) + 1
         if verdict.failure is not None:
@@ -270,7 +376,7 @@ class CrashStateRun:
                 f"{verdict.failure}"
             )
             return
-        if verdict.last_seq == acked + 1:
+        if rollback is None and verdict.last_seq == acked + 1:
             report.in_flight_committed += 1
         if verdict.state == "resync_required":
             report.resyncs_required += 1

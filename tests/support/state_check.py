@@ -13,6 +13,11 @@ The checks are those of the end-to-end power cuts (tests/support/power_scenario.
   the model after batch `last_seq`; or it says `resync_required` (counted, not a failure);
 - a recovery point listed, picked at random, restores exactly (`mtagent recover --output`'s
   own code).
+
+A state imaged during an in-place recovery or a failover (done with the agent stopped) is
+checked the way the operator goes on: the same recovery or failover, to the same point, run
+again on it must finish, leave the target exactly at the point and the disk `recovered` or
+`failed_over`.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import os
 import random
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import AgentConfig, load_config
+from agent.recovery.failover import fail_over_in_process
 from agent.recovery.points import running_points
-from agent.recovery.restore import export_point
+from agent.recovery.restore import export_point, restore_in_place
 from agent.replication.replica import Replica
 from agent.replication.retention_gate import complete_commit_records
 from agent.replication.state import StateStore
@@ -38,6 +45,8 @@ from tests.support.agent_harness import AgentProcess
 
 # The model: the disk's content after batch `seq`.
 ImageAt = Callable[[int], bytes]
+IN_PLACE = "in-place recovery"
+FAILOVER = "failover"
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,7 @@ class Verdict:
 
 
 @contextlib.contextmanager
-def _quiet_logs() -> Iterator[None]:
+def quiet_logs() -> Iterator[None]:
     # Recovery logs what it rolled back at warning: a thousand states would bury the progress.
     logging.disable(logging.CRITICAL)
     try:
@@ -82,22 +91,74 @@ class StateChecker:
         self.config: AgentConfig = load_config(agent.config_path)
 
     def check(
-        self, image: Path, acked: int, in_flight: bool, model: ImageAt, rng: random.Random
+        self,
+        image: Path,
+        acked: int,
+        in_flight: bool,
+        target_at: ImageAt,
+        point_at: ImageAt,
+        rng: random.Random,
     ) -> Verdict:
         """Check the crash image `image` (removed after), taken when the sender had seen the
-        200 of batch `acked` and, if `in_flight`, sent batch `acked + 1` (whose writes `model`
-        knows)."""
+        200 of batch `acked` and, if `in_flight`, sent batch `acked + 1`: the target must hold
+        `target_at(last_seq)`, a point of seq n restore `point_at(n)`."""
         if self.root.exists():
             shutil.rmtree(self.root)
         os.rename(image, self.root)
         try:
-            with _quiet_logs():
-                return self._check(acked, in_flight, model, rng)
+            with quiet_logs():
+                return self._check(acked, in_flight, target_at, point_at, rng)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
             shutil.rmtree(self.exports, ignore_errors=True)
 
-    def _check(self, acked: int, in_flight: bool, model: ImageAt, rng: random.Random) -> Verdict:
+    def check_rollback(self, image: Path, kind: str, point: str, expected: bytes) -> Verdict:
+        """Check the crash image `image` (removed after), taken during the `kind` (IN_PLACE or
+        FAILOVER) of group g1 to `point`, whose content is `expected`."""
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        os.rename(image, self.root)
+        try:
+            with quiet_logs():
+                return self._check_rollback(kind, point, expected)
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _check_rollback(self, kind: str, point: str, expected: bytes) -> Verdict:
+        try:
+            if kind == IN_PLACE:
+                restore_in_place(self.config, "g1", point)
+                wanted = DiskState.RECOVERED
+            else:
+                # It runs its own event loop: not on this thread, which may run one.
+                with ThreadPoolExecutor(1) as thread:
+                    quiet = lambda *_: None  # noqa: E731
+                    thread.submit(fail_over_in_process, self.config, "g1", point, quiet).result()
+                wanted = DiskState.FAILED_OVER
+        except Exception as exc:
+            return Verdict("?", 0, f"{kind} to {point} run again: {exc!r}")
+        store = StateStore.open_readonly(self.config.server.state_dir)
+        try:
+            progress = store.progress("d0")
+        finally:
+            store.close()
+        verdict = Verdict(progress.state.value, progress.last_seq)
+        if progress.state != wanted:
+            return _failed(verdict, f"{kind} to {point} run again left the disk {progress.state}")
+        [disk] = self.config.disks
+        assert disk.path is not None
+        if disk.path.read_bytes() != expected:
+            return _failed(verdict, f"{kind} to {point} run again: the target is not the point")
+        return verdict
+
+    def _check(
+        self,
+        acked: int,
+        in_flight: bool,
+        target_at: ImageAt,
+        point_at: ImageAt,
+        rng: random.Random,
+    ) -> Verdict:
         config = self.config
         [disk] = config.disks
         prepare_retention_dir(config.retention)
@@ -111,7 +172,7 @@ class StateChecker:
                 segment_bytes=config.retention.segment_bytes,
             )
             try:
-                return self._recovered(replica, store, acked, in_flight, model, rng)
+                return self._recovered(replica, store, acked, in_flight, target_at, point_at, rng)
             finally:
                 replica.close_blocking()
                 replica.executor.shutdown(wait=True)
@@ -124,7 +185,8 @@ class StateChecker:
         store: StateStore,
         acked: int,
         in_flight: bool,
-        model: ImageAt,
+        target_at: ImageAt,
+        point_at: ImageAt,
         rng: random.Random,
     ) -> Verdict:
         try:
@@ -141,10 +203,11 @@ class StateChecker:
             return _failed(verdict, f"last_seq {last_seq} after the 200 of batch {acked}{more}")
         if state == DiskState.RESYNC_REQUIRED:
             return verdict
-        if state not in (DiskState.OK, DiskState.RESYNCING):
+        # `recovered`: rolled back in place, waiting for its resync (the model knows to what).
+        if state not in (DiskState.OK, DiskState.RESYNCING, DiskState.RECOVERED):
             return _failed(verdict, f"disk {state.value}: {replica.state_reason}")
         assert replica.target is not None
-        if _target_bytes(replica) != model(last_seq):
+        if _target_bytes(replica) != target_at(last_seq):
             return _failed(verdict, f"target differs from the model at batch {last_seq}")
         points = running_points(self.config, {replica.id: replica}, store, "g1")
         points = [p for p in points if replica.id in p.disks]
@@ -156,7 +219,7 @@ class StateChecker:
         except Exception as exc:
             return _failed(verdict, f"point {point.id} not restored: {exc!r}")
         seq = point.disks[replica.id]
-        if (self.exports / f"{replica.id}.img").read_bytes() != model(seq):
+        if (self.exports / f"{replica.id}.img").read_bytes() != point_at(seq):
             return _failed(verdict, f"point {point.id} does not restore batch {seq} exactly")
         return Verdict(state.value, last_seq, restored=seq)
 
