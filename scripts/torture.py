@@ -12,10 +12,12 @@ power     a real agent whose state directory, retention and target live on a pow
           pages kept) and the ext4-like lenient one (only what was synced). End to end: the
           power is cut at seeded moments and the agent restarted on what survived. Derived
           states, many more: one run, never cut, imaged at seeded operations (during batches,
-          after a 200, pruning, resyncs), each image checked by the agent's start-up recovery
-          in this process (tests/support/crash_states.py). Either way the disk must be at an
+          after a 200, pruning, resyncs, an in-place recovery or a failover), each image
+          checked by the agent's start-up recovery in this process
+          (tests/support/crash_states.py). Either way the disk must be at an
           acknowledged batch boundary equal to the model, or say resync_required; a recovery
-          point restores exactly.
+          point restores exactly. Each start after an end-to-end cut is imaged too: crash
+          states during start-up recovery, checked the same way.
 kill      the same scenario with SIGKILL instead of a power cut: the agent is stopped at a
           seeded file operation (during a batch, after a 200, pruning, start-up recovery, a
           resync), every write it made kept, and killed; the same checks.
@@ -81,6 +83,8 @@ BUDGETS = {
 }
 LIVE_DISK_BYTES = 1 << 20
 POWER_CASES = (("strict", 0.5), ("lenient", 0.0))
+# Crash images taken during each start of the agent after an end-to-end cut (start-up recovery).
+IMAGES_PER_START = 4
 
 
 def say(message: str) -> None:
@@ -92,7 +96,14 @@ def power(base: Path, cuts: int, states: int, seed: int) -> dict[str, Any]:
     for i, (model, keep) in enumerate(POWER_CASES):
         say(f"power: {cuts} cuts end to end under the {model} model (keep {keep})")
         cut = asyncio.run(
-            power_cuts(base / model, model=model, cuts=cuts, seed=seed + i, keep=keep)
+            power_cuts(
+                base / model,
+                model=model,
+                cuts=cuts,
+                seed=seed + i,
+                keep=keep,
+                images_per_start=IMAGES_PER_START,
+            )
         )
         say(f"power: {states} derived crash states under the {model} model (keep {keep})")
         derived = asyncio.run(
@@ -101,7 +112,7 @@ def power(base: Path, cuts: int, states: int, seed: int) -> dict[str, Any]:
             )
         )
         results[model] = {
-            "states_checked": cut.states_checked + derived.states_checked,
+            "states_checked": cut.states_checked + cut.start_up_images + derived.states_checked,
             "failures": cut.failures + derived.failures,
             "end_to_end": dataclasses.asdict(cut),
             "derived": dataclasses.asdict(derived),

@@ -36,6 +36,7 @@ def test_the_default_budget_runs_every_section_and_finds_nothing(tmp_path: Path)
         for model in ("strict", "lenient"):
             cut, derived = summary["power"][model]["end_to_end"], summary["power"][model]["derived"]
             assert cut["cuts"] == cut["states_checked"] >= 1, cut
+            assert cut["start_up_images"] >= 1, cut
             assert derived["states_checked"] == 40, derived
         assert summary["kill"]["cuts"] == summary["kill"]["states_checked"] >= 1
         assert summary["disk"]["faults"] == 6 and summary["disk"]["other_disk_batches"] >= 1

@@ -40,9 +40,12 @@ pytestmark = pytest.mark.skipif(
 async def test_every_power_cut_leaves_an_acknowledged_batch_boundary(
     tmp_path: Path, model: str, keep: float, seed: int
 ) -> None:
-    report = await power_cuts(tmp_path, model=model, cuts=CUTS, seed=seed, keep=keep)
+    report = await power_cuts(
+        tmp_path, model=model, cuts=CUTS, seed=seed, keep=keep, images_per_start=3
+    )
     assert report.failures == []
     assert report.cuts == report.states_checked >= CUTS
+    assert report.start_up_images >= 1
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,6 @@ import bisect
 import functools
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,13 @@ from tests.support.batches import Write, apply_in_memory, batch
 from tests.support.power_scenario import BIG_BATCH_BYTES, DISK_BYTES
 from tests.support.powerfs import PowerFS
 from tests.support.retention_scenario import BASE_TIME_NS, KiB, MiB, random_writes
-from tests.support.state_check import FAILOVER, IN_PLACE, StateChecker, quiet_logs
+from tests.support.state_check import (
+    FAILOVER,
+    IN_PLACE,
+    StateChecker,
+    quiet_logs,
+    scratch_dir,
+)
 
 RETENTION: dict[str, object] = {"segment_bytes": "1MiB", "max_bytes": "48MiB"}
 IMAGES_PER_BATCH = 4
@@ -386,17 +391,6 @@ class CrashStateRun:
 
 def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-def scratch_dir(base: Path) -> Path:
-    """A new directory for the images and the state under check, on tmpfs when there is one
-    (/dev/shm: a thousand images of tens of MiB need not reach a disk), else under `base`."""
-    shm = Path("/dev/shm")
-    if shm.is_dir():
-        return Path(tempfile.mkdtemp(prefix="mtagent-crash-states-", dir=shm))
-    path = base / "scratch"
-    path.mkdir(parents=True)
-    return path
 
 
 async def crash_states(

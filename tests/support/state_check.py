@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -231,3 +232,14 @@ def _target_bytes(replica: Replica) -> bytes:
 
 def _failed(verdict: Verdict, failure: str) -> Verdict:
     return Verdict(verdict.state, verdict.last_seq, failure)
+
+
+def scratch_dir(base: Path) -> Path:
+    """A new directory for the images and the state under check, on tmpfs when there is one
+    (/dev/shm: a thousand images of tens of MiB need not reach a disk), else under `base`."""
+    shm = Path("/dev/shm")
+    if shm.is_dir():
+        return Path(tempfile.mkdtemp(prefix="mtagent-crash-states-", dir=shm))
+    path = base / "scratch"
+    path.mkdir(parents=True)
+    return path
