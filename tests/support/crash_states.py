@@ -15,8 +15,8 @@ batch, right after its 200 (the commit record append, pruning), and during a res
 Which batches an image must hold: the sender asks the file system for its count of operations
 right after each 200 (the same request arms the next images). An image taken after N
 operations must be at least at the newest batch whose 200 came before a count <= N (its
-commit, durable, was among those N operations), and at most one further: the sender sent no
-batch before the 200 of the one before it.
+commit, durable, was among those N operations), and at most one further, only if that one was
+sent after a count <= N: the sender sends no batch before the 200 of the one before it.
 
 Seeded: the batches, the operations at which images are taken and what each keeps.
 """
@@ -187,8 +187,9 @@ class CrashStateRun:
         # The count of operations read right after the 200 of each batch, and its seq.
         self.ack_counts: list[int] = []
         self.ack_seqs: list[int] = []
-        # The kind of each batch sent, by seq.
+        # The kind of each batch sent, and the count of operations right before it was, by seq.
         self.kinds: dict[int, str] = {}
+        self.sent_at: dict[int, int] = {}
         # Mutating operations a batch of a kind took, as last seen.
         self.ops_of: dict[str, int] = {}
         self.queue: list[Planned] = []
@@ -205,11 +206,13 @@ class CrashStateRun:
                 kind = self._rollback_due()
                 if kind is not None:
                     await self._roll_back(kind)
-                planned = self._next()
-                before = self._arm(planned.kind)
                 self._check_images(limit=states)
                 if self.report.failures:
                     break
+                planned = self._next()
+                before = self._arm(planned.kind)
+                # Read after the images were checked: none after it came before the batch.
+                self.sent_at[self.model.last_seq + 1] = before
                 if not await self._send(planned):
                     break
                 self.ops_of[planned.kind] = self.ack_counts[-1] - before
@@ -363,7 +366,7 @@ class CrashStateRun:
             expected = self.model.at(rollback.seq)
             verdict = self.checker.check_rollback(image, rollback.kind, rollback.point, expected)
         else:
-            in_flight = acked < self.model.last_seq
+            in_flight = count >= self.sent_at.get(acked + 1, count + 1)
             moment = self.kinds[acked + 1] if in_flight else "after a 200"
             verdict = self.checker.check(
                 image,
