@@ -75,10 +75,14 @@ class CrashStateReport:
     keep: float
     states_checked: int = 0
     batches_acked: int = 0
-    # States by what was going on: the kind of batch in flight, or `between` two batches.
+    # States by what was going on: the kind of batch in flight, `after a 200` (none in flight),
+    # an in-place recovery or failover, or the start and resync after one.
     by_moment: dict[str, int] = field(default_factory=dict)
     in_flight_committed: int = 0
+    # Disks found `resync_required` where nothing asked for a resync (a gap), and where a
+    # failover's reprotect did (as it must).
     resyncs_required: int = 0
+    reprotected: int = 0
     points_restored: int = 0
     image_bytes: int = 0
     seconds: float = 0.0
@@ -148,6 +152,13 @@ class Rollback:
     end: int
     point: str
     seq: int
+    # The last batch acknowledged before it.
+    last_seq: int
+
+    @property
+    def leaves(self) -> str:
+        """The disk's state after it (a failover's after its reprotect), until a resync."""
+        return "recovered" if self.kind == IN_PLACE else "resync_required"
 
 
 @dataclass(frozen=True)
@@ -296,7 +307,8 @@ class CrashStateRun:
                 await asyncio.to_thread(fail_over_in_process, config, "g1", point["id"], quiet)
         end = self._arm("start", offsets=[])
         self.ops_of[kind] = end - start
-        self.rollbacks.append(Rollback(kind, start, end, point["id"], point["disks"]["d0"]))
+        seq = point["disks"]["d0"]
+        self.rollbacks.append(Rollback(kind, start, end, point["id"], seq, self.model.last_seq))
         if kind == FAILOVER:
             with quiet_logs():
                 await asyncio.to_thread(reprotect_in_process, config, "g1")
@@ -360,6 +372,7 @@ class CrashStateRun:
         count = int(image.name)
         report.image_bytes += sum(p.stat().st_size for p in image.rglob("*") if p.is_file())
         rollback = next((r for r in self.rollbacks if r.start <= count < r.end), None)
+        after: Rollback | None = None
         acked = self._acked_at(count)
         if rollback is not None:
             moment = rollback.kind
@@ -368,6 +381,11 @@ class CrashStateRun:
         else:
             in_flight = count >= self.sent_at.get(acked + 1, count + 1)
             moment = self.kinds[acked + 1] if in_flight else "after a 200"
+            after = next(
+                (r for r in self.rollbacks if r.end <= count and r.last_seq == acked), None
+            )
+            if after is not None:
+                moment = f"{'resync' if in_flight else 'start'} after the {after.kind}"
             verdict = self.checker.check(
                 image,
                 acked,
@@ -386,8 +404,17 @@ class CrashStateRun:
             return
         if rollback is None and verdict.last_seq == acked + 1:
             report.in_flight_committed += 1
+        elif rollback is None and after is not None and verdict.state != after.leaves:
+            report.failures.append(
+                f"image after operation {count} ({moment}): the disk is {verdict.state}, "
+                f"not {after.leaves}"
+            )
+            return
         if verdict.state == "resync_required":
-            report.resyncs_required += 1
+            if after is not None and after.kind == FAILOVER:
+                report.reprotected += 1
+            else:
+                report.resyncs_required += 1
         if verdict.restored is not None:
             report.points_restored += 1
 
