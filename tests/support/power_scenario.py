@@ -60,6 +60,12 @@ class PowerCutReport:
     failures: list[str] = field(default_factory=list)
 
 
+def resync_writes(image: bytes) -> list[Write]:
+    """A full copy of `image`, in frames under the agent's frame limit (4 MiB): one frame of
+    the whole disk is refused with 413 FRAME_TOO_LARGE."""
+    return [(offset, image[offset : offset + MiB]) for offset in range(0, len(image), MiB)]
+
+
 def _writes(rng: random.Random) -> list[Write]:
     if rng.random() < 0.12:
         # Bigger than a write group: two groups, the first synced before the second.
@@ -242,12 +248,7 @@ class PowerCutRun:
 
     async def _resync(self) -> None:
         seq = self.source.last_seq + 1
-        image = self.source.at(self.source.last_seq)
-        # In frames under the agent's frame limit (4 MiB): one frame of the whole disk is
-        # refused with 413 FRAME_TOO_LARGE.
-        writes: list[Write] = [
-            (offset, image[offset : offset + MiB]) for offset in range(0, len(image), MiB)
-        ]
+        writes = resync_writes(self.source.at(self.source.last_seq))
         flags = ("resync", "resync_done")
         status, answer = await self.agent.put_batch(
             "d0", seq, _body(self.source, seq, writes, None, flags)
