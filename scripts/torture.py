@@ -4,14 +4,20 @@ process tree; one JSON summary on the last line of stdout (progress on stderr), 
 failure.
 
     scripts/torture.py [--long] [--seed N] [--only power|kill|net|disk|decoder|live]
-                       [--keep DIR] [--cuts N] [--kills N] [--pushes N] [--disk-faults N]
-                       [--decoder-inputs N] [--live-batches N]
+                       [--keep DIR] [--cuts N] [--states N] [--kills N] [--pushes N]
+                       [--disk-faults N] [--decoder-inputs N] [--live-batches N]
 
 power     a real agent whose state directory, retention and target live on a power-loss file
-          system (tests/support/powerfs.py), cut at seeded moments, under the strict POSIX
-          model (half of the pending pages kept) and the ext4-like lenient one (only what was
-          synced): after each cut the disk is at an acknowledged batch boundary equal to the
-          model, or says resync_required; a recovery point restores exactly.
+          system (tests/support/powerfs.py), under the strict POSIX model (half of the pending
+          pages kept) and the ext4-like lenient one (only what was synced). End to end: the
+          power is cut at seeded moments and the agent restarted on what survived. Derived
+          states, many more: one run, never cut, imaged at seeded operations (during batches,
+          after a 200, pruning, resyncs, an in-place recovery or a failover), each image
+          checked by the agent's start-up recovery in this process
+          (tests/support/crash_states.py). Either way the disk must be at an
+          acknowledged batch boundary equal to the model, or say resync_required; a recovery
+          point restores exactly. Each start after an end-to-end cut is imaged too: crash
+          states during start-up recovery, checked the same way.
 kill      the same scenario with SIGKILL instead of a power cut: the agent is stopped at a
           seeded file operation (during a batch, after a 200, pruning, start-up recovery, a
           resync), every write it made kept, and killed; the same checks.
@@ -27,9 +33,9 @@ live      invalid batches (mangled, or valid under a wrong seq) sent to a runnin
           refused with its documented code and status; target, last_seq and points unchanged.
 
 The default budget is what the suite runs (tests/test_torture.py); --long is the issue's goals:
-1000 cuts per model, 500 kills, 150 pushes (about 200 faults), 200 disk faults, 1,000,000
-decoder inputs, 10,000 live batches. Needs FUSE (/dev/fuse and fusermount3) for `power`, `kill`
-and `disk`.
+1000 crash states per model (1000 derived states and 50 end-to-end cuts), 500 kills, 150 pushes
+(about 200 faults), 200 disk faults, 1,000,000 decoder inputs, 10,000 live batches. Needs FUSE
+(/dev/fuse and fusermount3) for `power`, `kill` and `disk`.
 """
 
 from __future__ import annotations
@@ -49,15 +55,25 @@ sys.path[:0] = [str(REPO)]
 
 from tests.support.agent_harness import AgentProcess  # noqa: E402
 from tests.support.batches import resync_batch  # noqa: E402
+from tests.support.crash_states import crash_states  # noqa: E402
 from tests.support.disk_faults import disk_faults  # noqa: E402
 from tests.support.fuzzing import fuzz_decoder, fuzz_live, live_agent_files  # noqa: E402
 from tests.support.netfaults import network_faults  # noqa: E402
 from tests.support.power_scenario import power_cuts  # noqa: E402
 
 BUDGETS = {
-    "default": {"cuts": 1, "kills": 1, "pushes": 2, "disk": 6, "decoder": 5_000, "live": 150},
+    "default": {
+        "cuts": 1,
+        "states": 40,
+        "kills": 1,
+        "pushes": 2,
+        "disk": 6,
+        "decoder": 5_000,
+        "live": 150,
+    },
     "long": {
-        "cuts": 1_000,
+        "cuts": 50,
+        "states": 1_000,
         "kills": 500,
         "pushes": 150,
         "disk": 200,
@@ -67,20 +83,40 @@ BUDGETS = {
 }
 LIVE_DISK_BYTES = 1 << 20
 POWER_CASES = (("strict", 0.5), ("lenient", 0.0))
+# Crash images taken during each start of the agent after an end-to-end cut (start-up recovery).
+IMAGES_PER_START = 4
 
 
 def say(message: str) -> None:
     print(f"torture: {message}", file=sys.stderr, flush=True)
 
 
-def power(base: Path, cuts: int, seed: int) -> dict[str, Any]:
+def power(base: Path, cuts: int, states: int, seed: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for i, (model, keep) in enumerate(POWER_CASES):
-        say(f"power: {cuts} cuts under the {model} model (keep {keep})")
-        report = asyncio.run(
-            power_cuts(base / model, model=model, cuts=cuts, seed=seed + i, keep=keep)
+        say(f"power: {cuts} cuts end to end under the {model} model (keep {keep})")
+        cut = asyncio.run(
+            power_cuts(
+                base / model,
+                model=model,
+                cuts=cuts,
+                seed=seed + i,
+                keep=keep,
+                images_per_start=IMAGES_PER_START,
+            )
         )
-        results[model] = dataclasses.asdict(report)
+        say(f"power: {states} derived crash states under the {model} model (keep {keep})")
+        derived = asyncio.run(
+            crash_states(
+                base / f"{model}-states", model=model, states=states, seed=seed + i, keep=keep
+            )
+        )
+        results[model] = {
+            "states_checked": cut.states_checked + cut.start_up_images + derived.states_checked,
+            "failures": cut.failures + derived.failures,
+            "end_to_end": dataclasses.asdict(cut),
+            "derived": dataclasses.asdict(derived),
+        }
     return results
 
 
@@ -145,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", type=Path, help="work in DIR and leave it (default: a temp dir)")
     parser.add_argument("--cuts", type=int, help="power cuts per model (overrides the budget)")
+    parser.add_argument(
+        "--states", type=int, help="derived crash states per model (overrides the budget)"
+    )
     parser.add_argument("--kills", type=int, help="SIGKILLs (overrides the budget)")
     parser.add_argument("--pushes", type=int, help="pushes through faults (overrides the budget)")
     parser.add_argument("--disk-faults", type=int, help="disk faults (overrides the budget)")
@@ -154,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = dict(BUDGETS["long" if args.long else "default"])
     for key, value in (
         ("cuts", args.cuts),
+        ("states", args.states),
         ("kills", args.kills),
         ("pushes", args.pushes),
         ("disk", args.disk_faults),
@@ -169,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         base = args.keep or Path(scratch)
         base.mkdir(parents=True, exist_ok=True)
         if "power" in sections:
-            summary["power"] = power(base / "power", budget["cuts"], args.seed)
+            summary["power"] = power(base / "power", budget["cuts"], budget["states"], args.seed)
         if "kill" in sections:
             summary["kill"] = kill(base / "kill", budget["kills"], args.seed + 100)
         if "net" in sections:

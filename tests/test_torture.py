@@ -1,7 +1,7 @@
 """scripts/torture.py, the runner of the torture suite, at its default (bounded) budget: power
-cuts under both models, SIGKILLs and disk faults (these need FUSE), network faults, mangled
-decoder inputs and invalid live batches; one JSON summary, exit 0 with no failure. `--long`
-runs the same with the issue's counts, on demand."""
+cuts and derived crash states under both models, SIGKILLs and disk faults (these need FUSE),
+network faults, mangled decoder inputs and invalid live batches; one JSON summary, exit 0 with
+no failure. `--long` runs the same with the issue's counts, on demand."""
 
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ def test_the_default_budget_runs_every_section_and_finds_nothing(tmp_path: Path)
     assert summary["live"]["inputs"] == 150 and summary["live"]["accepted"] == 0
     if FUSE:
         for model in ("strict", "lenient"):
-            report = summary["power"][model]
-            assert report["cuts"] == report["states_checked"] >= 1, report
+            cut, derived = summary["power"][model]["end_to_end"], summary["power"][model]["derived"]
+            assert cut["cuts"] == cut["states_checked"] >= 1, cut
+            assert cut["start_up_images"] >= 1, cut
+            assert derived["states_checked"] == 40, derived
         assert summary["kill"]["cuts"] == summary["kill"]["states_checked"] >= 1
         assert summary["disk"]["faults"] == 6 and summary["disk"]["other_disk_batches"] >= 1

@@ -8,6 +8,11 @@ start-up recovery, pruning, ...), then the agent started on what survived and ch
 - or the disk says `resync_required` (then a full resync brings it back, and that is counted);
 - one recovery point listed, picked at random, restores exactly (an export).
 
+With `images_per_start`, each start of the agent on what a cut left is imaged that many times
+too (crash images, tests/support/crash_states.py), each checked offline in the same way by the
+start-up code run in this process: cuts during start-up recovery, many more than the cuts that
+restart the agent, for a fraction of a second each.
+
 Seeded: the batches, the moments of the cuts and what each cut keeps come from one seed. Used by
 tests/agent/test_power_loss.py (a bounded count) and scripts/torture.py (the long run).
 """
@@ -18,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +31,10 @@ import aiohttp
 
 from protocol.events import Tag
 from tests.support.agent_harness import AgentProcess
-from tests.support.batches import Write, batch
+from tests.support.batches import Write, apply_in_memory, batch
 from tests.support.powerfs import PowerFS
 from tests.support.retention_scenario import BASE_TIME_NS, KiB, MiB, SourceDisk, random_writes
+from tests.support.state_check import StateChecker, scratch_dir
 from tests.support.waiting import WaitTimedOut
 
 DISK_BYTES = 12 * MiB
@@ -46,9 +53,17 @@ class PowerCutReport:
     batches_acked: int = 0
     in_flight_committed: int = 0
     cuts_in_start_up: int = 0
+    # Crash images taken during the agent's starts after a cut, each checked offline.
+    start_up_images: int = 0
     resyncs_required: int = 0
     points_restored: int = 0
     failures: list[str] = field(default_factory=list)
+
+
+def resync_writes(image: bytes) -> list[Write]:
+    """A full copy of `image`, in frames under the agent's frame limit (4 MiB): one frame of
+    the whole disk is refused with 413 FRAME_TOO_LARGE."""
+    return [(offset, image[offset : offset + MiB]) for offset in range(0, len(image), MiB)]
 
 
 def _writes(rng: random.Random) -> list[Write]:
@@ -76,8 +91,19 @@ def _body(
 class PowerCutRun:
     """One agent on one power-loss file system, cut `cuts` times."""
 
-    def __init__(self, fs: PowerFS, workdir: Path, model: str, seed: int, keep: float) -> None:
+    def __init__(
+        self,
+        fs: PowerFS,
+        workdir: Path,
+        model: str,
+        seed: int,
+        keep: float,
+        *,
+        images_per_start: int = 0,
+        scratch: Path | None = None,
+    ) -> None:
         self.fs = fs
+        self.images_per_start = images_per_start
         self.rng = random.Random(seed)
         self.keep = keep
         self.report = PowerCutReport(model)
@@ -91,6 +117,14 @@ class PowerCutRun:
         self.agent.retention_options = {"segment_bytes": "1MiB", "max_bytes": "48MiB"}
         self.agent.write_config()
         self.source = SourceDisk("d0", DISK_BYTES)
+        self.images: Path | None = None
+        self.checker: StateChecker | None = None
+        if images_per_start and scratch is not None:
+            self.images = scratch / "images"
+            self.images.mkdir()
+            self.checker = StateChecker(
+                workdir.parent / "check", scratch / "check", self.agent.retention_options
+            )
 
     async def run(self, cuts: int) -> PowerCutReport:
         self.agent.start()
@@ -145,6 +179,7 @@ class PowerCutRun:
             if self.rng.random() < 0.25:
                 # The next cut comes during start-up recovery.
                 self.fs.arm(self.rng.randint(1, 40), seed=self.rng.getrandbits(32), keep=self.keep)
+            self._arm_images(self.images_per_start)
             with contextlib.suppress(RuntimeError, WaitTimedOut):
                 self.agent.start()  # a cut during start-up may stop it or keep it from ready
             self.fs.request("disarm")
@@ -153,7 +188,39 @@ class PowerCutRun:
             self.report.cuts_in_start_up += 1
             self.agent.kill()
             self.fs.power_on()
+        self._arm_images(0)
+        self._check_images(in_flight)
         await self._check(in_flight)
+
+    def _arm_images(self, count: int) -> None:
+        if self.images is not None:
+            offsets = sorted(self.rng.sample(range(1, 41), count))
+            self.fs.images_at(offsets, self.images, seed=self.rng.getrandbits(32), keep=self.keep)
+
+    def _check_images(self, in_flight: list[Write] | None) -> None:
+        """Check the images of the starts since the cut: each as the cut itself is checked."""
+        if self.images is None or self.checker is None:
+            return
+        acked = self.source.last_seq
+
+        def at(seq: int) -> bytes:
+            if seq <= acked or in_flight is None:
+                return self.source.at(seq)
+            image = bytearray(self.source.at(acked))
+            apply_in_memory(image, in_flight)
+            return bytes(image)
+
+        for image in sorted(self.images.iterdir()):
+            if image.name.endswith(".part") or self.report.failures:
+                shutil.rmtree(image, ignore_errors=True)
+                continue
+            verdict = self.checker.check(image, acked, in_flight is not None, at, at, self.rng)
+            self.report.start_up_images += 1
+            if verdict.failure is not None:
+                self.report.failures.append(
+                    f"image after operation {int(image.name)} of a start after a cut: "
+                    f"{verdict.failure}"
+                )
 
     async def _check(self, in_flight: list[Write] | None) -> None:
         report = self.report
@@ -181,8 +248,7 @@ class PowerCutRun:
 
     async def _resync(self) -> None:
         seq = self.source.last_seq + 1
-        image = self.source.at(self.source.last_seq)
-        writes: list[Write] = [(0, image)]
+        writes = resync_writes(self.source.at(self.source.last_seq))
         flags = ("resync", "resync_done")
         status, answer = await self.agent.put_batch(
             "d0", seq, _body(self.source, seq, writes, None, flags)
@@ -214,10 +280,24 @@ class PowerCutRun:
 
 
 async def power_cuts(
-    base: Path, *, model: str, cuts: int, seed: int, keep: float
+    base: Path, *, model: str, cuts: int, seed: int, keep: float, images_per_start: int = 0
 ) -> PowerCutReport:
     """Mount a power-loss file system of `model` under `base` and cut it `cuts` times under an
-    agent (see the module docstring)."""
-    with PowerFS.mounted(base / "fs", model=model) as fs:
-        run = PowerCutRun(fs, base / "agent", model, seed, keep)
-        return await run.run(cuts)
+    agent, imaging each start after a cut `images_per_start` times (see the module
+    docstring)."""
+    scratch = scratch_dir(base) if images_per_start else None
+    try:
+        with PowerFS.mounted(base / "fs", model=model) as fs:
+            run = PowerCutRun(
+                fs,
+                base / "agent",
+                model,
+                seed,
+                keep,
+                images_per_start=images_per_start,
+                scratch=scratch,
+            )
+            return await run.run(cuts)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)

@@ -103,6 +103,13 @@ class PowerLossState:
         self.fault_errno = errno.EIO
         self.fault_after = 0
         self.faults_hit = 0
+        # Crash images to write (`crash_image`) before the operation that follows these many
+        # mutating ones, into `images_dir`, each named by that count.
+        self.image_at: set[int] = set()
+        self.images_dir: Path | None = None
+        self.image_seed = 0
+        self.image_keep = 0.0
+        self.images = 0
         self.handles: dict[int, Node] = {}
         self._next_handle = 1
 
@@ -113,12 +120,24 @@ class PowerLossState:
         reached. Raises OSError: EIO without power, an injected fault (`check_fault`)."""
         self.check_power()
         self.check_fault(path)
+        if self.mutations in self.image_at and self.images_dir is not None:
+            self.image_at.discard(self.mutations)
+            self.write_image(self.images_dir, self.mutations)
         self.mutations += 1
         if self.cut_after is not None:
             self.cut_after -= 1
             if self.cut_after <= 0:
                 self.cut(self.cut_seed, self.cut_keep)
                 raise OSError(errno.EIO, "power cut")
+
+    def write_image(self, directory: Path, label: int) -> None:
+        """The crash image of now as `directory/<label>` (complete once it has that name), its
+        pending writes kept by a seed of its own, so that the same operations give the same
+        image."""
+        part = directory / f"{label:09d}.part"
+        self.crash_image(part, self.image_seed * 1_000_003 + label, self.image_keep)
+        part.rename(directory / f"{label:09d}")
+        self.images += 1
 
     def check_fault(self, path: str) -> None:
         """Fail an operation on a path under the armed prefix once the armed count of them has
@@ -141,17 +160,35 @@ class PowerLossState:
         directory entry stays, as the kernel keeps them for a process that dies."""
         if keep >= 1.0:
             self.sync_all()
-        rng = random.Random(seed)
         now = time.time_ns()
-        seen: set[int] = set()
-
-        def settle(node: Node) -> None:
-            if id(node) in seen:
-                return
-            seen.add(id(node))
+        for node, survived in self._survivors(seed, keep).items():
             if node.is_dir:
                 node.entries = dict(node.durable_entries)
-                for child in node.entries.values():
+                continue
+            if survived != node.data:
+                node.mtime_ns = now
+            node.data = survived
+            node.durable = bytearray(survived)
+            node.pending = []
+        self.powered = False
+        self.cut_after = None
+        self.cuts += 1
+        self.handles.clear()
+
+    def _survivors(self, seed: int, keep: float) -> dict[Node, bytearray]:
+        """What a cut now would leave of every node reachable through durable entries: a
+        file's data (its durable bytes and, with probability `keep` each, its pending pages and
+        truncations), an empty bytearray for a directory (its durable entries are what stays).
+        Changes nothing: `cut` applies it, `crash_image` copies it out."""
+        rng = random.Random(seed)
+        result: dict[Node, bytearray] = {}
+
+        def settle(node: Node) -> None:
+            if node in result:
+                return
+            if node.is_dir:
+                result[node] = bytearray()
+                for child in node.durable_entries.values():
                     settle(child)
                 return
             survived = bytearray(node.durable)
@@ -167,17 +204,39 @@ class PowerLossState:
                     if rng.random() < keep:
                         _write_into(survived, position, data[position - offset : end - offset])
                     position = end
-            if survived != node.data:
-                node.mtime_ns = now
-            node.data = survived
-            node.durable = bytearray(survived)
-            node.pending = []
+            result[node] = survived
 
         settle(self.root)
-        self.powered = False
-        self.cut_after = None
-        self.cuts += 1
-        self.handles.clear()
+        return result
+
+    def crash_image(self, destination: Path, seed: int, keep: float) -> int:
+        """Write into the new directory `destination` the tree a cut now (`seed`, `keep`) would
+        leave, each file with the modification time it would have, without cutting: the files
+        system goes on as if nothing happened. Returns the bytes written.
+
+        This is what makes crash states cheap (docs/design.md, "Choices"): one run of the agent
+        yields a state at every operation picked, each checked offline by start-up recovery."""
+        survivors = self._survivors(seed, keep)
+        now = time.time_ns()
+        written = 0
+
+        def copy(node: Node, path: Path) -> None:
+            nonlocal written
+            if node.is_dir:
+                path.mkdir(mode=0o755)
+                for name, child in node.durable_entries.items():
+                    copy(child, path / name)
+                os.chmod(path, stat.S_IMODE(node.mode))
+                return
+            data = survivors[node]
+            path.write_bytes(data)
+            written += len(data)
+            os.chmod(path, stat.S_IMODE(node.mode))
+            mtime = node.mtime_ns if data == node.data else now
+            os.utime(path, ns=(mtime, mtime))
+
+        copy(self.root, destination)
+        return written
 
     def sync_file(self, node: Node) -> None:
         if node.is_dir:
@@ -450,6 +509,11 @@ def serve(mountpoint: str, control: str, model: str, capacity: int) -> None:
                 state.fault_after = int(request["after"])
             elif command == "clear":
                 state.fault_prefix = None
+            elif command == "images":
+                state.images_dir = Path(request["dir"])
+                state.image_seed = int(request["seed"])
+                state.image_keep = float(request["keep"])
+                state.image_at = {state.mutations + int(o) for o in request["offsets"]}
             elif command == "sync_all":
                 state.sync_all()
             return {
@@ -458,6 +522,7 @@ def serve(mountpoint: str, control: str, model: str, capacity: int) -> None:
                 "mutations": state.mutations,
                 "cuts": state.cuts,
                 "faults_hit": state.faults_hit,
+                "images": state.images,
             }
 
     def control_loop(server: socket.socket) -> None:
@@ -550,6 +615,14 @@ class PowerFS:
     def cut(self, *, seed: int, keep: float) -> None:
         """Cut the power now."""
         self.request("cut", seed=seed, keep=keep)
+
+    def images_at(self, offsets: list[int], directory: Path, *, seed: int, keep: float) -> int:
+        """Write a crash image (`PowerLossState.crash_image`) into `directory` before each of
+        the mutating operations `offsets` from now (1: the next one), named by the count of
+        mutating operations before it, instead of any still armed. Returns that count now: an
+        operation that completed before this call is below it."""
+        reply = self.request("images", offsets=offsets, dir=str(directory), seed=seed, keep=keep)
+        return int(reply["mutations"])
 
     def fail(self, prefix: str, error: int, *, after: int) -> None:
         """Fail every operation on paths under `prefix` (from the mount's root, `/targets/d0.img`)
